@@ -1,0 +1,16 @@
+"""Fused kernels and a trainer for Matryoshka Representation Learning for
+Recommendation (MRL4Rec): Matryoshka negative sampling (MNS) and the MRL loss.
+
+Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
+
+- :func:`mns_sample`: per-level dynamic negative sampling over nested prefixes.
+- :func:`mrl_bpr_loss`: the MRL (per-level BPR) loss for given negatives.
+- :func:`mns_bpr_loss`: both fused: the loss and the chosen negatives.
+- :func:`sample_candidates`: uniform candidate ids with exclusion.
+"""
+from .dispatch import available_backends
+from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss
+from .sampling import sample_candidates
+
+__version__ = "0.1.0"
+__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "sample_candidates", "available_backends"]

@@ -1,0 +1,216 @@
+"""The public operators: argument checks, backend choice, reduction.
+
+Every function takes ``backend="auto" | "torch" | "triton" | "cpp"``: ``"torch"``
+is the plain PyTorch reference (:mod:`mrl_kernels.reference`), ``"triton"`` the
+fused GPU kernels, ``"cpp"`` the fused CPU kernels; ``"auto"`` picks the fastest
+available for the tensors' device.
+"""
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import dispatch
+
+__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_matrix(name: str, t, ndim: int) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_float(name: str, t, ndim: int, like: tuple[str, Tensor] | None = None) -> Tensor:
+    _check_matrix(name, t, ndim)
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if like is not None:
+        other_name, other = like
+        if t.device != other.device:
+            raise ValueError(f"{name} is on {t.device} but {other_name} is on {other.device}")
+        if t.dtype != other.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {other_name} has {other.dtype}")
+    return t
+
+
+def check_ids(name: str, ids, n: int, device: torch.device) -> Tensor:
+    """Integer ids on ``device``, inside ``[0, n)``, as int64. The range check
+    reads the ids back (one synchronisation); it is skipped while compiling."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
+    if ids.device != device:
+        raise ValueError(f"{name} is on {ids.device} but the embeddings are on {device}")
+    if ids.numel() and not torch.compiler.is_compiling() and bool(((ids < 0) | (ids >= n)).any()):
+        raise ValueError(f"{name} must lie in [0, {n}) (the rows of item_weight); got ids in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    return ids.long()
+
+
+def check_dims(dims, width: int) -> list[int]:
+    """``dims`` as a list of strictly increasing positive ints ending at ``width``."""
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) == 0:
+        raise ValueError(f"dims must be a non-empty sequence of ints, got {dims!r}")
+    if not all(isinstance(d, Integral) and not isinstance(d, bool) for d in dims):
+        raise ValueError(f"dims must hold ints, got {dims!r}")
+    dims = [int(d) for d in dims]
+    if dims[0] <= 0 or any(b <= a for a, b in zip(dims, dims[1:])):
+        raise ValueError(f"dims must be strictly increasing positive ints, got {dims}")
+    if dims[-1] != width:
+        raise ValueError(f"dims[-1] must equal the embedding width {width}, got dims={dims}")
+    return dims
+
+
+def check_weights(weights, num_levels: int, device: torch.device) -> Tensor:
+    """The per-level loss weights as a float32 tensor of length L (default 1/L)."""
+    if weights is None:
+        return torch.full((num_levels,), 1.0 / num_levels, dtype=torch.float32, device=device)
+    w = torch.as_tensor(weights, dtype=torch.float32).to(device)
+    if w.dim() != 1 or w.shape[0] != num_levels:
+        raise ValueError(f"weights must have one entry per level ({num_levels}), got shape {tuple(w.shape)}")
+    if not torch.compiler.is_compiling() and not bool(((w >= 0) & torch.isfinite(w)).all()):
+        raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+    return w
+
+
+def _check_reduction(reduction: str) -> str:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _check_batch(name: str, t: Tensor, batch: int) -> None:
+    if t.shape[0] != batch:
+        raise ValueError(f"{name} has {t.shape[0]} rows but user has {batch}")
+
+
+def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[int]]:
+    _check_float("user", user, 2)
+    _check_float("item_weight", item_weight, 2, like=("user", user))
+    batch, width = user.shape
+    if batch == 0:
+        raise ValueError("user must have at least one row")
+    if item_weight.shape[1] != width:
+        raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
+    dims = check_dims(dims, width)
+    if not isinstance(candidates, Tensor) or candidates.dim() not in (2, 3):
+        shape = tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates).__name__
+        raise ValueError(f"candidates must be a (B, M) or (B, L, M) tensor of item ids, got {shape}")
+    _check_batch("candidates", candidates, batch)
+    if candidates.dim() == 3 and candidates.shape[1] != len(dims):
+        raise ValueError(f"candidates of shape (B, L, M) must have L = len(dims) = {len(dims)} pools, "
+                         f"got {candidates.shape[1]}")
+    if candidates.shape[-1] == 0:
+        raise ValueError("candidates must hold at least one candidate per pool (M >= 1)")
+    return check_ids("candidates", candidates, item_weight.shape[0], user.device), dims
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def mns_sample(
+    user: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int], *, backend: str = "auto"
+) -> Tensor:
+    """Matryoshka negative sampling.
+
+    Args:
+        user: ``(B, D)`` user vectors.
+        item_weight: ``(N, D)`` item table.
+        candidates: ``(B, M)`` item ids (one pool for every level) or ``(B, L, M)``
+            (pool l for level l).
+        dims: the nested widths ``d_1 < ... < d_L = D``.
+
+    Returns:
+        int64 ``(B, L)``: ``out[b, l]`` is the candidate with the largest prefix
+        score ``<user[b, :d_l], item_weight[c, :d_l]>``, ties to the lowest
+        position in the pool. Not differentiable.
+    """
+    candidates, dims = _check_sampling(user, item_weight, candidates, dims)
+    return dispatch.resolve(backend, user.device).mns_sample(user, item_weight, candidates, dims)
+
+
+def mrl_bpr_loss(
+    user: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """The MRL loss for given negative vectors.
+
+    Per row ``sum_l weights[l] * softplus(<u[:d_l], neg[:, l, :d_l]> - <u[:d_l], pos[:d_l]>)``.
+
+    Args:
+        user, pos: ``(B, D)``.
+        neg: ``(B, L, D)``, the negative vector of each level.
+        dims: the nested widths ``d_1 < ... < d_L = D``.
+        weights: L non-negative weights, default ``1/L`` each.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B,)``).
+
+    Differentiable in ``user``, ``pos`` and ``neg``.
+    """
+    _check_float("user", user, 2)
+    _check_float("pos", pos, 2, like=("user", user))
+    _check_float("neg", neg, 3, like=("user", user))
+    batch, width = user.shape
+    if batch == 0:
+        raise ValueError("user must have at least one row")
+    dims = check_dims(dims, width)
+    _check_batch("pos", pos, batch)
+    _check_batch("neg", neg, batch)
+    if pos.shape[1] != width or neg.shape[2] != width:
+        raise ValueError(f"pos and neg must have width {width} like user, got {pos.shape[1]} and {neg.shape[2]}")
+    if neg.shape[1] != len(dims):
+        raise ValueError(f"neg must have L = len(dims) = {len(dims)} vectors per row, got {neg.shape[1]}")
+    w = check_weights(weights, len(dims), user.device)
+    reduction = _check_reduction(reduction)
+    loss, _ = dispatch.resolve(backend, user.device).mrl_bpr_loss(user, pos, neg, dims, w)
+    return _reduce(loss, reduction)
+
+
+def mns_bpr_loss(
+    user: Tensor,
+    pos: Tensor,
+    item_weight: Tensor,
+    candidates: Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """MNS and the MRL loss fused: ``(loss, negatives)``.
+
+    Equals ``mrl_bpr_loss(user, pos, item_weight[mns_sample(...)], dims, ...)``
+    with the negatives of :func:`mns_sample` (returned as the second value).
+    Differentiable in ``user``, ``pos`` and ``item_weight`` (whose gradient is
+    non-zero only in the chosen rows; an id chosen several times sums).
+    """
+    candidates, dims = _check_sampling(user, item_weight, candidates, dims)
+    _check_float("pos", pos, 2, like=("user", user))
+    _check_batch("pos", pos, user.shape[0])
+    if pos.shape[1] != user.shape[1]:
+        raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
+    w = check_weights(weights, len(dims), user.device)
+    reduction = _check_reduction(reduction)
+    op = dispatch.resolve(backend, user.device).mns_bpr_loss
+    loss, negatives, _ = op(user, pos, item_weight, candidates, dims, w)
+    return _reduce(loss, reduction), negatives

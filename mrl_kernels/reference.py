@@ -1,0 +1,148 @@
+"""Plain PyTorch reference of MNS and the MRL loss: the specification.
+
+Every fast backend (Triton, C++) is tested against the functions here. They
+are written to be read next to the paper, not to be fast: one loop over the
+nesting levels, each level an ordinary dot product over the first ``d_l``
+columns. Scores are accumulated in at least float32 whatever the input dtype.
+
+Notation: ``B`` batch rows, ``D`` embedding width, ``dims = (d_1 < ... < d_L = D)``
+the nested prefix widths, ``M`` candidates per pool, ``N`` items.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "acc_dtype",
+    "prefix_scores",
+    "mns_sample",
+    "mrl_bpr_loss",
+    "mns_bpr_loss",
+    "level_margins",
+    "mrl_bpr_coef",
+    "mrl_bpr_loss_backward",
+]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype scores are accumulated in: float32 for half types, else ``dtype``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in its accumulation dtype (float32 for half types, else its own)."""
+    return t.to(acc_dtype(t.dtype))
+
+
+def prefix_scores(user: torch.Tensor, rows: torch.Tensor, d: int) -> torch.Tensor:
+    """``<user[..., :d], rows[..., :d]>``; ``user`` broadcasts against ``rows``."""
+    return (_acc(user[..., :d]) * _acc(rows[..., :d])).sum(-1)
+
+
+def _pools(candidates: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """The candidate pool of each level: the shared ``(B, M)`` pool L times, or
+    the ``(B, M)`` slices of a ``(B, L, M)`` tensor."""
+    if candidates.dim() == 2:
+        return [candidates] * num_levels
+    return [candidates[:, level] for level in range(num_levels)]
+
+
+@torch.no_grad()
+def mns_sample(
+    user: torch.Tensor,
+    item_weight: torch.Tensor,
+    candidates: torch.Tensor,
+    dims: Sequence[int],
+) -> torch.Tensor:
+    """Matryoshka negative sampling: ``out[b, l]`` is the candidate of level l's
+    pool with the largest ``<user[b, :d_l], item_weight[c, :d_l]>``; ties go to
+    the lowest position in the pool (``torch.argmax`` returns the first maximum).
+    """
+    picks = []
+    for d, pool in zip(dims, _pools(candidates, len(dims))):
+        scores = prefix_scores(user[:, None, :], item_weight[pool], d)  # (B, M)
+        best = scores.argmax(dim=1, keepdim=True)
+        picks.append(pool.gather(1, best))
+    return torch.cat(picks, dim=1).long()
+
+
+def level_margins(
+    user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, dims: Sequence[int]
+) -> torch.Tensor:
+    """``margins[b, l] = <u, n_l> - <u, p>`` over the prefix ``[:d_l]``, shape ``(B, L)``."""
+    return torch.stack(
+        [prefix_scores(user, neg[:, level], d) - prefix_scores(user, pos, d) for level, d in enumerate(dims)],
+        dim=1,
+    )
+
+
+def mrl_bpr_loss(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """Per-row MRL loss ``sum_l w_l * softplus(<u, n_l> - <u, p>)`` over prefixes
+    ``[:d_l]``, shape ``(B,)`` in ``user``'s dtype. Differentiable by autograd."""
+    margins = level_margins(user, pos, neg, dims)
+    w = torch.as_tensor(weights, dtype=margins.dtype, device=margins.device)
+    return (w * F.softplus(margins)).sum(1).to(user.dtype)
+
+
+def mrl_bpr_coef(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """``coef[b, l] = w_l * sigmoid(<u, n_l> - <u, p>)`` at width d_l, in the
+    accumulation dtype: all that the backward of the MRL loss needs from its forward."""
+    margins = level_margins(user, pos, neg, dims)
+    return torch.as_tensor(weights, dtype=margins.dtype, device=margins.device) * torch.sigmoid(margins)
+
+
+def mns_bpr_loss(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    item_weight: torch.Tensor,
+    candidates: torch.Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNS then the MRL loss with the sampled negatives: ``(per-row loss, negatives)``.
+    Autograd gives the gradient of ``item_weight`` in the chosen rows only, with
+    repeated ids summed."""
+    negatives = mns_sample(user, item_weight, candidates, dims)
+    return mrl_bpr_loss(user, pos, item_weight[negatives], dims, weights), negatives
+
+
+def mrl_bpr_loss_backward(
+    grad: torch.Tensor,
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    coef: torch.Tensor,
+    dims: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The explicit gradient of :func:`mrl_bpr_loss` given
+    ``coef[b, l] = w_l * sigmoid(<u, n_l> - <u, p>)`` (at width d_l):
+
+    - ``d user[:d_l] += g * coef_l * (n_l - p)[:d_l]``
+    - ``d pos[:d_l]  -= g * coef_l * user[:d_l]``
+    - ``d n_l[:d_l]  += g * coef_l * user[:d_l]``
+    """
+    g = coef * grad.to(coef.dtype)[:, None]  # (B, L)
+    u, p, n = _acc(user), _acc(pos), _acc(neg)
+    grad_user, grad_pos, grad_neg = torch.zeros_like(u), torch.zeros_like(p), torch.zeros_like(n)
+    for level, d in enumerate(dims):
+        gl = g[:, level, None]
+        grad_user[:, :d] += gl * (n[:, level, :d] - p[:, :d])
+        grad_pos[:, :d] -= gl * u[:, :d]
+        grad_neg[:, level, :d] += gl * u[:, :d]
+    return grad_user.to(user.dtype), grad_pos.to(pos.dtype), grad_neg.to(neg.dtype)
+

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not (SHARED / "tool" / "train.txt").is_file():
+        pytest.skip(f"the paper's datasets are not at {SHARED}")
+    return SHARED
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = "") -> None:
+    """torch.testing.assert_close that also names the worst mismatches and any NaN/inf."""
+    actual, expected = actual.detach().cpu(), expected.detach().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.double(), expected.double()
+    bad = ~torch.isfinite(a) & torch.isfinite(e)
+    assert not bad.any(), f"{name}: non-finite values at {bad.nonzero()[:5].tolist()}"
+    err = (a - e).abs() - (atol + rtol * e.abs())
+    if (err > 0).any():
+        worst = err.flatten().topk(min(5, err.numel())).indices
+        rows = [(tuple(torch.unravel_index(i, err.shape)[j].item() for j in range(err.dim())),
+                 a.flatten()[i].item(), e.flatten()[i].item()) for i in worst]
+        raise AssertionError(f"{name}: {int((err > 0).sum())} of {err.numel()} outside atol={atol}, rtol={rtol}; "
+                             f"worst (index, actual, expected): {rows}")
+
+
+def pytest_configure(config):
+    os.environ.setdefault("MRL_DATA", str(Path(config.rootpath) / ".pytest_cache" / "data"))
