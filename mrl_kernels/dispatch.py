@@ -14,7 +14,7 @@ Each backend provides the same five ``torch.library`` operators, named
 ==========================  ==============================================================
 
 ``coef[b, l] = w_l * sigmoid(margin_l)`` is what the forward saves for the
-backward. The fake (shape) functions and the autograd formulas are shared by all
+backward. Every output is contiguous. The fake (shape) functions and the autograd formulas are shared by all
 backends and registered here, so ``torch.compile`` traces any of them without a
 graph break. ``"torch"`` (the reference) is defined here; ``mrl_kernels.triton``
 and ``mrl_kernels.cpp`` register the others when they are importable.
@@ -44,6 +44,7 @@ class Backend:
     mns_sample: Callable
     mrl_bpr_loss: Callable
     mns_bpr_loss: Callable
+    max_width: int | None = None  # the widest D its kernels take
 
 
 # ---------------------------------------------------------------- shared fakes
@@ -57,7 +58,7 @@ def _fake_mrl_bpr_loss(user, pos, neg, dims, weights):
 
 
 def _fake_mrl_bpr_loss_backward(grad, user, pos, neg, coef, dims):
-    return torch.empty_like(user), torch.empty_like(pos), torch.empty_like(neg)
+    return user.new_empty(user.shape), pos.new_empty(pos.shape), neg.new_empty(neg.shape)
 
 
 def _fake_mns_bpr_loss(user, pos, item_weight, candidates, dims, weights):
@@ -66,7 +67,7 @@ def _fake_mns_bpr_loss(user, pos, item_weight, candidates, dims, weights):
 
 
 def _fake_mns_bpr_loss_backward(grad, user, pos, item_weight, negatives, coef, dims):
-    return torch.empty_like(user), torch.empty_like(pos), torch.empty_like(item_weight)
+    return user.new_empty(user.shape), pos.new_empty(pos.shape), item_weight.new_empty(item_weight.shape)
 
 
 FAKES = {
@@ -119,17 +120,18 @@ def op_name(op: str, backend: str) -> str:
     return f"{NAMESPACE}::{op}_{backend}"
 
 
-def define_ops(backend: str, impl, decorator=torch.library.custom_op, with_fake: bool = True) -> Backend:
+def define_ops(backend: str, impl, decorator=torch.library.custom_op, with_fake: bool = True,
+               max_width: int | None = None) -> Backend:
     """Define the five operators of ``backend`` from ``impl`` (an object with one
     function per operator) with ``decorator`` (``custom_op`` or ``triton_op``),
     then register their fakes and autograd. ``with_fake=False`` for decorators
     that trace the body themselves (``triton_op``)."""
     for op, fn in typed_op_functions(impl).items():
         decorator(op_name(op, backend), mutates_args=())(fn)
-    return register(backend, with_fake=with_fake)
+    return register(backend, with_fake=with_fake, max_width=max_width)
 
 
-def register(backend: str, with_fake: bool = True) -> Backend:
+def register(backend: str, with_fake: bool = True, max_width: int | None = None) -> Backend:
     """Register fakes (unless ``with_fake`` is False) and autograd for the five
     operators of ``backend``, which must already exist (defined in Python by
     :func:`define_ops` or in C++ by ``TORCH_LIBRARY``)."""
@@ -161,7 +163,7 @@ def register(backend: str, with_fake: bool = True) -> Backend:
 
     torch.library.register_autograd(op_name("mrl_bpr_loss", backend), mrl_grad, setup_context=mrl_setup)
     torch.library.register_autograd(op_name("mns_bpr_loss", backend), mns_grad, setup_context=mns_setup)
-    return Backend(backend, ops["mns_sample"], ops["mrl_bpr_loss"], ops["mns_bpr_loss"])
+    return Backend(backend, ops["mns_sample"], ops["mrl_bpr_loss"], ops["mns_bpr_loss"], max_width)
 
 
 # ------------------------------------------------------------- torch backend
@@ -189,7 +191,7 @@ class TorchImpl:
         grad_user, grad_pos, grad_neg = reference.mrl_bpr_loss_backward(
             grad, user, pos, item_weight[negatives], coef, dims
         )
-        grad_items = torch.zeros_like(item_weight).index_add_(
+        grad_items = item_weight.new_zeros(item_weight.shape).index_add_(
             0, negatives.reshape(-1), grad_neg.reshape(-1, item_weight.shape[1])
         )
         return grad_user, grad_pos, grad_items
@@ -230,16 +232,22 @@ def _runs_on(name: str, device: torch.device) -> bool:
     return True
 
 
-def resolve(backend: str, device: torch.device) -> Backend:
-    """The backend for tensors on ``device``. ``"auto"``: Triton on CUDA, the C++
-    kernels on the CPU, each falling back to ``"torch"`` (with one warning) when
-    it cannot be loaded."""
+def _fits(found: Backend, width: int) -> bool:
+    return found.max_width is None or width <= found.max_width
+
+
+def resolve(backend: str, device: torch.device, width: int) -> Backend:
+    """The backend for ``width``-wide tensors on ``device``. ``"auto"``: Triton on
+    CUDA, the C++ kernels on the CPU, each falling back to ``"torch"`` when it
+    cannot be loaded (with one warning) or does not take that width."""
     if backend == "auto":
         preferred = "triton" if device.type == "cuda" else "cpp" if device.type == "cpu" else "torch"
         if preferred != "torch":
-            if _load(preferred) is not None:
-                return _REGISTERED[preferred]
-            _warn_fallback(preferred)
+            found = _load(preferred)
+            if found is None:
+                _warn_fallback(preferred)
+            elif _fits(found, width):
+                return found
         return _REGISTERED["torch"]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
@@ -248,6 +256,8 @@ def resolve(backend: str, device: torch.device) -> Backend:
     found = _load(backend)
     if found is None:
         raise RuntimeError(f"backend={backend!r} is not available here: {_UNAVAILABLE[backend]}")
+    if not _fits(found, width):
+        raise ValueError(f"backend={backend!r} takes embedding widths up to {found.max_width}, got {width}")
     return found
 
 

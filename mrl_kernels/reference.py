@@ -138,7 +138,7 @@ def mrl_bpr_loss_backward(
     """
     g = coef * grad.to(coef.dtype)[:, None]  # (B, L)
     u, p, n = _acc(user), _acc(pos), _acc(neg)
-    grad_user, grad_pos, grad_neg = torch.zeros_like(u), torch.zeros_like(p), torch.zeros_like(n)
+    grad_user, grad_pos, grad_neg = u.new_zeros(u.shape), p.new_zeros(p.shape), n.new_zeros(n.shape)
     for level, d in enumerate(dims):
         gl = g[:, level, None]
         grad_user[:, :d] += gl * (n[:, level, :d] - p[:, :d])

@@ -97,3 +97,15 @@ def test_sample_candidates_arguments():
         mk.sample_candidates(torch.arange(3), 2, 0)
     with pytest.raises(ValueError, match="users must be a 1-D tensor"):
         mk.sample_candidates(torch.zeros(3, 2, dtype=torch.long), 2, 10)
+
+
+def test_too_wide_for_triton():
+    pytest.importorskip("mrl_kernels.triton.ops")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not mk.dispatch.triton_interpreting():
+        pytest.skip("Triton runs nowhere here")
+    u = torch.randn(2, 1030, device=device)
+    with pytest.raises(ValueError, match="backend='triton' takes embedding widths up to 1024, got 1030"):
+        mk.mrl_bpr_loss(u, u, u[:, None, :], [1030], backend="triton")
+    if device == "cuda":  # auto falls back to the reference
+        assert mk.mrl_bpr_loss(u, u, u[:, None, :], [1030]).isfinite()

@@ -1,0 +1,133 @@
+"""Compile-only check of the Triton kernels, no GPU needed.
+
+``python -m mrl_kernels.triton.aot`` compiles every kernel variant, for every
+block configuration the launchers can pick and for float32 and bfloat16 inputs,
+for ``GPUTarget("cuda", 80, 32)`` (A100) and ``("cuda", 90, 32)`` (H100), runs
+reads each cubin's resource usage (``cuobjdump``), prints a table (kernel, config, arch, registers, spilled bytes,
+shared memory) and exits non-zero if a compile fails or anything spills.
+
+Written for the Triton version in ``TRITON_VERSION`` (``ASTSource`` and
+``triton.compile``'s arguments change between releases); on another version it
+says so and still tries.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+import pandas as pd
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import kernels
+
+TRITON_VERSION = "3.9"
+ARCHS = (80, 90)
+DTYPES = {"fp32": "*fp32", "bf16": "*bf16"}
+
+# (kernel name, kernel, its constexpr flags)
+VARIANTS = [
+    ("mns_bpr_loss.shared", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=False, COMPUTE_LOSS=True)),
+    ("mns_bpr_loss.per_level", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=True, COMPUTE_LOSS=True)),
+    ("mns_sample.shared", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=False, COMPUTE_LOSS=False)),
+    ("mns_sample.per_level", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=True, COMPUTE_LOSS=False)),
+    ("mrl_bpr_loss", kernels._mrl_forward_kernel, dict(GATHER=False, PER_LEVEL=True, COMPUTE_LOSS=True)),
+    ("mns_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=True)),
+    ("mrl_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=False)),
+]
+
+
+def _example_dims(width: int) -> tuple[int, ...]:
+    """Five nested widths ending at ``width`` (fewer for narrow rows)."""
+    return tuple(sorted({max(1, width >> shift) for shift in (4, 3, 2, 1, 0)}))
+
+
+def _signature(fn, dtype: str, constexprs: dict) -> dict:
+    """Pointer and integer types of every argument: float tensors in ``dtype``,
+    ids int64, weights/coef in the accumulation type, column strides 1."""
+    types = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            if name in ("cand_ptr", "negatives_ptr"):
+                types[name] = "*i64"
+            elif name in ("weight_ptr", "coef_ptr", "grad_ptr"):
+                types[name] = "*fp32"
+            elif name == "grad_item_ptr":
+                types[name] = "*fp32"
+            else:
+                types[name] = dtype
+        else:
+            types[name] = "i32"
+    return types
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers, spilled bytes (stack frame + local memory) from ``cuobjdump``."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        report = subprocess.run([cuobjdump, "--dump-resource-usage", f.name],
+                                capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    usage = {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", report)}
+    return {"registers": usage["REG"], "spills": usage["STACK"] + usage["LOCAL"]}
+
+
+def compile_one(job: tuple) -> dict:
+    name, dtype, cfg, arch = job
+    fn, flags = next((f, fl) for n, f, fl in VARIANTS if n == name)
+    width = cfg["BLOCK_D"]
+    dims = _example_dims(width)
+    constexprs = dict(flags, DIMS=dims, L=len(dims), FP64=False, BLOCK_B=cfg["BLOCK_B"], BLOCK_D=width,
+                      BLOCK_L=max(2, triton.next_power_of_2(len(dims))), stride_ud=1, stride_pd=1,
+                      stride_id=1, stride_nd=1)
+    constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+    row = {"kernel": name, "dtype": dtype, "BLOCK_B": cfg["BLOCK_B"], "BLOCK_D": width,
+           "num_warps": cfg["num_warps"], "arch": f"sm_{arch}"}
+    try:
+        src = ASTSource(fn=fn, signature=_signature(fn, DTYPES[dtype], constexprs), constexprs=constexprs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": cfg["num_warps"]})
+        row.update(_resource_usage(compiled.asm["cubin"]), shared=compiled.metadata.shared, error="")
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        row.update(registers=-1, spills=-1, shared=-1, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    return row
+
+
+def jobs() -> list[tuple]:
+    return [(name, dtype, cfg, arch) for name, _, _ in VARIANTS for dtype in DTYPES
+            for cfg in kernels.configs() for arch in ARCHS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mrl_kernels.triton.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if not triton.__version__.startswith(TRITON_VERSION):
+        print(f"note: written for Triton {TRITON_VERSION}.x, running {triton.__version__}", file=sys.stderr)
+    with ProcessPoolExecutor(args.workers) as pool:
+        table = pd.DataFrame(list(pool.map(compile_one, jobs())))
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
+        print(table.drop(columns="error").to_string(index=False))
+    failed, spilled = table[table.error != ""], table[table.spills > 0]
+    for _, row in failed.iterrows():
+        print(f"FAILED {row.kernel} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.error}", file=sys.stderr)
+    for _, row in spilled.iterrows():
+        print(f"SPILLS {row.kernel} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.spills} bytes", file=sys.stderr)
+    print(f"{len(table)} compiles, {len(failed)} failed, {len(spilled)} spilled; "
+          f"max registers {table.registers.max()}")
+    return 1 if len(failed) or len(spilled) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

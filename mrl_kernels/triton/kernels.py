@@ -1,0 +1,256 @@
+"""Fused Triton kernels for MNS and the MRL loss, and their launchers.
+
+One forward kernel and one backward kernel serve all three operators:
+
+- ``GATHER=True``: negatives are candidate ids; each candidate's row of
+  ``item_weight`` is gathered by id inside the kernel (no ``(B, M, D)`` tensor is
+  ever formed), prefix scores are accumulated level by level, and each level keeps
+  its running maximum and first argmax. ``PER_LEVEL`` selects the ``(B, L, M)``
+  pool layout, where level l reads only the first ``d_l`` columns of its rows.
+  ``COMPUTE_LOSS=False`` is :func:`mns_sample`.
+- ``GATHER=False``: the negatives are given vectors ``neg (B, L, D)``
+  (:func:`mrl_bpr_loss`), one "candidate" per level.
+
+The loss uses the running maxima already in registers:
+``loss_b = sum_l w_l softplus(best_l - pos_l)``; the forward also writes
+``coef = w_l * sigmoid(best_l - pos_l)``, all the backward needs. The backward
+writes the user and positive gradients and adds each chosen row's gradient into
+``item_weight``'s gradient with atomics (repeated ids sum), or writes the
+gradient of ``neg`` directly when ``GATHER=False``.
+
+Scores accumulate in float32 (float64 for float64 inputs: ``FP64``); offsets are int64;
+every tensor is addressed through its strides, so non-contiguous inputs work.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..dispatch import triton_interpreting
+
+MAX_WIDTH = 1024  # largest D the kernels take (one row in registers)
+
+
+@triton.jit
+def _level_scores(prod, cols, lvl, DIMS: tl.constexpr, L: tl.constexpr):
+    """``out[b, l] = sum_{k < DIMS[l]} prod[b, k]``: cumulative segment sums."""
+    running = tl.sum(tl.where(cols[None, :] < DIMS[0], prod, 0.0), axis=1)
+    out = tl.where(lvl[None, :] == 0, running[:, None], 0.0)
+    for level in tl.static_range(1, L):
+        segment = (cols[None, :] >= DIMS[level - 1]) & (cols[None, :] < DIMS[level])
+        running += tl.sum(tl.where(segment, prod, 0.0), axis=1)
+        out = tl.where(lvl[None, :] == level, running[:, None], out)
+    return out
+
+
+@triton.jit
+def _column(x2d, lvl, level: tl.constexpr):
+    """Column ``level`` of a ``(BLOCK_B, BLOCK_L)`` tensor."""
+    return tl.sum(tl.where(lvl[None, :] == level, x2d, 0.0), axis=1)
+
+
+@triton.jit
+def _mrl_forward_kernel(
+    user_ptr, pos_ptr, item_ptr, cand_ptr, neg_ptr, weight_ptr,
+    negatives_ptr, loss_ptr, coef_ptr,
+    B, M, D,
+    stride_ub, stride_ud, stride_pb, stride_pd, stride_in, stride_id,
+    stride_cb, stride_cl, stride_cm, stride_nb, stride_nl, stride_nd,
+    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr,
+    GATHER: tl.constexpr, PER_LEVEL: tl.constexpr, COMPUTE_LOSS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    ACC = tl.float64 if FP64 else tl.float32
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    cols = tl.arange(0, BLOCK_D)
+    lvl = tl.arange(0, BLOCK_L)
+    mask = row_ok[:, None] & (cols[None, :] < D)
+    u = tl.load(user_ptr + rows[:, None] * stride_ub + cols[None, :] * stride_ud, mask=mask, other=0.0).to(ACC)
+
+    best = tl.full((BLOCK_B, BLOCK_L), float("-inf"), ACC)
+    best_id = tl.zeros((BLOCK_B, BLOCK_L), tl.int64)
+    for m in range(M):
+        if PER_LEVEL:
+            scores = tl.zeros((BLOCK_B, BLOCK_L), ACC)
+            ids2d = tl.zeros((BLOCK_B, BLOCK_L), tl.int64)
+            for level in tl.static_range(L):
+                width_ok = mask & (cols[None, :] < DIMS[level])
+                if GATHER:
+                    ids = tl.load(cand_ptr + rows * stride_cb + level * stride_cl + m * stride_cm,
+                                  mask=row_ok, other=0).to(tl.int64)
+                    ptrs = item_ptr + ids[:, None] * stride_in + cols[None, :] * stride_id
+                    ids2d = tl.where(lvl[None, :] == level, ids[:, None], ids2d)
+                else:
+                    ptrs = neg_ptr + rows[:, None] * stride_nb + level * stride_nl + cols[None, :] * stride_nd
+                e = tl.load(ptrs, mask=width_ok, other=0.0).to(ACC)
+                s = tl.sum(u * e, axis=1)
+                scores = tl.where(lvl[None, :] == level, s[:, None], scores)
+        else:
+            ids = tl.load(cand_ptr + rows * stride_cb + m * stride_cm, mask=row_ok, other=0).to(tl.int64)
+            e = tl.load(item_ptr + ids[:, None] * stride_in + cols[None, :] * stride_id, mask=mask,
+                        other=0.0).to(ACC)
+            scores = _level_scores(u * e, cols, lvl, DIMS, L)
+            ids2d = tl.broadcast_to(ids[:, None], (BLOCK_B, BLOCK_L))
+        better = scores > best  # strictly: ties keep the earlier candidate
+        best = tl.where(better, scores, best)
+        if GATHER:
+            best_id = tl.where(better, ids2d, best_id)
+
+    out_ok = row_ok[:, None] & (lvl[None, :] < L)
+    out2d = rows[:, None] * L + lvl[None, :]
+    if GATHER:
+        tl.store(negatives_ptr + out2d, best_id, mask=out_ok)
+    if COMPUTE_LOSS:
+        p = tl.load(pos_ptr + rows[:, None] * stride_pb + cols[None, :] * stride_pd, mask=mask, other=0.0).to(ACC)
+        margin = best - _level_scores(u * p, cols, lvl, DIMS, L)
+        w = tl.load(weight_ptr + lvl, mask=lvl < L, other=0.0).to(ACC)
+        # softplus(x) = max(x, 0) + log(1 + exp(-|x|)); sigmoid from the same exp
+        z = tl.exp(-tl.abs(margin))
+        softplus = tl.maximum(margin, 0.0) + tl.log(1.0 + z)
+        sigmoid = tl.where(margin >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+        loss = tl.sum(tl.where(lvl[None, :] < L, w[None, :] * softplus, 0.0), axis=1)
+        tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_ok)
+        tl.store(coef_ptr + out2d, w[None, :] * sigmoid, mask=out_ok)
+
+
+@triton.jit
+def _mrl_backward_kernel(
+    grad_ptr, user_ptr, pos_ptr, item_ptr, negatives_ptr, neg_ptr, coef_ptr,
+    grad_user_ptr, grad_pos_ptr, grad_item_ptr, grad_neg_ptr,
+    B, D,
+    stride_ub, stride_ud, stride_pb, stride_pd, stride_in, stride_id, stride_nb, stride_nl, stride_nd,
+    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, GATHER: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    ACC = tl.float64 if FP64 else tl.float32
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    cols = tl.arange(0, BLOCK_D)
+    lvl = tl.arange(0, BLOCK_L)
+    mask = row_ok[:, None] & (cols[None, :] < D)
+    u = tl.load(user_ptr + rows[:, None] * stride_ub + cols[None, :] * stride_ud, mask=mask, other=0.0).to(ACC)
+    p = tl.load(pos_ptr + rows[:, None] * stride_pb + cols[None, :] * stride_pd, mask=mask, other=0.0).to(ACC)
+    grad = tl.load(grad_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    coef = tl.load(coef_ptr + rows[:, None] * L + lvl[None, :], mask=row_ok[:, None] & (lvl[None, :] < L),
+                   other=0.0).to(ACC)
+    g2d = coef * grad[:, None]
+
+    column_coef = tl.zeros((BLOCK_B, BLOCK_D), ACC)  # sum of g_l over the levels that hold column k
+    grad_u = tl.zeros((BLOCK_B, BLOCK_D), ACC)
+    for level in tl.static_range(L):
+        g = _column(g2d, lvl, level)
+        width_ok = mask & (cols[None, :] < DIMS[level])
+        g_cols = tl.where(width_ok, g[:, None], 0.0)
+        column_coef += g_cols
+        if GATHER:
+            ids = tl.load(negatives_ptr + rows * L + level, mask=row_ok, other=0).to(tl.int64)
+            row_off = ids[:, None] * stride_in + cols[None, :] * stride_id
+            e = tl.load(item_ptr + row_off, mask=width_ok, other=0.0).to(ACC)
+            tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :], g_cols * u, mask=width_ok)
+        else:
+            e = tl.load(neg_ptr + rows[:, None] * stride_nb + level * stride_nl + cols[None, :] * stride_nd,
+                        mask=width_ok, other=0.0).to(ACC)
+            grad_neg = g_cols * u
+            tl.store(grad_neg_ptr + (rows[:, None] * L + level) * D + cols[None, :],
+                     grad_neg.to(grad_neg_ptr.dtype.element_ty), mask=mask)
+        grad_u += g_cols * e
+    grad_u -= column_coef * p
+    out = rows[:, None] * D + cols[None, :]
+    tl.store(grad_user_ptr + out, grad_u.to(grad_user_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_pos_ptr + out, (-column_coef * u).to(grad_pos_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------- launchers
+def _launch(kernel):
+    """``wrap_triton(kernel)`` so torch.compile sees the launch; the kernel itself
+    under ``TRITON_INTERPRET=1``, where ``wrap_triton`` refuses."""
+    return kernel if triton_interpreting() else torch.library.wrap_triton(kernel)
+
+
+def config(width: int) -> dict:
+    """Block sizes for width ``width``: ``(BLOCK_B, BLOCK_D)`` tiles of about 1024
+    elements, so the half dozen live tiles of the backward fit in registers
+    (``python -m mrl_kernels.triton.aot`` checks that nothing spills)."""
+    block_d = max(16, triton.next_power_of_2(width))
+    block_b = max(1, min(32, 1024 // block_d))
+    return {"BLOCK_B": block_b, "BLOCK_D": block_d, "num_warps": 4 if block_d <= 128 else 8}
+
+
+def configs() -> list[dict]:
+    """Every configuration :func:`config` can return (for the compile-only check)."""
+    seen = {}
+    for width in (2 ** k for k in range(0, 11)):
+        cfg = config(width)
+        seen[(cfg["BLOCK_B"], cfg["BLOCK_D"])] = cfg
+    return list(seen.values())
+
+
+def _common(user, dims):
+    batch, width = user.shape
+    cfg = config(width)
+    meta = dict(DIMS=tuple(dims), L=len(dims), FP64=user.dtype == torch.float64,
+                BLOCK_L=max(2, triton.next_power_of_2(len(dims))), **cfg)
+    return batch, width, (triton.cdiv(batch, cfg["BLOCK_B"]),), meta
+
+
+def forward(user, pos, item_weight, candidates, neg, dims, weights, compute_loss: bool):
+    """Launch the forward kernel. Exactly one of ``candidates`` (ids, gathered from
+    ``item_weight``) and ``neg`` (given vectors) is not None. Returns
+    ``(loss, negatives, coef)``; absent outputs are empty tensors."""
+    batch, width, grid, meta = _common(user, dims)
+    gather = candidates is not None
+    levels = len(dims)
+    acc_dtype = torch.float64 if user.dtype == torch.float64 else torch.float32
+    negatives = user.new_empty((batch, levels) if gather else (0,), dtype=torch.int64)
+    loss = user.new_empty((batch,) if compute_loss else (0,))
+    coef = user.new_empty((batch, levels) if compute_loss else (0,), dtype=acc_dtype)
+    if gather:
+        per_level = candidates.dim() == 3
+        cand_strides = (candidates.stride(0), candidates.stride(1) if per_level else 0, candidates.stride(-1))
+        num = candidates.shape[-1]
+        neg_strides = (0, 0, 0)
+        table, table_strides = item_weight, item_weight.stride()
+    else:
+        per_level, cand_strides, num = True, (0, 0, 0), 1
+        neg_strides = neg.stride()
+        table, table_strides = neg, (0, 0)
+    pos_arg = pos if compute_loss else user
+    weights = weights.contiguous() if compute_loss else coef
+    _launch(_mrl_forward_kernel)[grid](
+        user, pos_arg, table, candidates if gather else negatives, table, weights,
+        negatives, loss, coef,
+        batch, num, width,
+        *user.stride(), *pos_arg.stride(), *table_strides, *cand_strides, *neg_strides,
+        GATHER=gather, PER_LEVEL=per_level, COMPUTE_LOSS=compute_loss, **meta,
+    )
+    return loss, negatives, coef
+
+
+def backward(grad, user, pos, item_weight, negatives, neg, coef, dims):
+    """Launch the backward kernel: ``(d user, d pos, d item_weight or d neg)``."""
+    batch, width, grid, meta = _common(user, dims)
+    gather = negatives is not None
+    # the kernel indexes these as dense (B,) and (B, L)
+    grad, coef = grad.contiguous(), coef.contiguous()
+    negatives = negatives.contiguous() if gather else None
+    grad_user, grad_pos = user.new_empty(user.shape), pos.new_empty(pos.shape)  # contiguous
+    if gather:
+        # float32 atomics for half tables, cast once at the end
+        grad_table = torch.zeros(item_weight.shape, dtype=coef.dtype, device=item_weight.device)
+        grad_neg, table, neg_arg, table_strides, neg_strides = grad_table, item_weight, item_weight, \
+            item_weight.stride(), (0, 0, 0)
+    else:
+        grad_neg = user.new_empty(neg.shape)
+        grad_table, table, neg_arg, table_strides, neg_strides = grad_neg, neg, neg, (0, 0), neg.stride()
+    _launch(_mrl_backward_kernel)[grid](
+        grad, user, pos, table, negatives if gather else coef, neg_arg, coef,
+        grad_user, grad_pos, grad_table, grad_neg,
+        batch, width,
+        *user.stride(), *pos.stride(), *table_strides, *neg_strides,
+        GATHER=gather, **meta,
+    )
+    if gather:
+        return grad_user, grad_pos, grad_table.to(item_weight.dtype)
+    return grad_user, grad_pos, grad_neg
