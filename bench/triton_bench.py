@@ -1,20 +1,32 @@
 """Fused Triton ``mns_bpr_loss`` forward+backward against the PyTorch reference on
-a CUDA device: milliseconds (median of ``triton.testing.do_bench``), speedup, and
-achieved bandwidth (bytes that must move / time) next to the device-to-device copy
-bandwidth measured first. Writes ``<out>/triton-<device>-<date>.md`` and ``.json``.
+a CUDA device. Writes ``<out>/triton-<device>-<date>.md`` and ``.json``.
 
-Bytes that must move, per call (forward + backward), with ``e`` the input
-element size and ``S = sum_l d_l`` (per-level pools read ``d_l`` columns of each
-level's M rows) or ``L' * D`` with ``L' = 1`` (a shared pool read once):
+Times (ms, median of ``triton.testing.do_bench``):
+
+- ``*_eager``: the public call as a user makes it (argument checks with their one
+  device synchronisation, dispatch, launches, autograd) then ``backward()``;
+- ``*_graph``: the same step captured in a CUDA graph and replayed: device time
+  without the host's launch overhead (checks that read values are skipped
+  during capture);
+- ``triton_fwd_graph``: the forward alone, graphed.
+
+``speedup`` is reference / Triton on graphed times; ``GBps`` is the bytes that
+must move over the graphed Triton time, next to the device-to-device copy
+bandwidth measured first (``copy_fraction``).
+
+Bytes that must move per forward+backward, with ``e`` the element size, ``S =
+sum_l d_l`` for per-level pools (level l reads ``d_l`` columns of its M rows)
+or ``D`` for one shared pool read once:
 
 - forward: candidate ids ``B*P*M*8`` (P pools), candidate rows ``B*M*S*e``,
   user and positive ``2*B*D*e``, outputs ``B*(L*8 + 4 + L*4)``;
-- backward: user and positive ``2*B*D*e``, ``coef``/negatives/grad
-  ``B*(L*12 + 4)``, chosen rows ``B*sum(d_l)*e``, their gradient added into the
-  float32 item gradient (read + write) ``2*B*sum(d_l)*4``, user/positive gradients
-  ``2*B*D*e``, and the dense item gradient's zero fill and cast ``N*D*(4 + 4 + e)``.
-FLOPs (about 2 per multiply-add, forward ``2*B*M*S``) are far below the
-bandwidth bound at every shape here.
+- backward: user and positive ``2*B*D*e``, coef/negatives/grad ``B*(L*12 + 4)``,
+  chosen rows ``B*sum(d_l)*e``, their gradient added into the float32 item
+  gradient (read + write) ``2*B*sum(d_l)*4``, user/positive gradients ``2*B*D*e``,
+  the dense item gradient's zero fill and cast ``N*D*(4 + 4 + e)`` (no cast for float32).
+
+FLOPs (about ``2*B*M*S`` in the forward) are far below the bandwidth bound at
+every shape here, so bandwidth is the limit to compare with.
 """
 from __future__ import annotations
 
@@ -30,9 +42,10 @@ import triton
 from triton.testing import do_bench
 
 import mrl_kernels as mk
+from mrl_kernels.triton import kernels
 
 N_ITEMS = 100_000
-L_DIMS = {64: (4, 8, 16, 32, 64), 256: (16, 32, 64, 128, 256)}
+DIMS = {64: (4, 8, 16, 32, 64), 256: (16, 32, 64, 128, 256)}
 
 
 def copy_bandwidth() -> float:
@@ -43,33 +56,56 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / ms / 1e6
 
 
-def must_move(B, M, D, dims, layout, elt) -> int:
-    L, S_levels = len(dims), sum(dims)
+def must_move(B, M, D, layout, elt) -> int:
+    dims = DIMS[D]
+    L, S = len(dims), sum(dims)
     pools = L if layout == "per-level" else 1
-    rows = B * M * (S_levels if layout == "per-level" else D) * elt
+    rows = B * M * (S if layout == "per-level" else D) * elt
     forward = B * pools * M * 8 + rows + 2 * B * D * elt + B * (L * 8 + 4 + L * 4)
-    backward = (2 * B * D * elt + B * (L * 12 + 4) + B * S_levels * elt + 2 * B * S_levels * 4
-                + 2 * B * D * elt + N_ITEMS * D * (8 + elt))
+    cast = 0 if elt == 4 else 4 + elt
+    backward = (4 * B * D * elt + B * (L * 12 + 4) + B * S * elt + 2 * B * S * 4 + N_ITEMS * D * (4 + cast))
     return forward + backward
 
 
-def case(B, M, D, layout, dtype, backend, generator):
-    dims = L_DIMS[D]
-    leaves = [torch.randn(n, D, device="cuda", dtype=dtype, generator=generator).requires_grad_()
-              for n in (B, B, N_ITEMS)]
-    shape = (B, M) if layout == "shared" else (B, len(dims), M)
-    cand = torch.randint(0, N_ITEMS, shape, device="cuda", generator=generator)
+class Case:
+    """Inputs of one shape, and steps that run the forward (+ backward)."""
 
-    def step():
-        for t in leaves:
-            t.grad = None
-        loss, _ = mk.mns_bpr_loss(*leaves[:2], leaves[2], cand, dims, backend=backend)
-        loss.backward()
+    def __init__(self, B, M, D, layout, dtype, generator):
+        self.dims = DIMS[D]
+        self.leaves = [torch.randn(n, D, device="cuda", dtype=dtype, generator=generator).requires_grad_()
+                       for n in (B, B, N_ITEMS)]
+        shape = (B, M) if layout == "shared" else (B, len(self.dims), M)
+        self.cand = torch.randint(0, N_ITEMS, shape, device="cuda", generator=generator)
 
-    return step
+    def step(self, backend, backward=True):
+        def run():
+            for t in self.leaves:
+                t.grad = None
+            loss, _ = mk.mns_bpr_loss(*self.leaves[:2], self.leaves[2], self.cand, self.dims, backend=backend)
+            if backward:
+                loss.backward()
+        return run
 
 
-def reference_fits(B, M, D, layout) -> bool:
+def graphed(fn):
+    """``fn`` captured in a CUDA graph (after warm-up on a side stream); returns replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def bench(fn) -> float:
+    return do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+def reference_fits(B, M, D) -> bool:
     """The reference materialises (B, M, D) gathers per level: skip it above ~6 GB."""
     return B * M * D * 4 * 5 <= 6e9
 
@@ -77,9 +113,8 @@ def reference_fits(B, M, D, layout) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--quick", action="store_true", help="one small shape (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="two small shapes (a smoke test)")
     args = parser.parse_args(argv)
-    torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.cuda.get_device_name()
     copy = copy_bandwidth()
     print(f"{device}: device-to-device copy {copy:.0f} GB/s; torch {torch.__version__}, triton {triton.__version__}")
@@ -90,37 +125,55 @@ def main(argv=None) -> int:
         grid = grid[:2]
     rows = []
     for B, M, D, layout, dtype in grid:
-        timings = {}
-        for backend in ("triton", "torch"):
-            if backend == "torch" and not reference_fits(B, M, D, layout):
-                continue
-            step = case(B, M, D, layout, dtype, backend, g)
-            timings[backend] = do_bench(step, warmup=10, rep=50, return_mode="median")
-            torch.cuda.empty_cache()
-        elt = torch.finfo(dtype).bits // 8
-        moved = must_move(B, M, D, L_DIMS[D], layout, elt)
-        gbps = moved / timings["triton"] / 1e6
-        row = dict(B=B, M=M, L=5, D=D, layout=layout, dtype=str(dtype).replace("torch.", ""),
-                   triton_ms=timings["triton"], torch_ms=timings.get("torch"),
-                   speedup=timings["torch"] / timings["triton"] if "torch" in timings else None,
+        case = Case(B, M, D, layout, dtype, g)
+        t = {"triton_eager": bench(case.step("triton")), "triton_graph": bench(graphed(case.step("triton"))),
+             "triton_fwd_graph": bench(graphed(case.step("triton", backward=False)))}
+        if reference_fits(B, M, D):
+            t["torch_eager"] = bench(case.step("torch"))
+            t["torch_graph"] = bench(graphed(case.step("torch")))
+        del case
+        torch.cuda.empty_cache()
+        gbps = must_move(B, M, D, layout, torch.finfo(dtype).bits // 8) / t["triton_graph"] / 1e6
+        row = dict(B=B, M=M, L=5, D=D, layout=layout, dtype=str(dtype).replace("torch.", ""), **t,
+                   speedup=t["torch_graph"] / t["triton_graph"] if "torch_graph" in t else None,
+                   speedup_eager=t["torch_eager"] / t["triton_eager"] if "torch_eager" in t else None,
                    GBps=gbps, copy_fraction=gbps / copy)
         rows.append(row)
         print(row, flush=True)
+    sweep = []
+    if not args.quick:
+        # tile size / warps at the largest batch, graphed forward+backward
+        for M, D, layout in ((64, 64, "per-level"), (16, 256, "shared")):
+            case = Case(65536, M, D, layout, torch.float32, g)
+            for tile in (512, 1024, 2048):
+                for warps in (4, 8):
+                    with kernels.override_config(tile, warps):
+                        ms = bench(graphed(case.step("triton")))
+                        fwd = bench(graphed(case.step("triton", backward=False)))
+                    gbps = must_move(65536, M, D, layout, 4) / ms / 1e6
+                    sweep.append(dict(B=65536, M=M, D=D, layout=layout, tile=tile, warps=warps, graph_ms=ms,
+                                      fwd_graph_ms=fwd, GBps=gbps, copy_fraction=gbps / copy))
+                    print(sweep[-1], flush=True)
+            del case
+            torch.cuda.empty_cache()
     table = pd.DataFrame(rows)
-    stamp = dt.date.today().isoformat()
-    name = f"triton-{device.replace(' ', '_')}-{stamp}"
+    name = f"triton-{device.replace(' ', '_')}-{dt.date.today().isoformat()}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     header = (f"# mns_bpr_loss forward+backward, Triton vs PyTorch reference\n\n"
-              f"{device}, torch {torch.__version__}, triton {triton.__version__}, {platform.python_version()}; "
-              f"N = {N_ITEMS} items; device-to-device copy {copy:.0f} GB/s (read + write). "
-              f"ms: median of triton.testing.do_bench. GBps: bytes that must move / Triton time "
-              f"(bench/triton_bench.py says which bytes); copy_fraction: GBps / copy bandwidth. "
-              f"torch_ms is empty where the reference's gathers would exceed 6 GB.\n\n")
-    (out / f"{name}.md").write_text(header + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+              f"{device}, torch {torch.__version__}, triton {triton.__version__}, Python {platform.python_version()}; "
+              f"N = {N_ITEMS} items, L = 5; device-to-device copy {copy:.0f} GB/s (read + write). "
+              f"Columns: see bench/triton_bench.py. Empty torch columns: the reference's gathers would "
+              f"exceed 6 GB.\n\n")
+    text = header + table.to_markdown(index=False, floatfmt=".3f") + "\n"
+    if sweep:
+        text += ("\n## Tile sweep (float32, B = 65536, graphed)\n\n"
+                 + pd.DataFrame(sweep).to_markdown(index=False, floatfmt=".3f") + "\n")
+    (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"device": device, "copy_GBps": copy, "torch": torch.__version__,
-                                                  "triton": triton.__version__, "rows": rows}, indent=2))
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+                                                  "triton": triton.__version__, "rows": rows, "sweep": sweep},
+                                                 indent=2))
+    print(text)
     return 0
 
 

@@ -42,16 +42,25 @@ def _check_float(name: str, t, ndim: int, like: tuple[str, Tensor] | None = None
     return t
 
 
+def _can_read_values() -> bool:
+    """Whether value checks may read tensors back: not while ``torch.compile``
+    traces, nor while a CUDA graph is being captured."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
 def check_ids(name: str, ids, n: int, device: torch.device) -> Tensor:
     """Integer ids on ``device``, inside ``[0, n)``, as int64. The range check
-    reads the ids back (one synchronisation); it is skipped while compiling."""
+    reads the ids back (one synchronisation); it is skipped while compiling or
+    capturing a CUDA graph."""
     if not isinstance(ids, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
     if ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but the embeddings are on {device}")
-    if ids.numel() and not torch.compiler.is_compiling() and bool(((ids < 0) | (ids >= n)).any()):
+    if ids.numel() and _can_read_values() and bool(((ids < 0) | (ids >= n)).any()):
         raise ValueError(f"{name} must lie in [0, {n}) (the rows of item_weight); got ids in "
                          f"[{int(ids.min())}, {int(ids.max())}]")
     return ids.long()
@@ -78,7 +87,7 @@ def check_weights(weights, num_levels: int, device: torch.device) -> Tensor:
     w = torch.as_tensor(weights, dtype=torch.float32).to(device)
     if w.dim() != 1 or w.shape[0] != num_levels:
         raise ValueError(f"weights must have one entry per level ({num_levels}), got shape {tuple(w.shape)}")
-    if not torch.compiler.is_compiling() and not bool(((w >= 0) & torch.isfinite(w)).all()):
+    if _can_read_values() and not bool(((w >= 0) & torch.isfinite(w)).all()):
         raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
     return w
 

@@ -23,6 +23,8 @@ every tensor is addressed through its strides, so non-contiguous inputs work.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -169,13 +171,30 @@ def _launch(kernel):
     return kernel if triton_interpreting() else torch.library.wrap_triton(kernel)
 
 
-def config(width: int) -> dict:
-    """Block sizes for width ``width``: ``(BLOCK_B, BLOCK_D)`` tiles of about 1024
+TILE = 1024  # elements of a (BLOCK_B, BLOCK_D) tile
+
+
+def config(width: int, tile: int = TILE, warps: int | None = None) -> dict:
+    """Block sizes for width ``width``: ``(BLOCK_B, BLOCK_D)`` tiles of ``tile``
     elements, so the half dozen live tiles of the backward fit in registers
-    (``python -m mrl_kernels.triton.aot`` checks that nothing spills)."""
+    (``python -m mrl_kernels.triton.aot`` checks that nothing spills).
+    ``tile``/``warps`` other than the defaults are for benchmark sweeps."""
     block_d = max(16, triton.next_power_of_2(width))
-    block_b = max(1, min(32, 1024 // block_d))
-    return {"BLOCK_B": block_b, "BLOCK_D": block_d, "num_warps": 4 if block_d <= 128 else 8}
+    block_b = max(1, min(32, tile // block_d))
+    return {"BLOCK_B": block_b, "BLOCK_D": block_d, "num_warps": warps or (4 if block_d <= 128 else 8)}
+
+
+_SWEEP: dict = {}
+
+
+@contextlib.contextmanager
+def override_config(tile: int, warps: int | None = None):
+    """Launch with another tile size / warp count inside the block (benchmark sweeps)."""
+    _SWEEP.update(tile=tile, warps=warps)
+    try:
+        yield
+    finally:
+        _SWEEP.clear()
 
 
 def configs() -> list[dict]:
@@ -189,7 +208,7 @@ def configs() -> list[dict]:
 
 def _common(user, dims):
     batch, width = user.shape
-    cfg = config(width)
+    cfg = config(width, **_SWEEP)
     meta = dict(DIMS=tuple(dims), L=len(dims), FP64=user.dtype == torch.float64,
                 BLOCK_L=max(2, triton.next_power_of_2(len(dims))), **cfg)
     return batch, width, (triton.cdiv(batch, cfg["BLOCK_B"]),), meta
