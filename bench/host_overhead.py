@@ -20,11 +20,13 @@ def main() -> int:
     leaves = [torch.randn(n, D, device="cuda", requires_grad=True) for n in (B, B, N)]
     cand = torch.randint(0, N, (B, 5, 16), device="cuda")
     w = torch.full((5,), 0.2, device="cuda")
-    op = getattr(torch.ops.mrl_kernels, f"mns_bpr_loss_{backend}")
 
     def public():
         loss, _ = mk.mns_bpr_loss(*leaves[:2], leaves[2], cand, dims, backend=backend)
         loss.backward()
+
+    public()  # registers the backend's operators
+    op = getattr(torch.ops.mrl_kernels, f"mns_bpr_loss_{backend}")
 
     def raw():
         loss, _, _ = op(*leaves[:2], leaves[2], cand, list(dims), w)
