@@ -1,4 +1,19 @@
-"""Package build; the metadata lives in pyproject.toml."""
+"""Package build; the metadata lives in pyproject.toml.
+
+When torch is importable during the build (``pip install --no-build-isolation``)
+the C++ CPU kernels in csrc/ are compiled into ``mrl_kernels._C``. Otherwise the
+package installs without them and compiles them on first use (see
+mrl_kernels/cpp.py); the build never installs torch itself.
+"""
 from setuptools import setup
 
-setup()
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError:
+    ext_modules, cmdclass = [], {}
+else:
+    ext_modules = [CppExtension("mrl_kernels._C", ["csrc/mrl_kernels_cpu.cpp"],
+                                extra_compile_args=["-O3", "-fopenmp-simd"], py_limited_api=False)]
+    cmdclass = {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)}
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

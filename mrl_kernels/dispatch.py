@@ -45,6 +45,7 @@ class Backend:
     mrl_bpr_loss: Callable
     mns_bpr_loss: Callable
     max_width: int | None = None  # the widest D its kernels take
+    dtypes: tuple[torch.dtype, ...] | None = None  # the float dtypes it takes (None: all)
 
 
 # ---------------------------------------------------------------- shared fakes
@@ -121,17 +122,18 @@ def op_name(op: str, backend: str) -> str:
 
 
 def define_ops(backend: str, impl, decorator=torch.library.custom_op, with_fake: bool = True,
-               max_width: int | None = None) -> Backend:
+               max_width: int | None = None, dtypes: tuple[torch.dtype, ...] | None = None) -> Backend:
     """Define the five operators of ``backend`` from ``impl`` (an object with one
     function per operator) with ``decorator`` (``custom_op`` or ``triton_op``),
     then register their fakes and autograd. ``with_fake=False`` for decorators
     that trace the body themselves (``triton_op``)."""
     for op, fn in typed_op_functions(impl).items():
         decorator(op_name(op, backend), mutates_args=())(fn)
-    return register(backend, with_fake=with_fake, max_width=max_width)
+    return register(backend, with_fake=with_fake, max_width=max_width, dtypes=dtypes)
 
 
-def register(backend: str, with_fake: bool = True, max_width: int | None = None) -> Backend:
+def register(backend: str, with_fake: bool = True, max_width: int | None = None,
+             dtypes: tuple[torch.dtype, ...] | None = None) -> Backend:
     """Register fakes (unless ``with_fake`` is False) and autograd for the five
     operators of ``backend``, which must already exist (defined in Python by
     :func:`define_ops` or in C++ by ``TORCH_LIBRARY``)."""
@@ -163,7 +165,7 @@ def register(backend: str, with_fake: bool = True, max_width: int | None = None)
 
     torch.library.register_autograd(op_name("mrl_bpr_loss", backend), mrl_grad, setup_context=mrl_setup)
     torch.library.register_autograd(op_name("mns_bpr_loss", backend), mns_grad, setup_context=mns_setup)
-    return Backend(backend, ops["mns_sample"], ops["mrl_bpr_loss"], ops["mns_bpr_loss"], max_width)
+    return Backend(backend, ops["mns_sample"], ops["mrl_bpr_loss"], ops["mns_bpr_loss"], max_width, dtypes)
 
 
 # ------------------------------------------------------------- torch backend
@@ -232,21 +234,26 @@ def _runs_on(name: str, device: torch.device) -> bool:
     return True
 
 
-def _fits(found: Backend, width: int) -> bool:
-    return found.max_width is None or width <= found.max_width
+def _misfit(found: Backend, width: int, dtype: torch.dtype) -> str | None:
+    """Why ``found`` cannot take ``width``-wide ``dtype`` tensors (None if it can)."""
+    if found.max_width is not None and width > found.max_width:
+        return f"takes embedding widths up to {found.max_width}, got {width}"
+    if found.dtypes is not None and dtype not in found.dtypes:
+        return f"takes {' and '.join(str(d).replace('torch.', '') for d in found.dtypes)}, got {dtype}"
+    return None
 
 
-def resolve(backend: str, device: torch.device, width: int) -> Backend:
-    """The backend for ``width``-wide tensors on ``device``. ``"auto"``: Triton on
-    CUDA, the C++ kernels on the CPU, each falling back to ``"torch"`` when it
-    cannot be loaded (with one warning) or does not take that width."""
+def resolve(backend: str, device: torch.device, width: int, dtype: torch.dtype) -> Backend:
+    """The backend for ``width``-wide ``dtype`` tensors on ``device``. ``"auto"``:
+    Triton on CUDA, the C++ kernels on the CPU, each falling back to ``"torch"``
+    when it cannot be loaded (with one warning) or does not take such tensors."""
     if backend == "auto":
         preferred = "triton" if device.type == "cuda" else "cpp" if device.type == "cpu" else "torch"
         if preferred != "torch":
             found = _load(preferred)
             if found is None:
                 _warn_fallback(preferred)
-            elif _fits(found, width):
+            elif _misfit(found, width, dtype) is None:
                 return found
         return _REGISTERED["torch"]
     if backend not in BACKENDS:
@@ -256,8 +263,9 @@ def resolve(backend: str, device: torch.device, width: int) -> Backend:
     found = _load(backend)
     if found is None:
         raise RuntimeError(f"backend={backend!r} is not available here: {_UNAVAILABLE[backend]}")
-    if not _fits(found, width):
-        raise ValueError(f"backend={backend!r} takes embedding widths up to {found.max_width}, got {width}")
+    misfit = _misfit(found, width, dtype)
+    if misfit is not None:
+        raise ValueError(f"backend={backend!r} {misfit}")
     return found
 
 

@@ -1,0 +1,316 @@
+// Fused CPU kernels for Matryoshka negative sampling (MNS) and the MRL loss.
+//
+// The five operators mrl_kernels::*_cpp mirror the reference in
+// mrl_kernels/reference.py (see mrl_kernels/dispatch.py for their contract):
+//   - each candidate row is read once: prefix scores are accumulated segment by
+//     segment ([d_{l-1}, d_l)), keeping each level's running maximum and first
+//     argmax (a per-level pool row is read up to its level's width only);
+//   - the loss comes from the running maxima, no second gather;
+//   - rows of the batch run in parallel (at::parallel_for), inner loops are
+//     contiguous dot products the compiler vectorises (omp simd);
+//   - the backward adds the chosen rows' gradients into the item gradient with
+//     each thread owning a range of item ids, so there are no races and the sum
+//     order (batch order) does not depend on the number of threads.
+// float32 and float64; float32 inputs accumulate in float32, like the reference.
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
+  return s;
+}
+
+// Strided 2-D view of rows with contiguous columns.
+template <typename T>
+struct Rows {
+  const T* data;
+  int64_t stride;
+  const T* operator[](int64_t i) const { return data + i * stride; }
+};
+
+template <typename T>
+Rows<T> rows_of(const Tensor& t) {
+  TORCH_CHECK(t.dim() == 2 && (t.size(1) <= 1 || t.stride(1) == 1), "expected rows with contiguous columns");
+  return {t.data_ptr<T>(), t.stride(0)};
+}
+
+Tensor rowwise(const Tensor& t) {
+  // Rows may be strided, columns must be contiguous.
+  return (t.size(-1) <= 1 || t.stride(-1) == 1) ? t : t.contiguous();
+}
+
+constexpr int64_t kGrain = 16;
+
+template <typename T>
+inline void loss_from_scores(const T* neg_score, const T* pos_score, const float* w, int64_t L, T* loss_out,
+                             T* coef_out) {
+  T loss = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const T x = neg_score[l] - pos_score[l];
+    const T z = std::exp(-std::abs(x));
+    loss += static_cast<T>(w[l]) * (std::max(x, T(0)) + std::log1p(z));
+    coef_out[l] = static_cast<T>(w[l]) * (x >= 0 ? T(1) / (T(1) + z) : z / (T(1) + z));
+  }
+  *loss_out = loss;
+}
+
+template <typename T>
+inline void prefix_scores(const T* u, const T* row, const std::vector<int64_t>& dims, T* out) {
+  T running = 0;
+  int64_t start = 0;
+  for (size_t l = 0; l < dims.size(); ++l) {
+    running += dot(u + start, row + start, dims[l] - start);
+    start = dims[l];
+    out[l] = running;
+  }
+}
+
+// Forward of all three operators. Exactly one of candidates (ids into
+// item_weight) and neg (given vectors, (B, L, D)) is defined.
+template <typename T>
+void forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weight, const Tensor& candidates,
+                  const Tensor& neg, const std::vector<int64_t>& dims, const Tensor& weights, Tensor& negatives,
+                  Tensor& loss, Tensor& coef) {
+  const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
+  const bool gather = candidates.defined(), compute_loss = loss.defined();
+  const bool per_level = gather ? candidates.dim() == 3 : true;
+  const int64_t M = gather ? candidates.size(-1) : 1;
+  const Rows<T> U = rows_of<T>(user);
+  const Rows<T> P = compute_loss ? rows_of<T>(pos) : U;
+  const Rows<T> I = gather ? rows_of<T>(item_weight) : Rows<T>{nullptr, 0};
+  const int64_t* cand = gather ? candidates.data_ptr<int64_t>() : nullptr;
+  const T* neg_data = gather ? nullptr : neg.data_ptr<T>();
+  const int64_t nb = gather ? 0 : neg.stride(0), nl = gather ? 0 : neg.stride(1);
+  const float* w = compute_loss ? weights.data_ptr<float>() : nullptr;
+  int64_t* neg_out = gather ? negatives.data_ptr<int64_t>() : nullptr;
+  T* loss_out = compute_loss ? loss.data_ptr<T>() : nullptr;
+  T* coef_out = compute_loss ? coef.data_ptr<T>() : nullptr;
+
+  at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> best(L), scores(L), pos_scores(L);
+    std::vector<int64_t> best_id(L);
+    for (int64_t b = begin; b < end; ++b) {
+      const T* u = U[b];
+      std::fill(best.begin(), best.end(), -std::numeric_limits<T>::infinity());
+      std::fill(best_id.begin(), best_id.end(), int64_t(0));
+      if (!gather) {
+        for (int64_t l = 0; l < L; ++l) best[l] = dot(u, neg_data + b * nb + l * nl, dims[l]);
+      } else if (per_level) {
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t* pool = cand + (b * L + l) * M;
+          for (int64_t m = 0; m < M; ++m) {
+            const T s = dot(u, I[pool[m]], dims[l]);
+            if (s > best[l]) {  // strictly: ties keep the earlier candidate
+              best[l] = s;
+              best_id[l] = pool[m];
+            }
+          }
+        }
+      } else {
+        const int64_t* pool = cand + b * M;
+        for (int64_t m = 0; m < M; ++m) {
+          prefix_scores(u, I[pool[m]], dims, scores.data());
+          for (int64_t l = 0; l < L; ++l) {
+            if (scores[l] > best[l]) {
+              best[l] = scores[l];
+              best_id[l] = pool[m];
+            }
+          }
+        }
+      }
+      if (gather) std::copy(best_id.begin(), best_id.end(), neg_out + b * L);
+      if (compute_loss) {
+        prefix_scores(u, P[b], dims, pos_scores.data());
+        loss_from_scores(best.data(), pos_scores.data(), w, L, loss_out + b, coef_out + b * L);
+      }
+    }
+  });
+}
+
+// Backward. With negatives (ids) the item gradient is accumulated in place;
+// with neg (vectors) grad_neg (B, L, D) is written.
+template <typename T>
+void backward_impl(const Tensor& grad, const Tensor& user, const Tensor& pos, const Tensor& item_weight,
+                   const Tensor& negatives, const Tensor& neg, const Tensor& coef, const std::vector<int64_t>& dims,
+                   Tensor& grad_user, Tensor& grad_pos, Tensor& grad_other) {
+  const int64_t B = user.size(0), D = user.size(1), L = static_cast<int64_t>(dims.size());
+  const bool gather = negatives.defined();
+  const Rows<T> U = rows_of<T>(user), P = rows_of<T>(pos);
+  const Rows<T> I = gather ? rows_of<T>(item_weight) : Rows<T>{nullptr, 0};
+  const int64_t* ids = gather ? negatives.data_ptr<int64_t>() : nullptr;
+  const T* neg_data = gather ? nullptr : neg.data_ptr<T>();
+  const int64_t nb = gather ? 0 : neg.stride(0), nl = gather ? 0 : neg.stride(1);
+  const T* g_data = grad.data_ptr<T>();
+  const T* c_data = coef.data_ptr<T>();
+  T* gu = grad_user.data_ptr<T>();
+  T* gp = grad_pos.data_ptr<T>();
+  T* go = grad_other.data_ptr<T>();
+
+  at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> column_coef(D);
+    for (int64_t b = begin; b < end; ++b) {
+      const T* u = U[b];
+      const T* p = P[b];
+      T* gu_b = gu + b * D;
+      std::fill(gu_b, gu_b + D, T(0));
+      std::fill(column_coef.begin(), column_coef.end(), T(0));
+      for (int64_t l = 0; l < L; ++l) {
+        const T g = c_data[b * L + l] * g_data[b];
+        const T* n = gather ? I[ids[b * L + l]] : neg_data + b * nb + l * nl;
+        const int64_t d = dims[l];
+#pragma omp simd
+        for (int64_t k = 0; k < d; ++k) {
+          gu_b[k] += g * n[k];
+          column_coef[k] += g;
+        }
+        if (!gather) {
+          T* gn = go + (b * L + l) * D;
+#pragma omp simd
+          for (int64_t k = 0; k < d; ++k) gn[k] = g * u[k];
+          std::fill(gn + d, gn + D, T(0));
+        }
+      }
+      T* gp_b = gp + b * D;
+#pragma omp simd
+      for (int64_t k = 0; k < D; ++k) {
+        gu_b[k] -= column_coef[k] * p[k];
+        gp_b[k] = -column_coef[k] * u[k];
+      }
+    }
+  });
+
+  if (gather) {
+    // Each thread owns the item ids in [lo, hi): no races, and every row's
+    // contributions are added in batch order whatever the thread count.
+    const int64_t N = item_weight.size(0);
+    at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t id = ids[b * L + l];
+          if (id < lo || id >= hi) continue;
+          const T g = c_data[b * L + l] * g_data[b];
+          const T* u = U[b];
+          T* row = go + id * D;
+#pragma omp simd
+          for (int64_t k = 0; k < dims[l]; ++k) row[k] += g * u[k];
+        }
+      }
+    });
+  }
+}
+
+void check_cpu_float(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64 for the cpp backend, got ", t.scalar_type());
+}
+
+std::vector<int64_t> as_vector(at::IntArrayRef dims) { return {dims.begin(), dims.end()}; }
+
+std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& user, const Tensor& pos, const Tensor& item_weight,
+                                           const Tensor& candidates, const Tensor& neg, at::IntArrayRef dims,
+                                           const Tensor& weights, bool compute_loss) {
+  check_cpu_float(user, "user");
+  const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
+  const Tensor u = user.contiguous();
+  const Tensor p = compute_loss ? pos.contiguous() : Tensor();
+  const Tensor table = item_weight.defined() ? rowwise(item_weight) : Tensor();
+  const Tensor cand = candidates.defined() ? candidates.to(at::kLong).contiguous() : Tensor();
+  const Tensor n = neg.defined() ? rowwise(neg) : Tensor();
+  const Tensor w = compute_loss ? weights.to(at::kFloat).contiguous() : Tensor();
+  Tensor negatives = cand.defined() ? at::empty({B, L}, user.options().dtype(at::kLong)) : Tensor();
+  Tensor loss = compute_loss ? at::empty({B}, user.options()) : Tensor();
+  Tensor coef = compute_loss ? at::empty({B, L}, user.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_forward_cpu", [&] {
+    forward_impl<scalar_t>(u, p, table, cand, n, as_vector(dims), w, negatives, loss, coef);
+  });
+  return {loss, negatives, coef};
+}
+
+Tensor mns_sample(const Tensor& user, const Tensor& item_weight, const Tensor& candidates, at::IntArrayRef dims) {
+  return std::get<1>(forward(user, Tensor(), item_weight, candidates, Tensor(), dims, Tensor(), false));
+}
+
+std::tuple<Tensor, Tensor> mrl_bpr_loss(const Tensor& user, const Tensor& pos, const Tensor& neg,
+                                        at::IntArrayRef dims, const Tensor& weights) {
+  auto out = forward(user, pos, Tensor(), Tensor(), neg, dims, weights, true);
+  return {std::get<0>(out), std::get<2>(out)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss(const Tensor& user, const Tensor& pos, const Tensor& item_weight,
+                                                const Tensor& candidates, at::IntArrayRef dims,
+                                                const Tensor& weights) {
+  return forward(user, pos, item_weight, candidates, Tensor(), dims, weights, true);
+}
+
+std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& user, const Tensor& pos,
+                                            const Tensor& item_weight, const Tensor& negatives,
+                                            const Tensor& neg, const Tensor& coef, at::IntArrayRef dims) {
+  check_cpu_float(user, "user");
+  const Tensor u = user.contiguous(), p = pos.contiguous();
+  const Tensor g = grad.to(user.scalar_type()).contiguous(), c = coef.to(user.scalar_type()).contiguous();
+  Tensor grad_user = at::empty(user.sizes(), user.options());
+  Tensor grad_pos = at::empty(pos.sizes(), pos.options());
+  Tensor table, ids, n, grad_other;
+  if (negatives.defined()) {
+    table = rowwise(item_weight);
+    ids = negatives.to(at::kLong).contiguous();
+    grad_other = at::zeros(item_weight.sizes(), item_weight.options());
+  } else {
+    n = rowwise(neg);
+    grad_other = at::empty(neg.sizes(), neg.options());
+  }
+  AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_backward_cpu", [&] {
+    backward_impl<scalar_t>(g, u, p, table, ids, n, c, as_vector(dims), grad_user, grad_pos, grad_other);
+  });
+  return {grad_user, grad_pos, grad_other};
+}
+
+std::tuple<Tensor, Tensor, Tensor> mrl_bpr_loss_backward(const Tensor& grad, const Tensor& user, const Tensor& pos,
+                                                         const Tensor& neg, const Tensor& coef,
+                                                         at::IntArrayRef dims) {
+  return backward(grad, user, pos, Tensor(), Tensor(), neg, coef, dims);
+}
+
+std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss_backward(const Tensor& grad, const Tensor& user, const Tensor& pos,
+                                                         const Tensor& item_weight, const Tensor& negatives,
+                                                         const Tensor& coef, at::IntArrayRef dims) {
+  return backward(grad, user, pos, item_weight, negatives, Tensor(), coef, dims);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mrl_kernels, m) {
+  m.def("mns_sample_cpp(Tensor user, Tensor item_weight, Tensor candidates, int[] dims) -> Tensor");
+  m.def("mrl_bpr_loss_cpp(Tensor user, Tensor pos, Tensor neg, int[] dims, Tensor weights) -> (Tensor, Tensor)");
+  m.def(
+      "mrl_bpr_loss_backward_cpp(Tensor grad, Tensor user, Tensor pos, Tensor neg, Tensor coef, int[] dims)"
+      " -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mns_bpr_loss_cpp(Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, int[] dims, "
+      "Tensor weights) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mns_bpr_loss_backward_cpp(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor negatives, "
+      "Tensor coef, int[] dims) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m) {
+  m.impl("mns_sample_cpp", &mns_sample);
+  m.impl("mrl_bpr_loss_cpp", &mrl_bpr_loss);
+  m.impl("mrl_bpr_loss_backward_cpp", &mrl_bpr_loss_backward);
+  m.impl("mns_bpr_loss_cpp", &mns_bpr_loss);
+  m.impl("mns_bpr_loss_backward_cpp", &mns_bpr_loss_backward);
+}
