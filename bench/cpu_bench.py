@@ -1,0 +1,103 @@
+"""CPU comparison of ``mns_bpr_loss`` forward+backward at the paper's shape
+(B 2048, 16 candidates per level, L 5, D 64, phone-sized tables: 27,879 users x
+10,429 items): the C++ kernels, the PyTorch reference backend, and the authors'
+op sequence (per level: gather the pool's rows, slice to d_l, dot, max, gather
+the winner; then a per-level softplus of the margins; autograd for the backward),
+all in one process with the same threads, median of ``--repeats`` runs.
+
+Writes ``<out>/cpu-<machine>-<date>.md`` and ``.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import mrl_kernels as mk
+
+DIMS = (4, 8, 16, 32, 64)
+
+
+def authors_step(user, pos, item_weight, candidates, dims):
+    """The authors' sequence of tensor ops for MNS + MRL loss (one pool per level)."""
+    negs = []
+    for level, d in enumerate(dims):
+        pool = candidates[:, level]
+        rows = item_weight[pool]                                   # (B, M, D)
+        scores = (user[:, :d].unsqueeze(1) * rows[:, :, :d]).sum(-1)
+        best = scores.max(dim=1)[1].detach()
+        negs.append(item_weight[pool.gather(1, best[:, None]).squeeze(1)])
+    neg = torch.stack(negs, dim=1)
+    loss = 0
+    for level, d in enumerate(dims):
+        pos_scores = (user[:, :d] * pos[:, :d]).sum(-1)
+        neg_scores = (user[:, :d] * neg[:, level, :d]).sum(-1)
+        loss = loss + torch.mean(torch.log(1 + torch.exp(neg_scores - pos_scores))) / len(dims)
+    return loss
+
+
+def median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=2048)
+    args = parser.parse_args(argv)
+    g = torch.Generator().manual_seed(0)
+    B, D, n_users, n_items = args.batch, 64, 27_879, 10_429
+    users = torch.nn.Parameter(torch.randn(n_users, D, generator=g) * 0.1)
+    items = torch.nn.Parameter(torch.randn(n_items, D, generator=g) * 0.1)
+    u_ids = torch.randint(0, n_users, (B,), generator=g)
+    p_ids = torch.randint(0, n_items, (B,), generator=g)
+    cand = torch.randint(0, n_items, (B, len(DIMS), 16), generator=g)
+
+    def step(loss_fn):
+        def run():
+            users.grad = items.grad = None
+            loss_fn(users[u_ids], items[p_ids]).backward()
+        return run
+
+    variants = {
+        "cpp": step(lambda u, p: mk.mns_bpr_loss(u, p, items, cand, DIMS, backend="cpp")[0]),
+        "torch (reference)": step(lambda u, p: mk.mns_bpr_loss(u, p, items, cand, DIMS, backend="torch")[0]),
+        "authors' op sequence": step(lambda u, p: authors_step(u, p, items, cand, DIMS)),
+    }
+    ms = {name: median_ms(fn, args.repeats) for name, fn in variants.items()}
+    threads = torch.get_num_threads()
+    cpu = platform.processor() or platform.machine()
+    rows = [{"implementation": name, "ms": t, "cpp speedup": t / ms["cpp"]} for name, t in ms.items()]
+    table = pd.DataFrame(rows)
+    text = (f"# mns_bpr_loss forward+backward on the CPU\n\n"
+            f"{cpu}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}; B {B}, "
+            f"16 candidates per level, L 5, D 64, {n_users} x {n_items} tables; median of {args.repeats} runs "
+            f"(bench/cpu_bench.py).\n\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}") + "\n")
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"cpu-{platform.machine()}-{threads}threads-{dt.date.today().isoformat()}"
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"threads": threads, "torch": torch.__version__, "rows": rows},
+                                                 indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
