@@ -47,6 +47,22 @@ def _level_scores(prod, cols, lvl, DIMS: tl.constexpr, L: tl.constexpr):
 
 
 @triton.jit
+def _row_block(B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's batch rows (int64), their validity, column and level
+    indices, and the (row, column) mask."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    cols = tl.arange(0, BLOCK_D)
+    return rows, row_ok, cols, tl.arange(0, BLOCK_L), row_ok[:, None] & (cols[None, :] < D)
+
+
+@triton.jit
+def _load_rows(ptr, rows, cols, stride_b, stride_d, mask, ACC: tl.constexpr):
+    """A (BLOCK_B, BLOCK_D) tile of a (B, D) tensor, in the accumulation dtype."""
+    return tl.load(ptr + rows[:, None] * stride_b + cols[None, :] * stride_d, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
 def _column(x2d, lvl, level: tl.constexpr):
     """Column ``level`` of a ``(BLOCK_B, BLOCK_L)`` tensor."""
     return tl.sum(tl.where(lvl[None, :] == level, x2d, 0.0), axis=1)
@@ -64,12 +80,8 @@ def _mrl_forward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     ACC = tl.float64 if FP64 else tl.float32
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    cols = tl.arange(0, BLOCK_D)
-    lvl = tl.arange(0, BLOCK_L)
-    mask = row_ok[:, None] & (cols[None, :] < D)
-    u = tl.load(user_ptr + rows[:, None] * stride_ub + cols[None, :] * stride_ud, mask=mask, other=0.0).to(ACC)
+    rows, row_ok, cols, lvl, mask = _row_block(B, D, BLOCK_B, BLOCK_D, BLOCK_L)
+    u = _load_rows(user_ptr, rows, cols, stride_ub, stride_ud, mask, ACC)
 
     best = tl.full((BLOCK_B, BLOCK_L), float("-inf"), ACC)
     best_id = tl.zeros((BLOCK_B, BLOCK_L), tl.int64)
@@ -105,7 +117,7 @@ def _mrl_forward_kernel(
     if GATHER:
         tl.store(negatives_ptr + out2d, best_id, mask=out_ok)
     if COMPUTE_LOSS:
-        p = tl.load(pos_ptr + rows[:, None] * stride_pb + cols[None, :] * stride_pd, mask=mask, other=0.0).to(ACC)
+        p = _load_rows(pos_ptr, rows, cols, stride_pb, stride_pd, mask, ACC)
         margin = best - _level_scores(u * p, cols, lvl, DIMS, L)
         w = tl.load(weight_ptr + lvl, mask=lvl < L, other=0.0).to(ACC)
         # softplus(x) = max(x, 0) + log(1 + exp(-|x|)); sigmoid from the same exp
@@ -127,13 +139,9 @@ def _mrl_backward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     ACC = tl.float64 if FP64 else tl.float32
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    cols = tl.arange(0, BLOCK_D)
-    lvl = tl.arange(0, BLOCK_L)
-    mask = row_ok[:, None] & (cols[None, :] < D)
-    u = tl.load(user_ptr + rows[:, None] * stride_ub + cols[None, :] * stride_ud, mask=mask, other=0.0).to(ACC)
-    p = tl.load(pos_ptr + rows[:, None] * stride_pb + cols[None, :] * stride_pd, mask=mask, other=0.0).to(ACC)
+    rows, row_ok, cols, lvl, mask = _row_block(B, D, BLOCK_B, BLOCK_D, BLOCK_L)
+    u = _load_rows(user_ptr, rows, cols, stride_ub, stride_ud, mask, ACC)
+    p = _load_rows(pos_ptr, rows, cols, stride_pb, stride_pd, mask, ACC)
     grad = tl.load(grad_ptr + rows, mask=row_ok, other=0.0).to(ACC)
     coef = tl.load(coef_ptr + rows[:, None] * L + lvl[None, :], mask=row_ok[:, None] & (lvl[None, :] < L),
                    other=0.0).to(ACC)
