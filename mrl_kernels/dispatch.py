@@ -14,10 +14,9 @@ Each backend provides the same five ``torch.library`` operators, named
 ==========================  ==============================================================
 
 ``coef[b, l] = w_l * sigmoid(margin_l)`` is what the forward saves for the
-backward. Every output is contiguous. The fake (shape) functions and the
-autograd formulas are shared by all backends and registered here, so
-``torch.compile`` traces any of them without a graph break. Eager calls take a
-shorter route to the same functions (:class:`Backend`). ``"torch"`` (the reference) is defined here; ``mrl_kernels.triton``
+backward. Every output is contiguous. The fake (shape) functions and the autograd formulas are shared by all
+backends and registered here, so ``torch.compile`` traces any of them without a
+graph break. ``"torch"`` (the reference) is defined here; ``mrl_kernels.triton``
 and ``mrl_kernels.cpp`` register the others when they are importable.
 """
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -40,18 +38,12 @@ OP_NAMES = ("mns_sample", "mrl_bpr_loss", "mrl_bpr_loss_backward", "mns_bpr_loss
 
 @dataclass(frozen=True)
 class Backend:
-    """One backend: its registered operators (``torch.ops.mrl_kernels.*``, what
-    ``torch.compile`` traces) and the same computations for eager calls, which
-    skip the Python operator-dispatch overhead (``autograd.Function``\ s over the
-    backend's own functions)."""
+    """The registered operators of one backend (``torch.ops.mrl_kernels.*``)."""
 
     name: str
     mns_sample: Callable
     mrl_bpr_loss: Callable
     mns_bpr_loss: Callable
-    eager_mns_sample: Callable
-    eager_mrl_bpr_loss: Callable
-    eager_mns_bpr_loss: Callable
     max_width: int | None = None  # the widest D its kernels take
     dtypes: tuple[torch.dtype, ...] | None = None  # the float dtypes it takes (None: all)
 
@@ -130,20 +122,27 @@ def op_name(op: str, backend: str) -> str:
 
 
 def define_ops(backend: str, impl, decorator=torch.library.custom_op, with_fake: bool = True,
-               eager=None, max_width: int | None = None,
-               dtypes: tuple[torch.dtype, ...] | None = None) -> Backend:
+               max_width: int | None = None, dtypes: tuple[torch.dtype, ...] | None = None) -> Backend:
     """Define the five operators of ``backend`` from ``impl`` (an object with one
     function per operator) with ``decorator`` (``custom_op`` or ``triton_op``),
-    then :func:`register` them. ``with_fake=False`` for decorators that trace the
-    body themselves (``triton_op``)."""
+    then register their fakes and autograd. ``with_fake=False`` for decorators
+    that trace the body themselves (``triton_op``)."""
     for op, fn in typed_op_functions(impl).items():
         decorator(op_name(op, backend), mutates_args=())(fn)
-    return register(backend, with_fake=with_fake, eager=eager or impl, max_width=max_width, dtypes=dtypes)
+    return register(backend, with_fake=with_fake, max_width=max_width, dtypes=dtypes)
 
 
-def _autograd(mrl_backward: Callable, mns_backward: Callable):
-    """``(setup_context, backward)`` pairs of the two losses, calling the given
-    backward functions: shared by the registered operators and the eager path."""
+def register(backend: str, with_fake: bool = True, max_width: int | None = None,
+             dtypes: tuple[torch.dtype, ...] | None = None) -> Backend:
+    """Register fakes (unless ``with_fake`` is False) and autograd for the five
+    operators of ``backend``, which must already exist (defined in Python by
+    :func:`define_ops` or in C++ by ``TORCH_LIBRARY``)."""
+    ops = {op: getattr(torch.ops.mrl_kernels, f"{op}_{backend}").default for op in OP_NAMES}
+    if with_fake:
+        for op, fake in FAKES.items():
+            torch.library.register_fake(op_name(op, backend), fake)
+
+    mrl_backward, mns_backward = ops["mrl_bpr_loss_backward"], ops["mns_bpr_loss_backward"]
 
     def mrl_setup(ctx, inputs, output):
         user, pos, neg, dims, _ = inputs
@@ -164,38 +163,9 @@ def _autograd(mrl_backward: Callable, mns_backward: Callable):
         grads = mns_backward(grad_loss.contiguous(), user, pos, item_weight, negatives, coef, ctx.dims)
         return (*grads, None, None, None)
 
-    return (mrl_setup, mrl_grad), (mns_setup, mns_grad)
-
-
-def _function(name: str, forward: Callable, setup: Callable, backward: Callable) -> type:
-    """A ``torch.autograd.Function`` (eager path) from its three parts."""
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "setup_context": staticmethod(setup), "backward": staticmethod(backward)})
-
-
-def register(backend: str, with_fake: bool = True, eager=None, max_width: int | None = None,
-             dtypes: tuple[torch.dtype, ...] | None = None) -> Backend:
-    """Register fakes (unless ``with_fake`` is False) and autograd for the five
-    operators of ``backend``, which must already exist (defined in Python by
-    :func:`define_ops` or in C++ by ``TORCH_LIBRARY``), and build its eager path
-    from ``eager`` (an object with one function per operator; default: the
-    operators themselves)."""
-    ops = {op: getattr(torch.ops.mrl_kernels, f"{op}_{backend}").default for op in OP_NAMES}
-    if with_fake:
-        for op, fake in FAKES.items():
-            torch.library.register_fake(op_name(op, backend), fake)
-    (mrl_setup, mrl_grad), (mns_setup, mns_grad) = _autograd(ops["mrl_bpr_loss_backward"],
-                                                             ops["mns_bpr_loss_backward"])
     torch.library.register_autograd(op_name("mrl_bpr_loss", backend), mrl_grad, setup_context=mrl_setup)
     torch.library.register_autograd(op_name("mns_bpr_loss", backend), mns_grad, setup_context=mns_setup)
-
-    eager = eager or SimpleNamespace(**ops)
-    (mrl_setup, mrl_grad), (mns_setup, mns_grad) = _autograd(eager.mrl_bpr_loss_backward,
-                                                             eager.mns_bpr_loss_backward)
-    mrl_fn = _function(f"MrlBprLoss_{backend}", eager.mrl_bpr_loss, mrl_setup, mrl_grad)
-    mns_fn = _function(f"MnsBprLoss_{backend}", eager.mns_bpr_loss, mns_setup, mns_grad)
-    return Backend(backend, ops["mns_sample"], ops["mrl_bpr_loss"], ops["mns_bpr_loss"],
-                   eager.mns_sample, mrl_fn.apply, mns_fn.apply, max_width, dtypes)
+    return Backend(backend, ops["mns_sample"], ops["mrl_bpr_loss"], ops["mns_bpr_loss"], max_width, dtypes)
 
 
 # ------------------------------------------------------------- torch backend

@@ -150,9 +150,7 @@ def mns_sample(
         position in the pool. Not differentiable.
     """
     candidates, dims = _check_sampling(user, item_weight, candidates, dims)
-    found = dispatch.resolve(backend, user.device, user.shape[1], user.dtype)
-    op = found.mns_sample if torch.compiler.is_compiling() else found.eager_mns_sample
-    return op(user, item_weight, candidates, dims)
+    return dispatch.resolve(backend, user.device, user.shape[1], user.dtype).mns_sample(user, item_weight, candidates, dims)
 
 
 def mrl_bpr_loss(
@@ -193,9 +191,7 @@ def mrl_bpr_loss(
         raise ValueError(f"neg must have L = len(dims) = {len(dims)} vectors per row, got {neg.shape[1]}")
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    found = dispatch.resolve(backend, user.device, user.shape[1], user.dtype)
-    op = found.mrl_bpr_loss if torch.compiler.is_compiling() else found.eager_mrl_bpr_loss
-    loss, _ = op(user, pos, neg, dims, w)
+    loss, _ = dispatch.resolve(backend, user.device, user.shape[1], user.dtype).mrl_bpr_loss(user, pos, neg, dims, w)
     return _reduce(loss, reduction)
 
 
@@ -224,7 +220,6 @@ def mns_bpr_loss(
         raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    found = dispatch.resolve(backend, user.device, user.shape[1], user.dtype)
-    op = found.mns_bpr_loss if torch.compiler.is_compiling() else found.eager_mns_bpr_loss
+    op = dispatch.resolve(backend, user.device, user.shape[1], user.dtype).mns_bpr_loss
     loss, negatives, _ = op(user, pos, item_weight, candidates, dims, w)
     return _reduce(loss, reduction), negatives

@@ -173,11 +173,10 @@ def _mrl_backward_kernel(
 
 
 # ---------------------------------------------------------------- launchers
-def _launch(kernel, direct: bool):
+def _launch(kernel):
     """``wrap_triton(kernel)`` so torch.compile sees the launch; the kernel itself
-    when ``direct`` (eager calls, which skip the wrapper's host overhead) and under
-    ``TRITON_INTERPRET=1``, where ``wrap_triton`` refuses."""
-    return kernel if direct or triton_interpreting() else torch.library.wrap_triton(kernel)
+    under ``TRITON_INTERPRET=1``, where ``wrap_triton`` refuses."""
+    return kernel if triton_interpreting() else torch.library.wrap_triton(kernel)
 
 
 # (BLOCK_B, BLOCK_D) tiles of 512 elements over 4 warps, 4 elements a thread:
@@ -227,7 +226,7 @@ def _common(user, dims):
     return batch, width, (triton.cdiv(batch, cfg["BLOCK_B"]),), meta
 
 
-def forward(user, pos, item_weight, candidates, neg, dims, weights, compute_loss: bool, direct: bool = False):
+def forward(user, pos, item_weight, candidates, neg, dims, weights, compute_loss: bool):
     """Launch the forward kernel. Exactly one of ``candidates`` (ids, gathered from
     ``item_weight``) and ``neg`` (given vectors) is not None. Returns
     ``(loss, negatives, coef)``; absent outputs are empty tensors."""
@@ -250,7 +249,7 @@ def forward(user, pos, item_weight, candidates, neg, dims, weights, compute_loss
         table, table_strides = neg, (0, 0)
     pos_arg = pos if compute_loss else user
     weights = weights.contiguous() if compute_loss else coef
-    _launch(_mrl_forward_kernel, direct)[grid](
+    _launch(_mrl_forward_kernel)[grid](
         user, pos_arg, table, candidates if gather else negatives, table, weights,
         negatives, loss, coef,
         batch, num, width,
@@ -260,7 +259,7 @@ def forward(user, pos, item_weight, candidates, neg, dims, weights, compute_loss
     return loss, negatives, coef
 
 
-def backward(grad, user, pos, item_weight, negatives, neg, coef, dims, direct: bool = False):
+def backward(grad, user, pos, item_weight, negatives, neg, coef, dims):
     """Launch the backward kernel: ``(d user, d pos, d item_weight or d neg)``."""
     batch, width, grid, meta = _common(user, dims)
     gather = negatives is not None
@@ -276,7 +275,7 @@ def backward(grad, user, pos, item_weight, negatives, neg, coef, dims, direct: b
     else:
         grad_neg = user.new_empty(neg.shape)
         grad_table, table, neg_arg, table_strides, neg_strides = grad_neg, neg, neg, (0, 0), neg.stride()
-    _launch(_mrl_backward_kernel, direct)[grid](
+    _launch(_mrl_backward_kernel)[grid](
         grad, user, pos, table, negatives if gather else coef, neg_arg, coef,
         grad_user, grad_pos, grad_table, grad_neg,
         batch, width,
