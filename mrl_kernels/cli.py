@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=defaults.device)
     p.add_argument("--backend", default=defaults.backend, choices=("auto", "torch", "triton", "cpp"))
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--track-test", action="store_true",
+                   help="also record test metrics at every evaluation in history.csv (to compare with protocols "
+                        "that select epochs on the test set; selection here always uses the validation split)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates=args.candidates, layout=args.layout, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, l2=args.l2, seed=args.seed, eval_every=args.eval_every, patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
+        track_test=args.track_test,
     )
     try:
         train(config, resume=args.resume)

@@ -52,6 +52,7 @@ class TrainConfig:
     backend: str = "auto"
     out: str = "runs/latest"
     progress: bool = True
+    track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -135,6 +136,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             metrics = evaluate(model.user_weight, model.item_weight, ds.valid, [ds.train])
             row = {"epoch": epoch, "loss": total / len(order), **metrics}
+            if config.track_test:
+                test = evaluate(model.user_weight, model.item_weight, ds.test, [ds.train, ds.valid])
+                row.update({f"test_{name}": value for name, value in test.items()})
             state["history"].append(row)
             if state["best"] is None or metrics[SELECT_BY] > state["best"][SELECT_BY]:
                 state["best"] = row
@@ -175,7 +179,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
 def _comparable(config: TrainConfig) -> dict:
     """The settings that define a run (what a resumed run must share)."""
     settings = asdict(config)
-    for key in ("progress", "out", "epochs", "patience", "device", "backend", "data_dir"):
+    for key in ("progress", "out", "epochs", "patience", "device", "backend", "data_dir", "track_test"):
         settings.pop(key)
     settings["dims"] = list(settings["dims"])
     return settings

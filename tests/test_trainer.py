@@ -39,6 +39,17 @@ def test_resume_continues_exactly(tmp_path, small):
     assert pd.read_csv(tmp_path / "a" / "history.csv").equals(pd.read_csv(tmp_path / "b" / "history.csv"))
 
 
+def test_tracked_test_metrics_do_not_change_training(tmp_path, small):
+    plain = train(TrainConfig(epochs=4, out=str(tmp_path / "a"), **SMALL), log=lambda _: None, dataset=small)
+    tracked = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), track_test=True, **SMALL), log=lambda _: None,
+                    dataset=small)
+    assert tracked["test"] == plain["test"]
+    history = pd.read_csv(tmp_path / "b" / "history.csv")
+    assert "test_recall@20" in history and "test_recall@20" not in pd.read_csv(tmp_path / "a" / "history.csv")
+    at_best = history.set_index("epoch").loc[plain["best_epoch"], "test_recall@20"]
+    assert at_best == pytest.approx(plain["test"]["recall@20"])
+
+
 def test_resume_refuses_other_settings(tmp_path, small):
     train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
     with pytest.raises(ValueError, match="written with other settings"):
