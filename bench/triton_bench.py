@@ -14,19 +14,7 @@ Times (ms, median of ``triton.testing.do_bench``):
 must move over the graphed Triton time, next to the device-to-device copy
 bandwidth measured first (``copy_fraction``).
 
-Bytes that must move per forward+backward, with ``e`` the element size, ``S =
-sum_l d_l`` for per-level pools (level l reads ``d_l`` columns of its M rows)
-or ``D`` for one shared pool read once:
-
-- forward: candidate ids ``B*P*M*8`` (P pools), candidate rows ``B*M*S*e``,
-  user and positive ``2*B*D*e``, outputs ``B*(L*8 + 4 + L*4)``;
-- backward: user and positive ``2*B*D*e``, coef/negatives/grad ``B*(L*12 + 4)``,
-  chosen rows ``B*sum(d_l)*e``, their gradient added into the float32 item
-  gradient (read + write) ``2*B*sum(d_l)*4``, user/positive gradients ``2*B*D*e``,
-  the dense item gradient's zero fill and cast ``N*D*(4 + 4 + e)`` (no cast for float32).
-
-FLOPs (about ``2*B*M*S`` in the forward) are far below the bandwidth bound at
-every shape here, so bandwidth is the limit to compare with.
+Bytes that must move per forward+backward: ``bench/costs.py``.
 """
 from __future__ import annotations
 
@@ -42,6 +30,8 @@ import triton
 from triton.testing import do_bench
 
 import mrl_kernels as mk
+
+from . import costs
 from mrl_kernels.triton import kernels
 
 N_ITEMS = 100_000
@@ -57,14 +47,7 @@ def copy_bandwidth() -> float:
 
 
 def must_move(B, M, D, layout, elt) -> int:
-    dims = DIMS[D]
-    L, S = len(dims), sum(dims)
-    pools = L if layout == "per-level" else 1
-    rows = B * M * (S if layout == "per-level" else D) * elt
-    forward = B * pools * M * 8 + rows + 2 * B * D * elt + B * (L * 8 + 4 + L * 4)
-    cast = 0 if elt == 4 else 4 + elt
-    backward = (4 * B * D * elt + B * (L * 12 + 4) + B * S * elt + 2 * B * S * 4 + N_ITEMS * D * (4 + cast))
-    return forward + backward
+    return costs.mns_bpr_loss(B, M, N_ITEMS, DIMS[D], layout, elt)[0]
 
 
 class Case:
