@@ -3,6 +3,8 @@ on fresh random inputs, awkward shapes, both candidate layouts, ties, repeated
 negatives, non-contiguous inputs and every dtype."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mrl_kernels as mk
 from mrl_kernels import dispatch, reference
@@ -153,3 +155,20 @@ def test_float64_gradcheck(backend):
     args = leaves(x, ("user", "pos", "neg"))
     assert torch.autograd.gradcheck(
         lambda u, p, n: mk.mrl_bpr_loss(u, p, n, dims, reduction="none", backend=backend), args)
+
+
+@st.composite
+def problems(draw):
+    """Random sizes: widths that are not powers of two, any number of levels, M >= 1."""
+    width = draw(st.integers(1, 40))
+    dims = sorted(draw(st.sets(st.integers(1, width - 1), max_size=4)) | {width}) if width > 1 else [1]
+    return (draw(st.integers(1, 9)), width, draw(st.integers(1, 12)), draw(st.integers(1, 6)), tuple(dims),
+            draw(st.sampled_from(["shared", "per-level"])), draw(st.integers(0, 2 ** 16)))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@settings(max_examples=25, deadline=None)
+@given(problem=problems())
+def test_random_problems_match_reference(backend, problem):
+    B, D, N, M, dims, layout, seed = problem
+    check_mns_bpr(backend, make(B, D, N, M, dims, layout, torch.float32, seed), list(dims), torch.float32)
