@@ -148,7 +148,7 @@ def widths_table(frame: pd.DataFrame, baselines: pd.DataFrame, widths) -> list[s
         runs = frame[(frame.dataset == dataset) & (frame.method == "mrl-m")]
         rows = []
         for width in widths:
-            row = {"width": width, "MRL-M prefix": runs[f"prefix {width}"].mean()}
+            row = {"width": str(width), "MRL-M prefix": runs[f"prefix {width}"].mean()}
             for model, part in baselines[(baselines.dataset == dataset) & (baselines.width == width)].groupby("model"):
                 row[model] = part.iloc[0]["test"]["recall@20"]
                 row[f"{model} fit s"] = part.iloc[0]["fit_seconds"]
