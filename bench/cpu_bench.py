@@ -14,14 +14,14 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 import mrl_kernels as mk
+
+from .report import median_ms
 
 DIMS = (4, 8, 16, 32, 64)
 
@@ -42,17 +42,6 @@ def authors_step(user, pos, item_weight, candidates, dims):
         neg_scores = (user[:, :d] * neg[:, level, :d]).sum(-1)
         loss = loss + torch.mean(torch.log(1 + torch.exp(neg_scores - pos_scores))) / len(dims)
     return loss
-
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -80,7 +69,7 @@ def main(argv=None) -> int:
         "torch (reference)": step(lambda u, p: mk.mns_bpr_loss(u, p, items, cand, DIMS, backend="torch")[0]),
         "authors' op sequence": step(lambda u, p: authors_step(u, p, items, cand, DIMS)),
     }
-    ms = {name: median_ms(fn, args.repeats) for name, fn in variants.items()}
+    ms = {name: median_ms(fn, "cpu", args.repeats) for name, fn in variants.items()}
     threads = torch.get_num_threads()
     cpu = platform.processor() or platform.machine()
     rows = [{"implementation": name, "ms": t, "cpp speedup": t / ms["cpp"]} for name, t in ms.items()]

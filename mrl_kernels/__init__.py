@@ -8,7 +8,6 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 - :func:`mns_bpr_loss`: both fused: the loss and the chosen negatives.
 - :func:`sample_candidates`: uniform candidate ids with exclusion.
 """
-from . import dispatch
 from .dispatch import available_backends
 from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss
 from .sampling import sample_candidates

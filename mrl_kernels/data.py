@@ -83,10 +83,6 @@ class CSR:
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         return self.rows().numpy(), self.indices.numpy()
 
-    def __add__(self, other: "CSR") -> "CSR":
-        (r1, c1), (r2, c2) = self.pairs(), other.pairs()
-        return CSR.from_pairs(np.r_[r1, r2], np.r_[c1, c2], max(self.n_rows, other.n_rows), self.n_cols)
-
     @cached_property
     def keys(self) -> torch.Tensor:
         """``row * n_cols + col`` of every entry, sorted: membership by searchsorted."""

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import mrl_kernels as mk
 from mrl_kernels import dispatch
 from mrl_kernels.model import MF, method_loss
 

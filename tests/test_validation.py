@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import mrl_kernels as mk
+from mrl_kernels import dispatch
 
 B, D, N = 4, 8, 10
 DIMS = [2, 4, 8]
@@ -102,7 +103,7 @@ def test_sample_candidates_arguments():
 def test_too_wide_for_triton():
     pytest.importorskip("mrl_kernels.triton.ops")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not mk.dispatch.triton_interpreting():
+    if device == "cpu" and not dispatch.triton_interpreting():
         pytest.skip("Triton runs nowhere here")
     u = torch.randn(2, 1030, device=device)
     with pytest.raises(ValueError, match="backend='triton' takes embedding widths up to 1024, got 1030"):
