@@ -3,7 +3,7 @@
 The library is built with the package (``setup.py``, as ``mrl_kernels._C``) when
 torch is importable at install time; otherwise it is compiled on first use with
 ``torch.utils.cpp_extension.load`` (ninja, cached under
-``$TORCH_EXTENSIONS_DIR``). Its ``TORCH_LIBRARY`` registration defines the
+``$TORCH_EXTENSIONS_DIR``). Its ``TORCH_LIBRARY_FRAGMENT`` registration defines the
 operators; this module adds their fake and autograd functions.
 """
 from __future__ import annotations

@@ -136,7 +136,7 @@ def register(backend: str, with_fake: bool = True, max_width: int | None = None,
              dtypes: tuple[torch.dtype, ...] | None = None) -> Backend:
     """Register fakes (unless ``with_fake`` is False) and autograd for the five
     operators of ``backend``, which must already exist (defined in Python by
-    :func:`define_ops` or in C++ by ``TORCH_LIBRARY``)."""
+    :func:`define_ops` or in C++ by ``TORCH_LIBRARY_FRAGMENT``)."""
     ops = {op: getattr(torch.ops.mrl_kernels, f"{op}_{backend}").default for op in OP_NAMES}
     if with_fake:
         for op, fake in FAKES.items():
