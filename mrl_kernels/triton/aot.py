@@ -6,7 +6,8 @@ for ``GPUTarget("cuda", 80, 32)`` (A100) and ``("cuda", 90, 32)`` (H100), runs
 reads each cubin's resource usage (``cuobjdump``), prints a table (kernel, config, arch, registers, spilled bytes,
 shared memory) and exits non-zero if a compile fails or anything spills.
 
-Written for the Triton version in ``TRITON_VERSION`` (``ASTSource`` and
+Written for the Triton version in ``TRITON_VERSION``, which the ``test`` extra
+pins (``ASTSource`` and
 ``triton.compile``'s arguments change between releases); on another version it
 says so and still tries.
 """
