@@ -103,12 +103,28 @@ def _check_batch(name: str, t: Tensor, batch: int) -> None:
         raise ValueError(f"{name} has {t.shape[0]} rows but user has {batch}")
 
 
-def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[int]]:
+def _check_user(user) -> tuple[int, int]:
+    """``(B, D)`` of a non-empty float ``user`` matrix."""
     _check_float("user", user, 2)
-    _check_float("item_weight", item_weight, 2, like=("user", user))
-    batch, width = user.shape
-    if batch == 0:
+    if user.shape[0] == 0:
         raise ValueError("user must have at least one row")
+    return user.shape
+
+
+def _check_pos(pos, user: Tensor) -> None:
+    _check_float("pos", pos, 2, like=("user", user))
+    _check_batch("pos", pos, user.shape[0])
+    if pos.shape[1] != user.shape[1]:
+        raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
+
+
+def _backend(name: str, user: Tensor) -> dispatch.Backend:
+    return dispatch.resolve(name, user.device, user.shape[1], user.dtype)
+
+
+def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[int]]:
+    batch, width = _check_user(user)
+    _check_float("item_weight", item_weight, 2, like=("user", user))
     if item_weight.shape[1] != width:
         raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
     dims = check_dims(dims, width)
@@ -150,7 +166,7 @@ def mns_sample(
         position in the pool. Not differentiable.
     """
     candidates, dims = _check_sampling(user, item_weight, candidates, dims)
-    return dispatch.resolve(backend, user.device, user.shape[1], user.dtype).mns_sample(user, item_weight, candidates, dims)
+    return _backend(backend, user).mns_sample(user, item_weight, candidates, dims)
 
 
 def mrl_bpr_loss(
@@ -176,22 +192,18 @@ def mrl_bpr_loss(
 
     Differentiable in ``user``, ``pos`` and ``neg``.
     """
-    _check_float("user", user, 2)
-    _check_float("pos", pos, 2, like=("user", user))
+    batch, width = _check_user(user)
+    _check_pos(pos, user)
     _check_float("neg", neg, 3, like=("user", user))
-    batch, width = user.shape
-    if batch == 0:
-        raise ValueError("user must have at least one row")
     dims = check_dims(dims, width)
-    _check_batch("pos", pos, batch)
     _check_batch("neg", neg, batch)
-    if pos.shape[1] != width or neg.shape[2] != width:
-        raise ValueError(f"pos and neg must have width {width} like user, got {pos.shape[1]} and {neg.shape[2]}")
+    if neg.shape[2] != width:
+        raise ValueError(f"neg must have width {width} like user, got {neg.shape[2]}")
     if neg.shape[1] != len(dims):
         raise ValueError(f"neg must have L = len(dims) = {len(dims)} vectors per row, got {neg.shape[1]}")
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    loss, _ = dispatch.resolve(backend, user.device, user.shape[1], user.dtype).mrl_bpr_loss(user, pos, neg, dims, w)
+    loss, _ = _backend(backend, user).mrl_bpr_loss(user, pos, neg, dims, w)
     return _reduce(loss, reduction)
 
 
@@ -214,12 +226,8 @@ def mns_bpr_loss(
     non-zero only in the chosen rows; an id chosen several times sums).
     """
     candidates, dims = _check_sampling(user, item_weight, candidates, dims)
-    _check_float("pos", pos, 2, like=("user", user))
-    _check_batch("pos", pos, user.shape[0])
-    if pos.shape[1] != user.shape[1]:
-        raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
+    _check_pos(pos, user)
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    op = dispatch.resolve(backend, user.device, user.shape[1], user.dtype).mns_bpr_loss
-    loss, negatives, _ = op(user, pos, item_weight, candidates, dims, w)
+    loss, negatives, _ = _backend(backend, user).mns_bpr_loss(user, pos, item_weight, candidates, dims, w)
     return _reduce(loss, reduction), negatives
