@@ -154,17 +154,18 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
             history = pd.DataFrame(state["history"])
             atomic_write(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
 
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    seen_for_test = [ds.train, ds.valid]
+    # the last epoch is always evaluated, so a best epoch exists
+    best = state["best"]
+    model.load_state_dict(state["best_state"])
+    prefix = prefix_evaluate(model.user_weight, model.item_weight, dims, ds.test, [ds.train, ds.valid])
     result = {
         "dataset": ds.name,
         "method": config.method,
         "config": _comparable(config),
-        "test": evaluate(model.user_weight, model.item_weight, ds.test, seen_for_test),
-        "valid": evaluate(model.user_weight, model.item_weight, ds.valid, [ds.train]),
-        "prefix": prefix_evaluate(model.user_weight, model.item_weight, dims, ds.test, seen_for_test),
-        "best_epoch": state["best"]["epoch"] if state["best"] else state["epoch"],
+        "test": prefix[str(dims[-1])],  # the full width
+        "valid": {name: best[name] for name in prefix[str(dims[-1])]},
+        "prefix": prefix,
+        "best_epoch": best["epoch"],
         "epochs_run": state["epoch"],
         "seconds_per_epoch": state["train_seconds"] / max(state["epoch"], 1),
     }
