@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_interpreting
+from ..reference import acc_dtype
 
 MAX_WIDTH = 1024  # largest D the kernels take (one row in registers)
 
@@ -233,10 +234,9 @@ def forward(user, pos, item_weight, candidates, neg, dims, weights, compute_loss
     batch, width, grid, meta = _common(user, dims)
     gather = candidates is not None
     levels = len(dims)
-    acc_dtype = torch.float64 if user.dtype == torch.float64 else torch.float32
     negatives = user.new_empty((batch, levels) if gather else (0,), dtype=torch.int64)
     loss = user.new_empty((batch,) if compute_loss else (0,))
-    coef = user.new_empty((batch, levels) if compute_loss else (0,), dtype=acc_dtype)
+    coef = user.new_empty((batch, levels) if compute_loss else (0,), dtype=acc_dtype(user.dtype))
     if gather:
         per_level = candidates.dim() == 3
         cand_strides = (candidates.stride(0), candidates.stride(1) if per_level else 0, candidates.stride(-1))
