@@ -3,7 +3,7 @@
 When torch is importable during the build (``pip install --no-build-isolation``)
 the C++ CPU kernels in csrc/ are compiled into ``mrl_kernels._C``. Otherwise the
 package installs without them and compiles them on first use (see
-mrl_kernels/cpp.py); the build never installs torch itself.
+mrl_kernels/backends/cpp.py); the build never installs torch itself.
 """
 from setuptools import setup
 

@@ -1,9 +1,10 @@
 """CPU comparison of ``mns_bpr_loss`` forward+backward at the paper's shape
-(B 2048, 16 candidates per level, L 5, D 64, phone-sized tables: 27,879 users x
-10,429 items): the C++ kernels, the PyTorch reference backend, and the authors'
-op sequence (per level: gather the pool's rows, slice to d_l, dot, max, gather
-the winner; then a per-level softplus of the margins; autograd for the backward),
-all in one process with the same threads, median of ``--repeats`` runs.
+(B 2048, 16 candidates per level, L 5, D 64, a phone-sized item table of 10,429
+rows; the inputs and calls of ``bench/workloads.py``): the C++ kernels, the
+PyTorch reference backend, and the authors' op sequence (per level: gather the
+pool's rows, slice to d_l, dot, max, gather the winner; then a per-level
+softplus of the margins; autograd for the backward), all in one process with
+the same threads, median of ``--repeats`` runs.
 
 Writes ``<out>/cpu-<machine>-<date>.md`` and ``.json``.
 """
@@ -19,11 +20,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import mrl_kernels as mk
-
-from .report import median_ms
-
-DIMS = (4, 8, 16, 32, 64)
+from .timing import median_ms
+from .workloads import DIMS, M, N_ITEMS, inputs, workload
 
 
 def authors_step(user, pos, item_weight, candidates, dims):
@@ -50,24 +48,18 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=2048)
     args = parser.parse_args(argv)
-    g = torch.Generator().manual_seed(0)
-    B, D, n_users, n_items = args.batch, 64, 27_879, 10_429
-    users = torch.nn.Parameter(torch.randn(n_users, D, generator=g) * 0.1)
-    items = torch.nn.Parameter(torch.randn(n_items, D, generator=g) * 0.1)
-    u_ids = torch.randint(0, n_users, (B,), generator=g)
-    p_ids = torch.randint(0, n_items, (B,), generator=g)
-    cand = torch.randint(0, n_items, (B, len(DIMS), 16), generator=g)
+    B = args.batch
+    x = inputs(B, "cpu")
 
-    def step(loss_fn):
-        def run():
-            users.grad = items.grad = None
-            loss_fn(users[u_ids], items[p_ids]).backward()
-        return run
+    def authors():
+        for name in ("user", "pos", "item_weight"):
+            x[name].grad = None
+        authors_step(x["user"], x["pos"], x["item_weight"], x["candidates"], DIMS).backward()
 
     variants = {
-        "cpp": step(lambda u, p: mk.mns_bpr_loss(u, p, items, cand, DIMS, backend="cpp")[0]),
-        "torch (reference)": step(lambda u, p: mk.mns_bpr_loss(u, p, items, cand, DIMS, backend="torch")[0]),
-        "authors' op sequence": step(lambda u, p: authors_step(u, p, items, cand, DIMS)),
+        "cpp": workload("mns_bpr_loss", "cpp", B, "cpu")[0],
+        "torch (reference)": workload("mns_bpr_loss", "torch", B, "cpu")[0],
+        "authors' op sequence": authors,
     }
     ms = {name: median_ms(fn, "cpu", args.repeats) for name, fn in variants.items()}
     threads = torch.get_num_threads()
@@ -76,7 +68,7 @@ def main(argv=None) -> int:
     table = pd.DataFrame(rows)
     text = (f"# mns_bpr_loss forward+backward on the CPU\n\n"
             f"{cpu}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}; B {B}, "
-            f"16 candidates per level, L 5, D 64, {n_users} x {n_items} tables; median of {args.repeats} runs "
+            f"{M} candidates per level, L 5, D 64, {N_ITEMS} items; median of {args.repeats} runs "
             f"(bench/cpu_bench.py).\n\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}") + "\n")
     print(text)
     out = Path(args.out)

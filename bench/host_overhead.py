@@ -1,24 +1,27 @@
 """Where the host's time goes in one eager ``mns_bpr_loss`` forward+backward at
 the paper's shape (B 2048, 16 candidates per level, L 5, D 64) on a CUDA device:
 wall time of the public call, of the registered operator alone (no checks), and
-a cProfile of the public call (top functions by own time)."""
+a cProfile of the public call (top functions by own time). ``python -m
+bench.host_overhead [backend]``."""
 from __future__ import annotations
 
 import cProfile
 import pstats
 import sys
-import time
 
 import torch
 
 import mrl_kernels as mk
+from mrl_kernels.testing import make_inputs
+
+from .timing import median_ms
 
 
 def main() -> int:
     backend = sys.argv[1] if len(sys.argv) > 1 else "triton"
-    B, D, N, dims = 2048, 64, 100_000, (4, 8, 16, 32, 64)
-    leaves = [torch.randn(n, D, device="cuda", requires_grad=True) for n in (B, B, N)]
-    cand = torch.randint(0, N, (B, 5, 16), device="cuda")
+    dims = (4, 8, 16, 32, 64)
+    x = make_inputs(2048, 64, 100_000, 16, dims, device="cuda", requires_grad=True)
+    leaves, cand = [x["user"], x["pos"], x["item_weight"]], x["candidates"]
     w = torch.full((5,), 0.2, device="cuda")
 
     def public():
@@ -33,14 +36,7 @@ def main() -> int:
         loss.mean().backward()
 
     for name, fn in (("public", public), ("operator only", raw)):
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(200):
-            fn()
-        torch.cuda.synchronize()
-        print(f"{backend} {name}: {(time.perf_counter() - start) / 200 * 1e3:.3f} ms per call (host-bound loop)")
+        print(f"{backend} {name}: {median_ms(fn, 'cuda', repeats=200, warmup=20):.3f} ms per call (median)")
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(200):

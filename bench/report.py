@@ -21,38 +21,19 @@ import argparse
 import datetime as dt
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from mrl_kernels.model import METHODS
+from mrl_kernels.objectives import OBJECTIVES
 
+from .timing import median_ms
 from .workloads import backends, workload
 
 OPS = ("mns_sample", "mrl_bpr_loss", "mns_bpr_loss")
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_ms(fn, device: str, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def ceilings(device: str) -> dict:
@@ -93,7 +74,7 @@ print(json.dumps({"seconds_per_epoch": r["seconds_per_epoch"],
 
 def epoch_table(data_dir: str, device: str, tmp: Path) -> pd.DataFrame:
     rows = []
-    for method in METHODS:
+    for method in OBJECTIVES:
         for backend in backends(device):
             out = subprocess.run([sys.executable, "-c", EPOCH_RUN, data_dir, method, backend,
                                   str(tmp / f"{method}-{backend}")], capture_output=True, text=True, check=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrl_kernels.model import METHODS
+from mrl_kernels.objectives import OBJECTIVES
 
 DATASETS = ("phone", "tool", "synthetic")
 SEEDS = (0, 1, 2)
@@ -89,7 +89,7 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
         "{:.4f} / {:.4f}".format(*PAPER[(d, m)]) if (d, m) in PAPER else "" for d, m in zip(table.dataset,
                                                                                           table.method)]
     table["seconds/epoch"] = frame.groupby(["dataset", "method"])["seconds_per_epoch"].mean().values.round(2)
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(OBJECTIVES)}
     table = table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
 
     means = frame.groupby(["dataset", "method"])["valid-selected recall@20"].mean()
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         # seeds outermost: every dataset and method has a first seed early on
         jobs = [(d, m, s, args.data_dir, str(root)) for s in SEEDS for d in args.datasets.split(",")
-                for m in METHODS]
+                for m in OBJECTIVES]
         with ProcessPoolExecutor(args.workers) as pool:
             for line in pool.map(run_one, jobs):
                 print(line, flush=True)

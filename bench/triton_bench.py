@@ -1,7 +1,7 @@
 """Fused Triton ``mns_bpr_loss`` forward+backward against the PyTorch reference on
 a CUDA device. Writes ``<out>/triton-<device>-<date>.md`` and ``.json``.
 
-Times (ms, median of ``triton.testing.do_bench``):
+Times (ms, median of ``bench/timing.py``'s timer):
 
 - ``*_eager``: the public call as a user makes it (argument checks with their one
   device synchronisation, dispatch, launches, autograd) then ``backward()``;
@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import platform
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import torch
 import triton
-from triton.testing import do_bench
 
 import mrl_kernels as mk
+from mrl_kernels.backends.triton import kernels
+from mrl_kernels.testing import make_inputs
 
 from . import costs
-from mrl_kernels.triton import kernels
+from .timing import median_ms
 
 N_ITEMS = 100_000
 DIMS = {64: (4, 8, 16, 32, 64), 256: (16, 32, 64, 128, 256)}
@@ -42,7 +45,7 @@ def copy_bandwidth() -> float:
     """Device-to-device copy, GB/s counting bytes read plus written."""
     src = torch.empty(2 ** 29, dtype=torch.float32, device="cuda").normal_()  # 2 GiB
     dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    ms = median_ms(lambda: dst.copy_(src), "cuda", repeats=50, warmup=5)
     return 2 * src.numel() * 4 / ms / 1e6
 
 
@@ -53,12 +56,10 @@ def must_move(B, M, D, layout, elt) -> int:
 class Case:
     """Inputs of one shape, and steps that run the forward (+ backward)."""
 
-    def __init__(self, B, M, D, layout, dtype, generator):
-        self.dims = DIMS[D]
-        self.leaves = [torch.randn(n, D, device="cuda", dtype=dtype, generator=generator).requires_grad_()
-                       for n in (B, B, N_ITEMS)]
-        shape = (B, M) if layout == "shared" else (B, len(self.dims), M)
-        self.cand = torch.randint(0, N_ITEMS, shape, device="cuda", generator=generator)
+    def __init__(self, B, M, D, layout, dtype, seed=0):
+        x = make_inputs(B, D, N_ITEMS, M, DIMS[D], layout, dtype, "cuda", seed, requires_grad=True)
+        self.dims, self.cand = DIMS[D], x["candidates"]
+        self.leaves = [x["user"], x["pos"], x["item_weight"]]
 
     def step(self, backend, backward=True):
         def run():
@@ -85,7 +86,7 @@ def graphed(fn):
 
 
 def bench(fn) -> float:
-    return do_bench(fn, warmup=10, rep=40, return_mode="median")
+    return median_ms(fn, "cuda", repeats=40, warmup=10)
 
 
 def reference_fits(B, M, D) -> bool:
@@ -101,14 +102,13 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name()
     copy = copy_bandwidth()
     print(f"{device}: device-to-device copy {copy:.0f} GB/s; torch {torch.__version__}, triton {triton.__version__}")
-    g = torch.Generator(device="cuda").manual_seed(0)
     grid = [(B, M, D, layout, dtype) for B in (2048, 16384, 65536) for M in (16, 64) for D in (64, 256)
             for layout in ("per-level", "shared") for dtype in (torch.float32, torch.bfloat16)]
     if args.quick:
         grid = grid[:2]
     rows = []
     for B, M, D, layout, dtype in grid:
-        case = Case(B, M, D, layout, dtype, g)
+        case = Case(B, M, D, layout, dtype)
         t = {"triton_eager": bench(case.step("triton")), "triton_graph": bench(graphed(case.step("triton"))),
              "triton_fwd_graph": bench(graphed(case.step("triton", backward=False)))}
         if reference_fits(B, M, D):
@@ -127,10 +127,12 @@ def main(argv=None) -> int:
     if not args.quick:
         # tile size / warps at the largest batch, graphed forward+backward
         for M, D, layout in ((64, 64, "per-level"), (16, 256, "shared")):
-            case = Case(65536, M, D, layout, torch.float32, g)
+            case = Case(65536, M, D, layout, torch.float32)
             for tile in (512, 1024, 2048):
                 for warps in (4, 8):
-                    with kernels.override_config(tile, warps):
+                    # the launchers look kernels.config up at each launch
+                    with mock.patch.object(kernels, "config", functools.partial(kernels.config, tile=tile,
+                                                                                warps=warps)):
                         ms = bench(graphed(case.step("triton")))
                         fwd = bench(graphed(case.step("triton", backward=False)))
                     gbps = must_move(65536, M, D, layout, 4) / ms / 1e6

@@ -3,9 +3,8 @@ pytest-benchmark suite (``pytest bench/ --benchmark-only``) and the report
 (``python -m bench.report``): both time exactly these."""
 from __future__ import annotations
 
-import torch
-
 import mrl_kernels as mk
+from mrl_kernels.testing import make_inputs
 
 from . import costs
 
@@ -18,20 +17,19 @@ def backends(device: str) -> list[str]:
     return [b for b in mk.available_backends(device) if not (b == "triton" and device == "cpu")]
 
 
+def inputs(B: int, device: str, layout: str = "per-level", seed: int = 0) -> dict:
+    """The operators' float32 inputs at batch ``B`` (leaves that require gradients)."""
+    return make_inputs(B, DIMS[-1], N_ITEMS, M, DIMS, layout, device=device, seed=seed, requires_grad=True)
+
+
 def workload(op: str, backend: str, B: int, device: str, layout: str = "per-level", seed: int = 0):
     """``(callable, bytes, FLOPs)`` for one forward (+ backward for the losses) call."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    D, L = DIMS[-1], len(DIMS)
-    rand = lambda *s: torch.randn(*s, device=device, generator=g).requires_grad_()  # noqa: E731
-    user, pos, items = rand(B, D), rand(B, D), rand(N_ITEMS, D)
-    shape = (B, L, M) if layout == "per-level" else (B, M)
-    cand = torch.randint(0, N_ITEMS, shape, device=device, generator=g)
+    x = inputs(B, device, layout, seed)
+    user, pos, items, neg, cand = x["user"], x["pos"], x["item_weight"], x["neg"], x["candidates"]
     if op == "mns_sample":
         moved, flops = costs.mns_sample(B, M, DIMS, layout, 4)
         return (lambda: mk.mns_sample(user, items, cand, DIMS, backend=backend)), moved, flops
     if op == "mrl_bpr_loss":
-        neg = rand(B, L, D)
-
         def run():
             user.grad = pos.grad = neg.grad = None
             mk.mrl_bpr_loss(user, pos, neg, DIMS, backend=backend).backward()

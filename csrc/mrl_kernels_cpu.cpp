@@ -1,7 +1,7 @@
 // Fused CPU kernels for Matryoshka negative sampling (MNS) and the MRL loss.
 //
 // The five operators mrl_kernels::*_cpp mirror the reference in
-// mrl_kernels/reference.py (see mrl_kernels/dispatch.py for their contract):
+// mrl_kernels/reference.py (their contract: mrl_kernels/spec.py):
 //   - each candidate row is read once: prefix scores are accumulated segment by
 //     segment ([d_{l-1}, d_l)), keeping each level's running maximum and first
 //     argmax (a per-level pool row is read up to its level's width only);
@@ -293,18 +293,22 @@ std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss_backward(const Tensor& grad, con
 
 }  // namespace
 
+// The schemas of mrl_kernels/spec.py, suffixed _cpp; loading the library checks
+// that they agree (mrl_kernels.library.check_schemas).
 TORCH_LIBRARY_FRAGMENT(mrl_kernels, m) {
-  m.def("mns_sample_cpp(Tensor user, Tensor item_weight, Tensor candidates, int[] dims) -> Tensor");
-  m.def("mrl_bpr_loss_cpp(Tensor user, Tensor pos, Tensor neg, int[] dims, Tensor weights) -> (Tensor, Tensor)");
+  m.def("mns_sample_cpp(Tensor user, Tensor item_weight, Tensor candidates, int[] dims) -> Tensor negatives");
+  m.def(
+      "mrl_bpr_loss_cpp(Tensor user, Tensor pos, Tensor neg, int[] dims, Tensor weights)"
+      " -> (Tensor loss, Tensor coef)");
   m.def(
       "mrl_bpr_loss_backward_cpp(Tensor grad, Tensor user, Tensor pos, Tensor neg, Tensor coef, int[] dims)"
-      " -> (Tensor, Tensor, Tensor)");
+      " -> (Tensor grad_user, Tensor grad_pos, Tensor grad_neg)");
   m.def(
       "mns_bpr_loss_cpp(Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, int[] dims, "
-      "Tensor weights) -> (Tensor, Tensor, Tensor)");
+      "Tensor weights) -> (Tensor loss, Tensor negatives, Tensor coef)");
   m.def(
       "mns_bpr_loss_backward_cpp(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor negatives, "
-      "Tensor coef, int[] dims) -> (Tensor, Tensor, Tensor)");
+      "Tensor coef, int[] dims) -> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)");
 }
 
 TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m) {

@@ -8,8 +8,8 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 - :func:`mns_bpr_loss`: both fused: the loss and the chosen negatives.
 - :func:`sample_candidates`: uniform candidate ids with exclusion.
 """
-from .dispatch import available_backends
 from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss
+from .registry import available_backends
 from .sampling import sample_candidates
 
 __version__ = "0.1.0"

@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .backbones import BACKBONES
 from .data import DataError
-from .model import METHODS
+from .objectives import OBJECTIVES
+from .registry import names as backend_names
+from .sampling import LAYOUTS
 from .trainer import TrainConfig, train
 
 
@@ -26,10 +29,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=defaults.dataset,
                    help="synthetic | phone | tool | sport | ml100k | a folder in the authors' format | a .csv/.parquet")
     p.add_argument("--data-dir", default=None, help="where named datasets live (default $MRL_DATA or ~/.cache/mrl_kernels)")
-    p.add_argument("--method", default=defaults.method, choices=METHODS)
+    p.add_argument("--model", default=defaults.model, choices=tuple(BACKBONES), help="the backbone")
+    p.add_argument("--method", default=defaults.method, choices=tuple(OBJECTIVES))
     p.add_argument("--dims", type=_dims, default=defaults.dims, help="nested widths, the last is the embedding width")
     p.add_argument("--candidates", type=int, default=defaults.candidates, help="candidates per pool")
-    p.add_argument("--layout", default=defaults.layout, choices=("per-level", "shared"),
+    p.add_argument("--layout", default=defaults.layout, choices=LAYOUTS,
                    help="MNS pools: one per level (the authors' layout) or one shared by all levels")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -40,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=defaults.patience, help="evaluations without a better validation Recall@20")
     p.add_argument("--out", default=defaults.out, help="folder for metrics.json, history.csv and the checkpoint")
     p.add_argument("--device", default=defaults.device)
-    p.add_argument("--backend", default=defaults.backend, choices=("auto", "torch", "triton", "cpp"))
+    p.add_argument("--backend", default=defaults.backend, choices=("auto", *backend_names()))
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--track-test", action="store_true",
                    help="also record test metrics at every evaluation in history.csv (to compare with protocols "
@@ -52,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, method=args.method, dims=args.dims,
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, method=args.method, dims=args.dims,
         candidates=args.candidates, layout=args.layout, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, l2=args.l2, seed=args.seed, eval_every=args.eval_every, patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,

@@ -13,7 +13,7 @@ import os
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -44,15 +44,15 @@ class DataError(ValueError):
     """Data that cannot be found, fetched or parsed; the message says which and why."""
 
 
-@dataclass
+@dataclass(eq=False)
 class CSR:
     """A sparse 0/1 matrix in compressed rows: row r's columns are
-    ``indices[indptr[r]:indptr[r + 1]]``, sorted, without repeats. Both int64."""
+    ``indices[indptr[r]:indptr[r + 1]]``, sorted, without repeats. Both int64.
+    Compared (and hashed) by identity."""
 
     indptr: torch.Tensor
     indices: torch.Tensor
     n_cols: int
-    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_pairs(cls, rows, cols, n_rows: int, n_cols: int) -> "CSR":
@@ -85,38 +85,8 @@ class CSR:
 
     @cached_property
     def keys(self) -> torch.Tensor:
-        """``row * n_cols + col`` of every entry, sorted: membership by searchsorted."""
+        """``row * n_cols + col`` of every entry, sorted."""
         return self.rows() * self.n_cols + self.indices
-
-    # Membership uses a bitmap of all (row, col) pairs up to this many bits (64 MiB),
-    # a binary search over the sorted keys above it (on phone-sized data the
-    # bitmap lookup is about 8x faster).
-    BITMAP_MAX_BITS = 1 << 29
-
-    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``(row lengths, sorted keys, bitmap or None)`` on ``device``, made there once."""
-        device = torch.device(device)
-        if device not in self._on_device:
-            bitmap = None
-            n_bits = self.n_rows * self.n_cols
-            if n_bits <= self.BITMAP_MAX_BITS:
-                keys = self.keys.numpy()
-                bits = np.zeros(n_bits // 8 + 1, dtype=np.uint8)
-                np.bitwise_or.at(bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
-                bitmap = torch.from_numpy(bits).to(device)
-            self._on_device[device] = (self.row_lengths().to(device), self.keys.to(device), bitmap)
-        return self._on_device[device]
-
-    def contains(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Whether each ``(rows[..], cols[..])`` is stored; vectorised on ``rows``' device."""
-        _, keys, bitmap = self.on(rows.device)
-        query = rows * self.n_cols + cols
-        if bitmap is not None:
-            return ((bitmap[query >> 3] >> (query & 7).to(torch.uint8)) & 1).bool()
-        if keys.numel() == 0:
-            return torch.zeros(cols.shape, dtype=torch.bool, device=cols.device)
-        at = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
-        return keys[at] == query
 
     def dense_rows(self, rows: torch.Tensor, device=None) -> torch.Tensor:
         """Boolean ``(len(rows), n_cols)`` of the given rows."""

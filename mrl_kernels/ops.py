@@ -2,8 +2,9 @@
 
 Every function takes ``backend="auto" | "torch" | "triton" | "cpp"``: ``"torch"``
 is the plain PyTorch reference (:mod:`mrl_kernels.reference`), ``"triton"`` the
-fused GPU kernels, ``"cpp"`` the fused CPU kernels; ``"auto"`` picks the fastest
-available for the tensors' device.
+fused GPU kernels, ``"cpp"`` the fused CPU kernels; ``"auto"`` follows the rule
+of :mod:`mrl_kernels.registry` (Triton for CUDA tensors, C++ for CPU tensors,
+the reference where those cannot run).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from . import dispatch
+from . import registry
+from .library import Operators
 
 __all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss"]
 
@@ -118,8 +120,8 @@ def _check_pos(pos, user: Tensor) -> None:
         raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
 
 
-def _backend(name: str, user: Tensor) -> dispatch.Backend:
-    return dispatch.resolve(name, user.device, user.shape[1], user.dtype)
+def _backend(name: str, user: Tensor) -> Operators:
+    return registry.resolve(name, user.device, user.shape[1], user.dtype)
 
 
 def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[int]]:
@@ -166,7 +168,7 @@ def mns_sample(
         position in the pool. Not differentiable.
     """
     candidates, dims = _check_sampling(user, item_weight, candidates, dims)
-    return _backend(backend, user).mns_sample(user, item_weight, candidates, dims)
+    return _backend(backend, user)["mns_sample"](user, item_weight, candidates, dims)
 
 
 def mrl_bpr_loss(
@@ -203,7 +205,7 @@ def mrl_bpr_loss(
         raise ValueError(f"neg must have L = len(dims) = {len(dims)} vectors per row, got {neg.shape[1]}")
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    loss, _ = _backend(backend, user).mrl_bpr_loss(user, pos, neg, dims, w)
+    loss, _ = _backend(backend, user)["mrl_bpr_loss"](user, pos, neg, dims, w)
     return _reduce(loss, reduction)
 
 
@@ -229,5 +231,5 @@ def mns_bpr_loss(
     _check_pos(pos, user)
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    loss, negatives, _ = _backend(backend, user).mns_bpr_loss(user, pos, item_weight, candidates, dims, w)
+    loss, negatives, _ = _backend(backend, user)["mns_bpr_loss"](user, pos, item_weight, candidates, dims, w)
     return _reduce(loss, reduction), negatives

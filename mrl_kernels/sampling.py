@@ -1,12 +1,73 @@
-"""Uniform candidate sampling with exclusion, vectorised on the users' device."""
+"""Negative sampling, in one place: uniform candidate draws with exclusion
+(:func:`sample_candidates`), the membership structure they exclude with
+(:class:`Membership`), and the selectors that turn a batch's candidates into
+its negatives, each with the candidate shape it draws (:class:`Selector`).
+
+=============  =====================================================================
+``UNIFORM``    the draw itself: one candidate per row
+``DNS``        dynamic negative sampling: the best of M candidates at full width
+``MNS``        Matryoshka negative sampling: the best of a pool at every nested
+               width, one pool per level (``(L, M)``) or one shared (``(M,)``)
+=============  =====================================================================
+"""
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from .data import CSR
+from .ops import mns_sample
 
-__all__ = ["sample_candidates"]
+__all__ = ["Membership", "sample_candidates", "Selector", "UNIFORM", "DNS", "MNS", "LAYOUTS"]
+
+LAYOUTS = ("per-level", "shared")
+
+
+class Membership:
+    """Which (row, column) pairs a :class:`CSR` holds, on one device, for
+    vectorised lookups: a bitmap of all pairs up to ``BITMAP_MAX_BITS`` bits
+    (64 MiB), a binary search over the sorted keys above it (on phone-sized
+    data the bitmap lookup is about 8x faster)."""
+
+    BITMAP_MAX_BITS = 1 << 29
+    _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, csr: CSR, device: torch.device | str):
+        device = torch.device(device)
+        self.n_cols = csr.n_cols
+        self.lengths = csr.row_lengths().to(device)
+        self.keys = csr.keys.to(device)
+        self.bitmap = None
+        n_bits = csr.n_rows * csr.n_cols
+        if n_bits <= self.BITMAP_MAX_BITS:
+            keys = csr.keys.numpy()
+            bits = np.zeros(n_bits // 8 + 1, dtype=np.uint8)
+            np.bitwise_or.at(bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
+            self.bitmap = torch.from_numpy(bits).to(device)
+
+    @classmethod
+    def of(cls, csr: CSR, device: torch.device | str) -> "Membership":
+        """The membership of ``csr`` on ``device``, made there once (kept while ``csr`` lives)."""
+        device = torch.device(device)
+        per_device = cls._cache.setdefault(csr, {})
+        if device not in per_device:
+            per_device[device] = cls(csr, device)
+        return per_device[device]
+
+    def contains(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Whether each ``(rows[..], cols[..])`` is stored."""
+        query = rows * self.n_cols + cols
+        if self.bitmap is not None:
+            return ((self.bitmap[query >> 3] >> (query & 7).to(torch.uint8)) & 1).bool()
+        if self.keys.numel() == 0:
+            return torch.zeros(cols.shape, dtype=torch.bool, device=cols.device)
+        at = torch.searchsorted(self.keys, query).clamp_(max=self.keys.numel() - 1)
+        return self.keys[at] == query
 
 
 def sample_candidates(
@@ -38,17 +99,53 @@ def sample_candidates(
         return out
     if exclude.n_cols != n_items:
         raise ValueError(f"exclude has {exclude.n_cols} columns but n_items is {n_items}")
-    lengths = exclude.on(users.device)[0]
-    if users.numel() and (int(users.min()) < 0 or int(users.max()) >= lengths.shape[0]):
-        raise ValueError(f"users must lie in [0, {lengths.shape[0]}) (the rows of exclude)")
-    full = lengths[users] >= n_items
+    seen = Membership.of(exclude, users.device)
+    if users.numel() and (int(users.min()) < 0 or int(users.max()) >= seen.lengths.shape[0]):
+        raise ValueError(f"users must lie in [0, {seen.lengths.shape[0]}) (the rows of exclude)")
+    full = seen.lengths[users] >= n_items
     if bool(full.any()):
         raise ValueError(f"users {users[full].unique().tolist()[:10]} have every item; no negative can be sampled")
     rows = users[:, None].expand_as(out)
-    rejected = exclude.contains(rows, out)
+    rejected = seen.contains(rows, out)
     while bool(rejected.any()):
         redraw = draw((int(rejected.sum()),))
         out[rejected] = redraw
-        still = exclude.contains(rows[rejected], redraw)
+        still = seen.contains(rows[rejected], redraw)
         rejected[rejected.clone()] = still
     return out
+
+
+@dataclass(frozen=True)
+class Selector:
+    """How a batch's negatives come from its candidates: ``scored`` selectors
+    take the candidate with the largest score (at full width, or at every
+    nested width when ``per_level``), the others take the draw itself."""
+
+    name: str
+    scored: bool
+    per_level: bool
+
+    def candidate_shape(self, num_levels: int, candidates: int, layout: str) -> tuple[int, ...]:
+        """The per-row shape of the candidate ids to draw: ``(1,)`` unscored,
+        ``(M,)`` for one pool, ``(L, M)`` for a pool per level (``layout="per-level"``)."""
+        if not self.scored:
+            return (1,)
+        if not self.per_level or layout == "shared":
+            return (candidates,)
+        return (num_levels, candidates)
+
+    def widths(self, dims: Sequence[int]) -> list[int]:
+        """The nested widths it picks a negative at."""
+        return list(dims) if self.per_level else [dims[-1]]
+
+    def select(self, user: Tensor, items: Tensor, candidates: Tensor, dims: Sequence[int],
+               backend: str = "auto") -> Tensor:
+        """``(B, K)`` negative ids, K = L per level, else 1. Not differentiable."""
+        if not self.scored:
+            return candidates
+        return mns_sample(user.detach(), items.detach(), candidates, self.widths(dims), backend=backend)
+
+
+UNIFORM = Selector("uniform", scored=False, per_level=False)
+DNS = Selector("dns", scored=True, per_level=False)
+MNS = Selector("mns", scored=True, per_level=True)

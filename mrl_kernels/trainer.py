@@ -21,9 +21,11 @@ from tqdm.auto import tqdm
 
 from . import data as data_module
 from ._io import atomic_write, atomic_write_bytes, atomic_write_text
+from .backbones import BACKBONES
 from .metrics import evaluate, hierarchy_purity, prefix_evaluate
-from .model import MF, METHODS, candidate_shape, method_loss
-from .sampling import sample_candidates
+from .objectives import OBJECTIVES
+from .registry import names as backend_names
+from .sampling import LAYOUTS, sample_candidates
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT"]
 
@@ -37,6 +39,7 @@ class TrainConfig:
 
     dataset: str = "synthetic"
     data_dir: str | None = None
+    model: str = "mf"
     method: str = "mrl-m"
     dims: tuple[int, ...] = (4, 8, 16, 32, 64)
     candidates: int = 16
@@ -56,10 +59,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        if self.layout not in ("per-level", "shared"):
-            raise ValueError(f"layout must be 'per-level' or 'shared'; got {self.layout!r}")
+        for name, allowed in (("model", BACKBONES), ("method", OBJECTIVES), ("layout", LAYOUTS),
+                              ("backend", ("auto", *backend_names()))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         dims = list(self.dims)
         if not dims or dims[0] <= 0 or any(b <= a for a, b in zip(dims, dims[1:])):
             raise ValueError(f"dims must be strictly increasing positive ints; got {dims}")
@@ -95,11 +98,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
     ds = dataset or data_module.load(config.dataset, config.data_dir, seed=config.seed)
     log(ds.summary())
     dims = list(config.dims)
-    model = MF(ds.n_users, ds.n_items, dims[-1]).to(device)
+    model = BACKBONES[config.model](ds.n_users, ds.n_items, dims[-1]).to(device)
+    objective = OBJECTIVES[config.method]
     # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    per_row = candidate_shape(config.method, len(dims), config.candidates, config.layout)
+    per_row = objective.candidate_shape(len(dims), config.candidates, config.layout)
     train_users, train_items = (torch.from_numpy(a).to(device) for a in ds.train.pairs())
     exclude_train = ds.train
 
@@ -126,7 +130,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
             users, pos = train_users[rows], train_items[rows]
             cand = sample_candidates(users, math.prod(per_row), ds.n_items, exclude_train, generator)
             cand = cand.view(len(rows), *per_row)
-            loss = method_loss(config.method, model, users, pos, cand, dims, config.l2, config.backend)
+            loss = objective(model(users, pos), cand, dims, config.l2, config.backend)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -134,10 +138,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
         state["train_seconds"] += time.perf_counter() - started
         state["epoch"] = epoch
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            metrics = evaluate(model.user_weight, model.item_weight, ds.valid, [ds.train])
+            metrics = evaluate(*model.tables(), ds.valid, [ds.train])
             row = {"epoch": epoch, "loss": total / len(order), **metrics}
             if config.track_test:
-                test = evaluate(model.user_weight, model.item_weight, ds.test, [ds.train, ds.valid])
+                test = evaluate(*model.tables(), ds.test, [ds.train, ds.valid])
                 row.update({f"test_{name}": value for name, value in test.items()})
             state["history"].append(row)
             if state["best"] is None or metrics[SELECT_BY] > state["best"][SELECT_BY]:
@@ -157,7 +161,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
     # the last epoch is always evaluated, so a best epoch exists
     best = state["best"]
     model.load_state_dict(state["best_state"])
-    prefix = prefix_evaluate(model.user_weight, model.item_weight, dims, ds.test, [ds.train, ds.valid])
+    user_table, item_table = model.tables()
+    prefix = prefix_evaluate(user_table, item_table, dims, ds.test, [ds.train, ds.valid])
     result = {
         "dataset": ds.name,
         "method": config.method,
@@ -170,7 +175,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
         "seconds_per_epoch": state["train_seconds"] / max(state["epoch"], 1),
     }
     if ds.item_tree is not None:
-        result["hierarchy"] = {str(n): hierarchy_purity(model.item_weight, ds.item_tree, n) for n in dims}
+        result["hierarchy"] = {str(n): hierarchy_purity(item_table, ds.item_tree, n) for n in dims}
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     log("test (best validation epoch {}):\n{}".format(
         result["best_epoch"], _metrics_table(result["test"])))

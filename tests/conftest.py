@@ -9,14 +9,23 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+from mrl_kernels import registry  # noqa: E402 - after TRITON_INTERPRET is chosen
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the backends tested against the reference: every one that runs here but the reference itself
+FAST = [name for name in registry.available_backends(DEVICE) if not registry.declared()[name].fallback]
+
+# the paper's datasets: $MRL_DATA where the user set it, else ../shared/datasets beside the repo
+DATA_PLACES = [Path(p) for p in (os.environ.get("MRL_DATA"),) if p] + \
+    [Path(__file__).resolve().parents[2] / "shared" / "datasets"]
 
 
 @pytest.fixture
 def shared_datasets() -> Path:
-    if not (SHARED / "tool" / "train.txt").is_file():
-        pytest.skip(f"the paper's datasets are not at {SHARED}")
-    return SHARED
+    for place in DATA_PLACES:
+        if (place / "tool" / "train.txt").is_file():
+            return place
+    pytest.skip(f"the paper's datasets are in none of {', '.join(map(str, DATA_PLACES))} (set $MRL_DATA)")
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = "") -> None:

@@ -7,12 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mrl_kernels as mk
-from mrl_kernels import dispatch, reference
+from mrl_kernels import reference
+from mrl_kernels.testing import make_inputs
 
-from conftest import assert_close
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FAST = [b for b in ("triton", "cpp") if b in dispatch.available_backends(DEVICE)]
+from conftest import DEVICE, FAST, assert_close
 
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 5e-2),
        torch.float16: (5e-3, 1e-2)}
@@ -29,20 +27,18 @@ SHAPES = [
 
 
 def make(B, D, N, M, dims, layout, dtype, seed, integer=False):
-    g = torch.Generator().manual_seed(seed)
-    rand = (lambda *s: torch.randint(-3, 4, s, generator=g).double()) if integer else \
-        (lambda *s: torch.randn(*s, generator=g, dtype=torch.float64))
-    L = len(dims)
-    x = dict(user=rand(B, D), pos=rand(B, D), item_weight=rand(N, D), neg=rand(B, L, D))
-    x = {k: v.to(dtype).to(DEVICE) for k, v in x.items()}
-    shape = (B, M) if layout == "shared" else (B, L, M)
-    x["candidates"] = torch.randint(0, N, shape, generator=g).to(DEVICE)
-    return x
+    return make_inputs(B, D, N, M, dims, layout, dtype, DEVICE, seed, integer)
+
+
+def test_a_fast_backend_runs_here():
+    # every test below is parametrised by FAST: an empty list would skip them all
+    assert FAST, f"no backend but the reference runs on {DEVICE}"
 
 
 def ref_inputs(x):
     """The reference runs on the same values, upcast to float64, on the CPU."""
-    return {k: (v.double() if v.is_floating_point() else v).cpu() for k, v in x.items()}
+    return {k: (v.double() if v.is_floating_point() else v).cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in x.items()}
 
 
 def leaves(x, names):

@@ -1,77 +1,78 @@
-"""torch.library registration: opcheck and a whole compiled training step."""
+"""torch.library registration: opcheck of every operator of every backend, with
+and without gradients, and a whole compiled training step for every objective."""
 import pytest
 import torch
 
-from mrl_kernels import dispatch
-from mrl_kernels.model import MF, method_loss
+from mrl_kernels import registry
+from mrl_kernels.backbones import MF
+from mrl_kernels.objectives import OBJECTIVES
+from mrl_kernels.spec import OPS
+from mrl_kernels.testing import make_inputs
+
+from conftest import DEVICE
+
+BACKENDS = registry.available_backends(DEVICE)
 
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = dispatch.available_backends(DEVICE)
-
-
-def _inputs(dtype=torch.float32):
-    torch.manual_seed(0)
-    B, D, N, L = 6, 8, 12, 3
-    make = lambda *s: torch.randn(*s, dtype=dtype, device=DEVICE, requires_grad=True)  # noqa: E731
-    cand = torch.randint(0, N, (B, L, 4), device=DEVICE)
-    cand[:, :, 1] = cand[:, :, 0]
-    return dict(user=make(B, D), pos=make(B, D), neg=make(B, L, D), item_weight=make(N, D), cand=cand,
-                dims=[2, 5, 8], weights=torch.tensor([0.2, 0.3, 0.5], device=DEVICE))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_opcheck(backend):
-    x = _inputs()
-    ops = torch.ops.mrl_kernels
-    coef = torch.rand(6, 3, device=DEVICE)
-    cases = [
-        (getattr(ops, f"mns_sample_{backend}"), (x["user"], x["item_weight"], x["cand"], x["dims"])),
-        (getattr(ops, f"mrl_bpr_loss_{backend}"), (x["user"], x["pos"], x["neg"], x["dims"], x["weights"])),
-        (getattr(ops, f"mns_bpr_loss_{backend}"),
-         (x["user"], x["pos"], x["item_weight"], x["cand"], x["dims"], x["weights"])),
-        (getattr(ops, f"mrl_bpr_loss_backward_{backend}"),
-         (torch.randn(6, device=DEVICE), x["user"].detach(), x["pos"].detach(), x["neg"].detach(), coef, x["dims"])),
-        (getattr(ops, f"mns_bpr_loss_backward_{backend}"),
-         (torch.randn(6, device=DEVICE), x["user"].detach(), x["pos"].detach(), x["item_weight"].detach(),
-          x["cand"][:, :, 0], coef, x["dims"])),
-    ]
-    for op, args in cases:
-        torch.library.opcheck(op, args)
+def _samples(requires_grad):
+    """Arguments for every operator by name (candidates with a repeated id)."""
+    x = make_inputs(6, 8, 12, 4, [2, 5, 8], device=DEVICE, requires_grad=requires_grad)
+    x["candidates"][:, :, 1] = x["candidates"][:, :, 0]
+    plain = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    g = torch.Generator().manual_seed(1)
+    return {
+        "mns_sample": (x["user"], x["item_weight"], x["candidates"], x["dims"]),
+        "mrl_bpr_loss": (x["user"], x["pos"], x["neg"], x["dims"], torch.tensor([0.2, 0.3, 0.5], device=DEVICE)),
+        "mns_bpr_loss": (x["user"], x["pos"], x["item_weight"], x["candidates"], x["dims"],
+                         torch.tensor([0.2, 0.3, 0.5], device=DEVICE)),
+        "mrl_bpr_loss_backward": (torch.randn(6, generator=g).to(DEVICE), plain["user"], plain["pos"], plain["neg"],
+                                  torch.rand(6, 3, generator=g).to(DEVICE), x["dims"]),
+        "mns_bpr_loss_backward": (torch.randn(6, generator=g).to(DEVICE), plain["user"], plain["pos"],
+                                  plain["item_weight"], plain["candidates"][:, :, 0],
+                                  torch.rand(6, 3, generator=g).to(DEVICE), x["dims"]),
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("method", ["mrl-m", "bpr-m", "mrl-d"])
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_opcheck(backend, requires_grad):
+    samples = _samples(requires_grad)
+    assert set(samples) == set(OPS), "a sample for every operator of the spec"
+    for name, args in samples.items():
+        torch.library.opcheck(getattr(torch.ops.mrl_kernels, f"{name}_{backend}"), args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", list(OBJECTIVES))
 def test_compiled_training_step_matches_eager(backend, method):
     torch._dynamo.reset()
     dims = [4, 8, 16]
-    shape = {"mrl-m": (3, 5), "bpr-m": (3, 5), "mrl-d": (5,)}[method]
+    objective = OBJECTIVES[method]
 
     def make():
         torch.manual_seed(0)
         model = MF(20, 40, 16).to(DEVICE)
         return model, torch.optim.Adam(model.parameters(), lr=1e-2)
 
-    def step(model, opt, users, pos, cand):
-        loss = method_loss(method, model, users, pos, cand, dims, 1e-4, backend)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.detach()
+    def loss_of(model, users, pos, cand):
+        return objective(model(users, pos), cand, dims, 1e-4, backend)
 
     users, pos = torch.randint(0, 20, (16,), device=DEVICE), torch.randint(0, 40, (16,), device=DEVICE)
-    cand = torch.randint(0, 40, (16, *shape), device=DEVICE)
+    cand = torch.randint(0, 40, (16, *objective.candidate_shape(len(dims), 5, "per-level")), device=DEVICE)
     eager_model, eager_opt = make()
     compiled_model, compiled_opt = make()
 
     # fullgraph: the forward (sampling, loss, regulariser) is one graph and its
     # backward one AOTAutograd graph; a graph break would raise here
-    compiled = torch.compile(lambda *a: method_loss(method, *a, dims, 1e-4, backend), fullgraph=True)
+    compiled = torch.compile(loss_of, fullgraph=True)
     for _ in range(3):
-        expected = step(eager_model, eager_opt, users, pos, cand)
-        compiled_opt.zero_grad()
-        actual = compiled(compiled_model, users, pos, cand)
-        actual.backward()
-        compiled_opt.step()
-        torch.testing.assert_close(actual.detach(), expected, rtol=1e-5, atol=1e-6)
+        for model, opt, fn in ((eager_model, eager_opt, loss_of), (compiled_model, compiled_opt, compiled)):
+            opt.zero_grad()
+            loss = fn(model, users, pos, cand)
+            loss.backward()
+            opt.step()
+            if fn is loss_of:
+                expected = loss.detach()
+        torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_model.item_weight, eager_model.item_weight, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(compiled_model.item_weight, make()[0].item_weight), "the steps changed the weights"

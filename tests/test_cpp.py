@@ -8,17 +8,34 @@ import pytest
 import torch
 
 import mrl_kernels as mk
+from mrl_kernels import library, registry
+from mrl_kernels.spec import OPS
+from mrl_kernels.testing import make_inputs
 
-pytest.importorskip("mrl_kernels.cpp", reason="the C++ kernels are not built here")
+
+def test_the_cpp_backend_loads_and_its_schemas_match_the_spec():
+    # loading checks every C++ schema against mrl_kernels/spec.py
+    assert "cpp" in mk.available_backends("cpu"), registry._UNAVAILABLE.get("cpp")
+
+
+def test_a_schema_that_differs_from_the_spec_is_refused():
+    lib = torch.library.Library("mrl_kernels", "FRAGMENT")  # noqa: F841 - keeps the definitions alive
+    for spec in OPS.values():
+        schema = spec.schema.replace("int[] dims", "int[] widths") if spec.name == "mns_sample" else spec.schema
+        lib.define(f"{spec.name}_mismatched{schema}")
+    with pytest.raises(RuntimeError, match=r"backend 'mismatched' defines .*mns_sample_mismatched.* int\[\] widths"
+                                           r".* but the operator spec"):
+        library.check_schemas("mismatched")
+    with pytest.raises(RuntimeError, match="backend 'absent' defines no operator mrl_kernels::mns_sample_absent"):
+        library.check_schemas("absent")
 
 
 def _run(threads):
     torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(0)
-    leaves = [torch.randn(n, 64, generator=g).requires_grad_() for n in (300, 300, 40)]
     # few items and many rows: every item is chosen many times by rows of both threads
-    cand = torch.randint(0, 40, (300, 5, 16), generator=g)
-    loss, negs = mk.mns_bpr_loss(*leaves[:2], leaves[2], cand, (4, 8, 16, 32, 64), backend="cpp")
+    x = make_inputs(300, 64, 40, 16, (4, 8, 16, 32, 64), requires_grad=True)
+    leaves = [x["user"], x["pos"], x["item_weight"]]
+    loss, negs = mk.mns_bpr_loss(*leaves, x["candidates"], x["dims"], backend="cpp")
     loss.backward()
     return [loss.detach(), negs] + [t.grad for t in leaves]
 

@@ -3,6 +3,7 @@ import torch
 
 import mrl_kernels as mk
 from mrl_kernels.data import CSR
+from mrl_kernels.sampling import Membership
 
 
 def test_excluded_items_are_never_drawn():
@@ -54,12 +55,13 @@ def test_mismatched_exclusion_is_an_error():
 @pytest.mark.parametrize("bitmap", [True, False])
 def test_membership_by_bitmap_and_by_binary_search(monkeypatch, bitmap):
     if not bitmap:
-        monkeypatch.setattr(CSR, "BITMAP_MAX_BITS", 0)
+        monkeypatch.setattr(Membership, "BITMAP_MAX_BITS", 0)
     g = torch.Generator().manual_seed(4)
     rows, cols = torch.randint(0, 30, (200,), generator=g), torch.randint(0, 17, (200,), generator=g)
     csr = CSR.from_pairs(rows, cols, 30, 17)
-    assert (csr.on("cpu")[2] is not None) == bitmap
+    seen = Membership(csr, "cpu")
+    assert (seen.bitmap is not None) == bitmap
     stored = set(zip(rows.tolist(), cols.tolist()))
     qr, qc = torch.arange(30).repeat_interleave(17), torch.arange(17).repeat(30)
     expected = torch.tensor([(r, c) in stored for r, c in zip(qr.tolist(), qc.tolist())])
-    assert torch.equal(csr.contains(qr, qc), expected)
+    assert torch.equal(seen.contains(qr, qc), expected)

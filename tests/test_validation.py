@@ -3,15 +3,19 @@ import pytest
 import torch
 
 import mrl_kernels as mk
-from mrl_kernels import dispatch
+from mrl_kernels import reference
+from mrl_kernels.testing import make_inputs
+
+from conftest import DEVICE
 
 B, D, N = 4, 8, 10
 DIMS = [2, 4, 8]
 
 
 def good():
-    return dict(user=torch.randn(B, D), pos=torch.randn(B, D), item_weight=torch.randn(N, D),
-                candidates=torch.randint(0, N, (B, 3, 5)), dims=DIMS)
+    x = make_inputs(B, D, N, 5, DIMS)
+    del x["neg"]
+    return x
 
 
 def call(**changes):
@@ -79,7 +83,7 @@ def test_mns_sample_checks_the_same_way():
 
 def test_backend_names():
     u = torch.randn(B, D)
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'torch', 'triton', 'cpp'; got 'cuda'"):
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'torch', 'cpp', 'triton'; got 'cuda'"):
         mk.mrl_bpr_loss(u, u, torch.randn(B, 3, D), DIMS, backend="cuda")
 
 
@@ -101,12 +105,12 @@ def test_sample_candidates_arguments():
 
 
 def test_too_wide_for_triton():
-    pytest.importorskip("mrl_kernels.triton.ops")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not dispatch.triton_interpreting():
+    if "triton" not in mk.available_backends(DEVICE):
         pytest.skip("Triton runs nowhere here")
-    u = torch.randn(2, 1030, device=device)
+    u, p, n = torch.randn(2, 1030, device=DEVICE), torch.randn(2, 1030, device=DEVICE), torch.randn(2, 1, 1030,
+                                                                                                      device=DEVICE)
     with pytest.raises(ValueError, match="backend='triton' takes embedding widths up to 1024, got 1030"):
-        mk.mrl_bpr_loss(u, u, u[:, None, :], [1030], backend="triton")
-    if device == "cuda":  # auto falls back to the reference
-        assert mk.mrl_bpr_loss(u, u, u[:, None, :], [1030]).isfinite()
+        mk.mrl_bpr_loss(u, p, n, [1030], backend="triton")
+    if DEVICE == "cuda":  # auto falls back to the reference
+        expected = reference.mrl_bpr_loss(u, p, n, [1030], [1.0]).mean()
+        torch.testing.assert_close(mk.mrl_bpr_loss(u, p, n, [1030]), expected)

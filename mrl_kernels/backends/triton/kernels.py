@@ -23,16 +23,12 @@ every tensor is addressed through its strides, so non-contiguous inputs work.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import triton_interpreting
-from ..reference import acc_dtype
-
-MAX_WIDTH = 1024  # largest D the kernels take (one row in registers)
+from ...reference import acc_dtype
+from . import interpreting
 
 
 @triton.jit
@@ -177,7 +173,7 @@ def _mrl_backward_kernel(
 def _launch(kernel):
     """``wrap_triton(kernel)`` so torch.compile sees the launch; the kernel itself
     under ``TRITON_INTERPRET=1``, where ``wrap_triton`` refuses."""
-    return kernel if triton_interpreting() else torch.library.wrap_triton(kernel)
+    return kernel if interpreting() else torch.library.wrap_triton(kernel)
 
 
 # (BLOCK_B, BLOCK_D) tiles of 512 elements over 4 warps, 4 elements a thread:
@@ -190,24 +186,11 @@ TILE, WARPS = 512, 4
 
 def config(width: int, tile: int = TILE, warps: int = WARPS) -> dict:
     """Block sizes for width ``width``: ``(BLOCK_B, BLOCK_D)`` tiles of ``tile``
-    elements (``python -m mrl_kernels.triton.aot`` checks that nothing spills).
-    ``tile``/``warps`` other than the defaults are for benchmark sweeps."""
+    elements (``python -m mrl_kernels.backends.triton.aot`` checks that nothing
+    spills). Benchmark sweeps patch this function with other ``tile``/``warps``."""
     block_d = max(16, triton.next_power_of_2(width))
     block_b = max(1, min(32, tile // block_d))
     return {"BLOCK_B": block_b, "BLOCK_D": block_d, "num_warps": warps}
-
-
-_SWEEP: dict = {}
-
-
-@contextlib.contextmanager
-def override_config(tile: int, warps: int):
-    """Launch with another tile size / warp count inside the block (benchmark sweeps)."""
-    _SWEEP.update(tile=tile, warps=warps)
-    try:
-        yield
-    finally:
-        _SWEEP.clear()
 
 
 def configs() -> list[dict]:
@@ -221,7 +204,7 @@ def configs() -> list[dict]:
 
 def _common(user, dims):
     batch, width = user.shape
-    cfg = config(width, **_SWEEP)
+    cfg = config(width)
     meta = dict(DIMS=tuple(dims), L=len(dims), FP64=user.dtype == torch.float64,
                 BLOCK_L=max(2, triton.next_power_of_2(len(dims))), **cfg)
     return batch, width, (triton.cdiv(batch, cfg["BLOCK_B"]),), meta

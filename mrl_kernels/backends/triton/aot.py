@@ -1,15 +1,15 @@
 """Compile-only check of the Triton kernels, no GPU needed.
 
-``python -m mrl_kernels.triton.aot`` compiles every kernel variant, for every
-block configuration the launchers can pick and for float32 and bfloat16 inputs,
-for ``GPUTarget("cuda", 80, 32)`` (A100) and ``("cuda", 90, 32)`` (H100), runs
-reads each cubin's resource usage (``cuobjdump``), prints a table (kernel, config, arch, registers, spilled bytes,
-shared memory) and exits non-zero if a compile fails or anything spills.
+``python -m mrl_kernels.backends.triton.aot`` compiles every kernel variant, for
+every block configuration the launchers can pick and for float32 and bfloat16
+inputs, for ``GPUTarget("cuda", 80, 32)`` (A100) and ``("cuda", 90, 32)`` (H100),
+reads each cubin's resource usage (``cuobjdump``), prints a table (kernel,
+config, arch, registers, spilled bytes, shared memory) and exits non-zero if a
+compile fails or anything spills.
 
 Written for the Triton version in ``TRITON_VERSION``, which the ``test`` extra
-pins (``ASTSource`` and
-``triton.compile``'s arguments change between releases); on another version it
-says so and still tries.
+pins (``ASTSource`` and ``triton.compile``'s arguments change between releases);
+on another version it says so and still tries.
 """
 from __future__ import annotations
 
@@ -50,21 +50,27 @@ def _example_dims(width: int) -> tuple[int, ...]:
 
 
 def _signature(fn, dtype: str, constexprs: dict) -> dict:
-    """Pointer and integer types of every argument: float tensors in ``dtype``,
-    ids int64, weights/coef in the accumulation type, column strides 1."""
+    """The argument types the launchers (``kernels.forward`` / ``kernels.backward``)
+    pass with ``dtype`` inputs: float tensors, the loss and its incoming gradient
+    in ``dtype``; ids int64; weights, coef and the gathered item gradient in
+    float32; an unused pointer gets the tensor the launcher passes in its place
+    (the backward of ``mrl_bpr_loss`` passes coef for the negatives)."""
+    gather = constexprs["GATHER"]
+    acc = "*fp32"
+    pointers = {
+        "cand_ptr": "*i64",
+        "negatives_ptr": "*i64" if gather or fn is kernels._mrl_forward_kernel else acc,
+        "weight_ptr": acc,
+        "coef_ptr": acc,
+        "grad_item_ptr": acc if gather else dtype,
+        "grad_neg_ptr": acc if gather else dtype,
+    }
     types = {}
     for name in fn.arg_names:
         if name in constexprs:
             types[name] = "constexpr"
         elif name.endswith("_ptr"):
-            if name in ("cand_ptr", "negatives_ptr"):
-                types[name] = "*i64"
-            elif name in ("weight_ptr", "coef_ptr", "grad_ptr"):
-                types[name] = "*fp32"
-            elif name == "grad_item_ptr":
-                types[name] = "*fp32"
-            else:
-                types[name] = dtype
+            types[name] = pointers.get(name, dtype)
         else:
             types[name] = "i32"
     return types
@@ -111,7 +117,7 @@ def jobs() -> list[tuple]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mrl_kernels.triton.aot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mrl_kernels.backends.triton.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     if not triton.__version__.startswith(TRITON_VERSION):

@@ -1,0 +1,94 @@
+"""Training objectives: a negative selector (:mod:`mrl_kernels.sampling`) times
+a loss. The paper's five methods are entries of :data:`OBJECTIVES`:
+
+=========  ==========  ====  ==================================================
+``bpr``    ``UNIFORM``  BPR   one uniform negative, BPR loss at full width
+``bpr-d``  ``DNS``      BPR   the best of M candidates at full width
+``bpr-m``  ``MNS``      BPR   one negative per level, ``log(1 + sum_l exp(s_{j_l} - s_i))``
+                              at full width (the authors' code)
+``mrl-d``  ``DNS``      MRL   the full-width DNS negative at every level of the MRL loss
+``mrl-m``  ``MNS``      MRL   MNS + MRL loss (the method)
+=========  ==========  ====  ==================================================
+
+Where the selector picks at exactly the widths the loss scores at (MNS + MRL,
+DNS + BPR), selection and loss run fused in :func:`mrl_kernels.mns_bpr_loss`.
+Adding an objective = one entry here, with a new :class:`Loss` or
+:class:`~mrl_kernels.sampling.Selector` if needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backbones import Batch
+from .ops import mns_bpr_loss, mrl_bpr_loss
+from .sampling import DNS, MNS, UNIFORM, Selector
+
+__all__ = ["Loss", "BPR", "MRL", "Objective", "OBJECTIVES"]
+
+
+def _bpr(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int], backend: str) -> Tensor:
+    """``log(1 + sum_k exp(<u, n_k> - <u, p>))`` at full width over the K
+    negatives ``neg (B, K, D)``; with one negative, BPR, by the operator."""
+    if neg.shape[1] == 1:
+        return mrl_bpr_loss(user, pos, neg, dims[-1:], backend=backend)
+    margins = (user[:, None, :] * neg).sum(-1) - (user * pos).sum(-1, keepdim=True)
+    return F.softplus(torch.logsumexp(margins, dim=1)).mean()
+
+
+def _mrl(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int], backend: str) -> Tensor:
+    """The MRL loss; one negative ``(B, 1, D)`` serves every level."""
+    return mrl_bpr_loss(user, pos, neg.expand(-1, len(dims), -1), dims, backend=backend)
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A ranking loss over the negatives' vectors: ``fn(user, pos, neg (B, K, D),
+    dims, backend) -> scalar``; ``per_level`` if it scores level l's negative at
+    width d_l (else everything at full width)."""
+
+    name: str
+    per_level: bool
+    fn: Callable[[Tensor, Tensor, Tensor, Sequence[int], str], Tensor]
+
+
+BPR = Loss("bpr", per_level=False, fn=_bpr)
+MRL = Loss("mrl", per_level=True, fn=_mrl)
+
+
+@dataclass(frozen=True)
+class Objective:
+    selector: Selector
+    loss: Loss
+
+    def candidate_shape(self, num_levels: int, candidates: int, layout: str) -> tuple[int, ...]:
+        return self.selector.candidate_shape(num_levels, candidates, layout)
+
+    @property
+    def fused(self) -> bool:
+        return self.selector.scored and self.selector.per_level == self.loss.per_level
+
+    def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
+                 backend: str = "auto") -> Tensor:
+        """The training loss of one batch: the ranking loss plus the authors' L2
+        term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows."""
+        if self.fused:
+            loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates,
+                                           self.selector.widths(dims), backend=backend)
+        else:
+            negatives = self.selector.select(batch.user, batch.items, candidates, dims, backend)
+            loss = self.loss.fn(batch.user, batch.pos, batch.items[negatives], dims, backend)
+        return loss + l2 * batch.squared_norms(negatives) / 2 / batch.user.shape[0]
+
+
+OBJECTIVES = {
+    "bpr": Objective(UNIFORM, BPR),
+    "bpr-d": Objective(DNS, BPR),
+    "bpr-m": Objective(MNS, BPR),
+    "mrl-d": Objective(DNS, MRL),
+    "mrl-m": Objective(MNS, MRL),
+}
