@@ -11,6 +11,10 @@ MRL-M's prefixes.
 """
 from __future__ import annotations
 
+from . import require
+
+require('python -m bench.baselines', 'implicit', 'scipy', 'threadpoolctl')
+
 import argparse
 import itertools
 import json

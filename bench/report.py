@@ -17,6 +17,10 @@ Writes ``bench/results/<device>-<date>.md``, ``.json`` and a plot
 """
 from __future__ import annotations
 
+from . import require
+
+require('python -m bench.report', 'matplotlib', 'tabulate')
+
 import argparse
 import datetime as dt
 import json

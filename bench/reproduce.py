@@ -16,6 +16,10 @@ Two protocols are reported side by side:
 """
 from __future__ import annotations
 
+from . import require
+
+require('python -m bench.reproduce', 'matplotlib', 'tabulate')
+
 import argparse
 import json
 import os

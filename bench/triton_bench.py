@@ -18,6 +18,10 @@ Bytes that must move per forward+backward: ``bench/costs.py``.
 """
 from __future__ import annotations
 
+from . import require
+
+require('python -m bench.triton_bench', 'tabulate', 'triton')
+
 import argparse
 import datetime as dt
 import functools

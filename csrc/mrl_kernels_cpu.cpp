@@ -67,6 +67,13 @@ inline void loss_from_scores(const T* neg_score, const T* pos_score, const float
   *loss_out = loss;
 }
 
+// torch.argmax's order: a strictly larger score replaces the best (ties keep the
+// earlier candidate), NaN counts above every number (the first NaN wins).
+template <typename T>
+inline bool better(T score, T best) {
+  return score > best || (std::isnan(score) && !std::isnan(best));
+}
+
 template <typename T>
 inline void prefix_scores(const T* u, const T* row, const std::vector<int64_t>& dims, T* out) {
   T running = 0;
@@ -104,8 +111,9 @@ void forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weig
     std::vector<int64_t> best_id(L);
     for (int64_t b = begin; b < end; ++b) {
       const T* u = U[b];
+      // the first candidate is chosen unless a better one follows (all -inf: the first)
       std::fill(best.begin(), best.end(), -std::numeric_limits<T>::infinity());
-      std::fill(best_id.begin(), best_id.end(), int64_t(0));
+      for (int64_t l = 0; gather && l < L; ++l) best_id[l] = cand[per_level ? (b * L + l) * M : b * M];
       if (!gather) {
         for (int64_t l = 0; l < L; ++l) best[l] = dot(u, neg_data + b * nb + l * nl, dims[l]);
       } else if (per_level) {
@@ -113,7 +121,7 @@ void forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weig
           const int64_t* pool = cand + (b * L + l) * M;
           for (int64_t m = 0; m < M; ++m) {
             const T s = dot(u, I[pool[m]], dims[l]);
-            if (s > best[l]) {  // strictly: ties keep the earlier candidate
+            if (better(s, best[l])) {
               best[l] = s;
               best_id[l] = pool[m];
             }
@@ -124,7 +132,7 @@ void forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weig
         for (int64_t m = 0; m < M; ++m) {
           prefix_scores(u, I[pool[m]], dims, scores.data());
           for (int64_t l = 0; l < L; ++l) {
-            if (scores[l] > best[l]) {
+            if (better(scores[l], best[l])) {
               best[l] = scores[l];
               best_id[l] = pool[m];
             }

@@ -6,23 +6,38 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, flush it to
-    disk, then rename it over ``path``. On any error the temporary is removed and
-    ``path`` is left as it was."""
+    disk, then rename it over ``path`` (permissions as for a new file under the
+    umask, e.g. 0644). On any error the temporary is removed and ``path`` is left
+    as it was; an OSError (a full disk, say) names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
     return path
 
@@ -33,3 +48,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that an interrupted :func:`atomic_write` left in
+    ``folder`` (a process killed mid-write cannot clean up); call it only while
+    no other writer uses the folder. Returns what was removed."""
+    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Batch", "Backbone", "MF", "BACKBONES"]
+__all__ = ["Batch", "Backbone", "MF", "BACKBONES", "lookup"]
 
 
 @dataclass
@@ -31,9 +32,21 @@ class Batch:
     reg_pos: Tensor
     reg_items: Tensor
 
+    def negative_rows(self, negatives: Tensor) -> Tensor:
+        """The item vectors of ``negatives`` (ids of any shape), differentiable."""
+        return lookup(self.items, negatives)
+
     def squared_norms(self, negatives: Tensor) -> Tensor:
         """``|u|^2 + |i|^2 + |negatives|^2`` summed over the batch's rows."""
-        return self.reg_user.square().sum() + self.reg_pos.square().sum() + self.reg_items[negatives].square().sum()
+        return (self.reg_user.square().sum() + self.reg_pos.square().sum()
+                + lookup(self.reg_items, negatives).square().sum())
+
+
+def lookup(table: Tensor, ids: Tensor) -> Tensor:
+    """``table[ids]`` whose backward sums repeated ids in the same order on every
+    run: ``F.embedding``'s, where the CPU backward of indexing (``table[ids]``)
+    adds with atomics across threads and its sums vary from run to run."""
+    return F.embedding(ids, table)
 
 
 class Backbone(nn.Module):
@@ -55,7 +68,7 @@ class MF(Backbone):
         self.item_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim)))
 
     def forward(self, users: Tensor, pos: Tensor) -> Batch:
-        u, p = self.user_weight[users], self.item_weight[pos]
+        u, p = lookup(self.user_weight, users), lookup(self.item_weight, pos)
         return Batch(u, p, self.item_weight, u, p, self.item_weight)
 
     def tables(self) -> tuple[Tensor, Tensor]:

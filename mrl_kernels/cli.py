@@ -1,10 +1,13 @@
 """``mrl-train``: train one of the paper's methods and write its metrics.
 
-Bare ``mrl-train`` trains MRL-M on the built-in synthetic data.
+Bare ``mrl-train`` trains MRL-M on the built-in synthetic data (under a minute on
+2 cores) and writes runs/<time>-synthetic-mrl-m/ (runs/latest points at it):
+metrics.json, history.csv, curves.png and checkpoint.pt.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .backbones import BACKBONES
@@ -12,7 +15,7 @@ from .data import DataError
 from .objectives import OBJECTIVES
 from .registry import names as backend_names
 from .sampling import LAYOUTS
-from .trainer import TrainConfig, train
+from .trainer import Interrupted, TrainConfig, request_stop, train
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -23,29 +26,38 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
+    d = TrainConfig()
     p = argparse.ArgumentParser(prog="mrl-train", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default=defaults.dataset,
-                   help="synthetic | phone | tool | sport | ml100k | a folder in the authors' format | a .csv/.parquet")
-    p.add_argument("--data-dir", default=None, help="where named datasets live (default $MRL_DATA or ~/.cache/mrl_kernels)")
-    p.add_argument("--model", default=defaults.model, choices=tuple(BACKBONES), help="the backbone")
-    p.add_argument("--method", default=defaults.method, choices=tuple(OBJECTIVES))
-    p.add_argument("--dims", type=_dims, default=defaults.dims, help="nested widths, the last is the embedding width")
-    p.add_argument("--candidates", type=int, default=defaults.candidates, help="candidates per pool")
-    p.add_argument("--layout", default=defaults.layout, choices=LAYOUTS,
+    p.add_argument("--dataset", default=d.dataset,
+                   help="synthetic | phone | tool | sport | ml100k | a folder in the authors' format | a .csv/.parquet "
+                        "table with columns user,item")
+    p.add_argument("--data-dir", default=None,
+                   help="where named datasets live (missing ones are downloaded there); default $MRL_DATA, else "
+                        "~/.cache/mrl_kernels")
+    p.add_argument("--model", default=d.model, choices=tuple(BACKBONES), help="the backbone")
+    p.add_argument("--method", default=d.method, choices=tuple(OBJECTIVES),
+                   help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
+                        "loss), mrl-m (MNS, MRL loss)")
+    p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
+    p.add_argument("--candidates", type=int, default=d.candidates, help="candidates per pool")
+    p.add_argument("--layout", default=d.layout, choices=LAYOUTS,
                    help="MNS pools: one per level (the authors' layout) or one shared by all levels")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--l2", type=float, default=defaults.l2)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    p.add_argument("--patience", type=int, default=defaults.patience, help="evaluations without a better validation Recall@20")
-    p.add_argument("--out", default=defaults.out, help="folder for metrics.json, history.csv and the checkpoint")
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--backend", default=defaults.backend, choices=("auto", *backend_names()))
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs to train")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(user, positive) pairs per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam's learning rate")
+    p.add_argument("--l2", type=float, default=d.l2, help="L2 weight on the batch's rows")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation evaluations")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many evaluations without a better validation Recall@20")
+    p.add_argument("--out", default=None,
+                   help="the run folder; default a new runs/<time>-<dataset>-<method> (runs/latest points at it)")
+    p.add_argument("--device", default=d.device, help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--backend", default=d.backend, choices=("auto", *backend_names()),
+                   help="the operators' backend (auto: triton on CUDA, cpp on the CPU, else torch)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default runs/latest) from its checkpoint")
     p.add_argument("--track-test", action="store_true",
                    help="also record test metrics at every evaluation in history.csv (to compare with protocols "
                         "that select epochs on the test set; selection here always uses the validation split)")
@@ -62,14 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test,
     )
+    # Ctrl-C and SIGTERM stop training after the current step (a second one at once)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         train(config, resume=args.resume)
     except (DataError, ValueError, RuntimeError, OSError) as exc:
         print(f"mrl-train: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mrl-train: interrupted; the last checkpoint is kept (--resume continues)", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"mrl-train: {exc}", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -121,6 +121,14 @@ class Dataset:
     item_tree: np.ndarray | None = None
     user_path: np.ndarray | None = None
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the sizes and every split's interactions: a run resumes only on the same data."""
+        digest = hashlib.sha256(f"{self.n_users},{self.n_items}".encode())
+        for split in (self.train, self.valid, self.test):
+            digest.update(split.indptr.numpy().tobytes())
+            digest.update(split.indices.numpy().tobytes())
+        return digest.hexdigest()
+
     def summary(self) -> str:
         return (f"{self.name}: {self.n_users} users, {self.n_items} items, "
                 f"{self.train.nnz} train / {self.valid.nnz} valid / {self.test.nnz} test interactions")
@@ -153,10 +161,19 @@ def _with_validation(name, train, test, n_users, n_items, valid_fraction, seed, 
 
 
 # ---------------------------------------------------------------- readers
+# 0-based ids make tables of (largest id + 1) rows: refuse ids that would need
+# more than 16 GiB for the row index of the interaction matrix alone (8 bytes a row)
+MAX_ID = (16 << 30) // 8
+
+
 def _read_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
     users, items = [], []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             fields = line.split()
             if not fields:
                 continue
@@ -166,6 +183,9 @@ def _read_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(f"{path}:{number}: expected 'user item item ...' integer ids, got {line.strip()[:60]!r}")
             if min(ids) < 0:
                 raise DataError(f"{path}:{number}: ids must be >= 0")
+            if max(ids) >= MAX_ID:
+                raise DataError(f"{path}:{number}: id {max(ids)} is too large: 0-based ids make tables of (largest id "
+                                f"+ 1) rows, and ids must stay below {MAX_ID} (16 GiB of row index); renumber them")
             users.extend([ids[0]] * (len(ids) - 1))
             items.extend(ids[1:])
     return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
@@ -194,6 +214,14 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
     path = Path(path)
     try:
         frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise
     except Exception as exc:  # noqa: BLE001 - pandas raises many types
         raise DataError(f"cannot read {path}: {exc}") from exc
     missing = {"user", "item"} - set(frame.columns)
@@ -201,6 +229,12 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
         raise DataError(f"{path} needs columns 'user' and 'item'; missing {sorted(missing)}")
     if frame.empty:
         raise DataError(f"{path} holds no interactions")
+    for column in ("user", "item"):
+        absent = frame[column].isna().to_numpy()
+        if absent.any():
+            row = int(np.flatnonzero(absent)[0])
+            raise DataError(f"{path}: row {row + 1} of the table (counting from 1, header excluded) has no {column} "
+                            f"id ({int(absent.sum())} such rows); remove or fill them")
     users, user_ids = pd.factorize(frame["user"], sort=True)
     items, item_ids = pd.factorize(frame["item"], sort=True)
     n_users, n_items = len(user_ids), len(item_ids)
@@ -293,7 +327,8 @@ def download(name: str, data_dir=None, base_url: str | None = None) -> Path:
             with urllib.request.urlopen(url, timeout=60) as response:
                 payload = response.read()
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DataError(f"cannot download {url}: {exc}") from exc
+            raise DataError(f"cannot download {url}: {exc}. Put {name}'s train.txt and test.txt in {target} "
+                            f"yourself, or point --data-dir (or $MRL_DATA) at a folder that holds {name}/") from exc
         expected = SHA256.get(key)
         if expected is None:
             warnings.warn(f"no SHA-256 is pinned for {key}; its content is not verified", stacklevel=2)

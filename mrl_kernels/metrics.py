@@ -3,7 +3,8 @@
 For each user with held-out items, every item is scored (``user @ item.T``),
 the items to exclude (training interactions, and for the test split the
 validation ones too) are removed, and the top K are compared with the held-out
-set. Recall@K = hits / #held-out; NDCG@K = DCG / IDCG with binary gains,
+set; an excluded item is never a hit, also where a held-out item repeats a
+training interaction and K exceeds the items left. Recall@K = hits / #held-out; NDCG@K = DCG / IDCG with binary gains,
 ``1 / log2(rank + 2)`` discounts and IDCG over ``min(K, #held-out)`` hits.
 Both are averaged over the users with held-out items.
 """
@@ -40,12 +41,15 @@ def evaluate(
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
         scores = user_weight[batch.to(device)].float() @ item_weight.float().T
+        blocked = torch.zeros(scores.shape, dtype=torch.bool, device=device)
         for seen in exclude:
-            scores[seen.dense_rows(batch, device)] = -torch.inf
-        ranked = scores.topk(top, dim=1).indices.cpu()
-        truth = heldout.dense_rows(batch)
-        hits = truth.gather(1, ranked).double()
-        n_true = truth.sum(1).double()
+            blocked |= seen.dense_rows(batch, device)
+        scores[blocked] = -torch.inf
+        ranked = scores.topk(top, dim=1).indices
+        truth = heldout.dense_rows(batch, device)
+        # with fewer items left than K, excluded items fill the tail of the ranking: never hits
+        hits = (truth.gather(1, ranked) & ~blocked.gather(1, ranked)).double().cpu()
+        n_true = truth.sum(1).double().cpu()
         for k in ks:
             k_hits = hits[:, :k]
             sums[f"recall@{k}"] += float((k_hits.sum(1) / n_true).sum())

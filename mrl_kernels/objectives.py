@@ -81,7 +81,7 @@ class Objective:
                                            self.selector.widths(dims), backend=backend)
         else:
             negatives = self.selector.select(batch.user, batch.items, candidates, dims, backend)
-            loss = self.loss.fn(batch.user, batch.pos, batch.items[negatives], dims, backend)
+            loss = self.loss.fn(batch.user, batch.pos, batch.negative_rows(negatives), dims, backend)
         return loss + l2 * batch.squared_norms(negatives) / 2 / batch.user.shape[0]
 
 

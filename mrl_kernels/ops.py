@@ -11,6 +11,7 @@ from __future__ import annotations
 from numbers import Integral
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,10 +45,11 @@ def _check_float(name: str, t, ndim: int, like: tuple[str, Tensor] | None = None
     return t
 
 
-def _can_read_values() -> bool:
-    """Whether value checks may read tensors back: not while ``torch.compile``
-    traces, nor while a CUDA graph is being captured."""
-    if torch.compiler.is_compiling():
+def _can_read_values(t: Tensor) -> bool:
+    """Whether value checks may read ``t`` back: not for meta tensors (shapes
+    only), not while ``torch.compile`` traces, nor while a CUDA graph is being
+    captured."""
+    if t.is_meta or torch.compiler.is_compiling():
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
@@ -62,14 +64,19 @@ def check_ids(name: str, ids, n: int, device: torch.device) -> Tensor:
         raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
     if ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but the embeddings are on {device}")
-    if ids.numel() and _can_read_values() and bool(((ids < 0) | (ids >= n)).any()):
+    if ids.numel() and _can_read_values(ids) and bool(((ids < 0) | (ids >= n)).any()):
         raise ValueError(f"{name} must lie in [0, {n}) (the rows of item_weight); got ids in "
                          f"[{int(ids.min())}, {int(ids.max())}]")
     return ids.long()
 
 
 def check_dims(dims, width: int) -> list[int]:
-    """``dims`` as a list of strictly increasing positive ints ending at ``width``."""
+    """``dims`` (a sequence, or a 1-D array or tensor, of ints) as a list of
+    strictly increasing positive ints ending at ``width``."""
+    integer_tensor = isinstance(dims, Tensor) and not (dims.is_floating_point() or dims.is_complex())
+    integer_array = isinstance(dims, np.ndarray) and np.issubdtype(dims.dtype, np.integer)
+    if (integer_tensor or integer_array) and dims.ndim == 1:
+        dims = dims.tolist()
     if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) == 0:
         raise ValueError(f"dims must be a non-empty sequence of ints, got {dims!r}")
     if not all(isinstance(d, Integral) and not isinstance(d, bool) for d in dims):
@@ -89,7 +96,7 @@ def check_weights(weights, num_levels: int, device: torch.device) -> Tensor:
     w = torch.as_tensor(weights, dtype=torch.float32).to(device)
     if w.dim() != 1 or w.shape[0] != num_levels:
         raise ValueError(f"weights must have one entry per level ({num_levels}), got shape {tuple(w.shape)}")
-    if _can_read_values() and not bool(((w >= 0) & torch.isfinite(w)).all()):
+    if _can_read_values(w) and not bool(((w >= 0) & torch.isfinite(w)).all()):
         raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
     return w
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Sequence
 
 import numpy as np
@@ -79,16 +80,19 @@ def sample_candidates(
 ) -> Tensor:
     """``(B, num)`` int64 item ids drawn uniformly from ``[0, n_items)`` on ``users``'
     device, skipping each user's items in ``exclude`` (e.g. the training
-    interactions) by vectorised rejection: every round redraws all rejected ids of
-    the whole batch at once. ``generator`` must live on ``users``' device.
+    interactions). Users with at least half of the items left are drawn by
+    vectorised rejection (every round redraws all rejected ids of the batch at
+    once, two draws per id expected); a user with fewer left is drawn exactly from
+    the items left, so the cost stays bounded however few remain. ``generator``
+    must live on ``users``' device.
 
-    Raises ValueError for a user who has every item (nothing is left to draw)."""
+    Raises ValueError for an empty batch and for a user who has every item
+    (nothing is left to draw)."""
     if not isinstance(users, Tensor) or users.dim() != 1 or users.dtype.is_floating_point:
         raise ValueError("users must be a 1-D tensor of integer user ids")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be a positive int, got {num!r}")
-    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
-        raise ValueError(f"n_items must be a positive int, got {n_items!r}")
+    if users.numel() == 0:
+        raise ValueError("users must hold at least one user id (an empty batch has nothing to sample)")
+    num, n_items = _positive_int("num", num), _positive_int("n_items", n_items)
     users = users.long()
 
     def draw(shape):
@@ -105,14 +109,33 @@ def sample_candidates(
     full = seen.lengths[users] >= n_items
     if bool(full.any()):
         raise ValueError(f"users {users[full].unique().tolist()[:10]} have every item; no negative can be sampled")
+    few_left = (n_items - seen.lengths[users]) * 2 < n_items
+    if bool(few_left.any()):
+        for user in users[few_left].unique().tolist():
+            at = torch.nonzero(users == user).flatten()
+            left = _items_left(exclude, user, n_items).to(users.device)
+            out[at] = left[torch.randint(0, len(left), (len(at), num), generator=generator, device=users.device)]
     rows = users[:, None].expand_as(out)
-    rejected = seen.contains(rows, out)
+    rejected = seen.contains(rows, out) & ~few_left[:, None]
     while bool(rejected.any()):
         redraw = draw((int(rejected.sum()),))
         out[rejected] = redraw
         still = seen.contains(rows[rejected], redraw)
         rejected[rejected.clone()] = still
     return out
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _items_left(exclude: CSR, user: int, n_items: int) -> Tensor:
+    """The items ``user`` does not have in ``exclude``, sorted."""
+    keep = torch.ones(n_items, dtype=torch.bool)
+    keep[exclude.indices[exclude.indptr[user]:exclude.indptr[user + 1]]] = False
+    return torch.nonzero(keep).flatten()
 
 
 @dataclass(frozen=True)

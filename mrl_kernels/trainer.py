@@ -1,36 +1,51 @@
 """The training loop: Adam, per-epoch shuffled (user, positive) batches, validation
 every few epochs with early stopping, final test metrics from the best epoch.
 
-Outputs in ``out``, each written atomically: ``checkpoint.pt`` (everything needed
-to resume), ``history.csv`` (one row per evaluation) and ``metrics.json``.
+Outputs in the run folder (``out``; by default a new ``runs/<time>-<dataset>-<method>``
+with ``runs/latest`` pointing at it), each written atomically:
+``checkpoint.pt`` (everything needed to resume, with a checksum of itself and of
+the data), ``history.csv`` (one row per evaluation), ``metrics.json`` and
+``curves.png`` (with matplotlib, the ``plot`` extra). A lock keeps a second run
+out of a folder in use; a folder that holds a run is only continued
+(``resume=True``), never overwritten.
 """
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import hashlib
+import importlib.metadata
 import io
 import json
 import math
+import os
+import platform
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import filelock
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from . import data as data_module
-from ._io import atomic_write, atomic_write_bytes, atomic_write_text
+from ._io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from .backbones import BACKBONES
 from .metrics import evaluate, hierarchy_purity, prefix_evaluate
 from .objectives import OBJECTIVES
 from .registry import names as backend_names
 from .sampling import LAYOUTS, sample_candidates
 
-__all__ = ["TrainConfig", "train", "CHECKPOINT"]
+__all__ = ["TrainConfig", "train", "Interrupted", "request_stop", "CHECKPOINT", "RUNS"]
 
 CHECKPOINT = "checkpoint.pt"
+OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT)  # a folder holding any of these holds a run
+RUNS = Path("runs")  # where runs go without --out
 SELECT_BY = "recall@20"
+MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a newline, then the payload
 
 
 @dataclass
@@ -53,7 +68,7 @@ class TrainConfig:
     patience: int = 10
     device: str = "cpu"
     backend: str = "auto"
-    out: str = "runs/latest"
+    out: str | None = None  # None: a new folder under runs/
     progress: bool = True
     track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
 
@@ -73,30 +88,136 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0; got {self.lr}")
         if not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0; got {self.l2}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device!r} is not a torch device: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available here (torch {torch.__version__})")
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT / SIGTERM; the message says what was kept."""
+
+
+_STOP = threading.Event()
+
+
+def request_stop(signum=None, frame=None) -> None:
+    """A signal handler: the training loop stops cleanly after the current step
+    (raising :class:`Interrupted`); a second request interrupts at once."""
+    if _STOP.is_set():
+        raise KeyboardInterrupt
+    _STOP.set()
+
+
+def _write_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    payload = buffer.getvalue()
+    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def _read_checkpoint(path: Path, device: torch.device) -> dict:
+    """The state saved by :func:`_write_checkpoint`; ValueError naming what is wrong."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a checkpoint")
+    if not path.is_file():
+        raise ValueError(f"--resume: there is no checkpoint to resume at {path}")
+    blob = path.read_bytes()
+    if not blob.startswith(MAGIC):
+        what = "empty" if not blob else "not a checkpoint written by mrl-train"
+        raise ValueError(f"{path} is {what}; remove it, or use another --out")
+    digest, _, payload = blob[len(MAGIC):].partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError(f"{path} is damaged (its checksum does not match); remove it, or use another --out")
+    return torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
 
 
 def _metrics_table(row: dict) -> str:
     return pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data_module.Dataset | None = None,
-          resume: bool = False) -> dict:
-    """Train ``config.method`` and return the ``metrics.json`` content.
+def _run_folder(config: TrainConfig, ds: data_module.Dataset, resume: bool) -> Path:
+    """``config.out``, or a new folder under ``runs/`` that ``runs/latest`` then
+    points at (``runs/latest`` itself with ``resume=True``)."""
+    if config.out is not None:
+        return Path(config.out)
+    latest = RUNS / "latest"
+    if resume:
+        return latest
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = RUNS / f"{stamp}-{ds.name}-{config.method}"
+    for n in range(1, 1000):
+        if not out.exists():
+            break
+        out = RUNS / f"{stamp}-{ds.name}-{config.method}-{n}"
+    out.mkdir(parents=True)
+    link = RUNS / f".latest.{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(out.name)
+    os.replace(link, latest)
+    return out
 
-    With ``resume=True`` and a checkpoint in ``config.out``, training continues
-    from it (the same config is required)."""
+
+def _plot(history: pd.DataFrame, path: Path) -> None:
+    """Training loss and validation Recall@20 / NDCG@20 against epochs, if matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(history.epoch, history.loss, marker="o")
+    left.set(xlabel="epoch", ylabel="training loss")
+    for name in ("recall@20", "ndcg@20"):
+        right.plot(history.epoch, history[name], marker="o", label=f"validation {name}")
+    right.set(xlabel="epoch")
+    right.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    table = pd.DataFrame(history)
+    atomic_write(out / "history.csv", lambda tmp: table.to_csv(tmp, index=False))
+    _plot(table, out / "curves.png")
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = tqdm.write,
+          dataset: data_module.Dataset | None = None, resume: bool = False) -> dict:
+    """Train ``config.method`` on ``config.model`` and return the ``metrics.json`` content.
+
+    With ``resume=True`` training continues from the checkpoint in the run
+    folder (same settings and data required) and every output is written again.
+    Raises ValueError / RuntimeError / OSError with a one-line message for bad
+    settings, data, folders and checkpoints; :class:`Interrupted` on SIGINT."""
     config.check()
-    out = Path(config.out)
     device = torch.device(config.device)
-    torch.manual_seed(config.seed)
     ds = dataset or data_module.load(config.dataset, config.data_dir, seed=config.seed)
     log(ds.summary())
+    out = _run_folder(config, ds, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(out / ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RuntimeError(f"another mrl-train run is writing to {out}; wait for it to end, or use another --out") \
+            from None
+    try:
+        remove_stale_temporaries(out)
+        return _train(config, ds, device, out, log, resume)
+    finally:
+        lock.release()
+
+
+def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, out: Path,
+           log: Callable[[str], None], resume: bool) -> dict:
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
     dims = list(config.dims)
     model = BACKBONES[config.model](ds.n_users, ds.n_items, dims[-1]).to(device)
     objective = OBJECTIVES[config.method]
@@ -105,80 +226,123 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, dataset: data
     generator = torch.Generator(device=device).manual_seed(config.seed)
     per_row = objective.candidate_shape(len(dims), config.candidates, config.layout)
     train_users, train_items = (torch.from_numpy(a).to(device) for a in ds.train.pairs())
-    exclude_train = ds.train
+    fingerprint = ds.fingerprint()
 
-    state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_evals": 0, "train_seconds": 0.0}
+    state = {"epoch": 0, "history": [], "best": None, "best_state": None, "bad_evals": 0, "train_seconds": 0.0,
+             "elapsed": 0.0}
     checkpoint = out / CHECKPOINT
-    if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        if saved["config"] != _comparable(config):
-            raise ValueError(f"{checkpoint} was written with other settings; use another --out or drop --resume")
+    if resume:
+        saved = _read_checkpoint(checkpoint, device)
+        if not isinstance(saved, dict) or "config" not in saved or "data" not in saved:
+            raise ValueError(f"{checkpoint} was not written by this version of mrl-train; use another --out")
+        changed = sorted(k for k in set(saved["config"]) | set(_comparable(config))
+                         if saved["config"].get(k) != _comparable(config).get(k))
+        if changed:
+            raise ValueError(f"{checkpoint} was written with other settings ("
+                             + ", ".join(f"{k}: {saved['config'].get(k)!r} there, {_comparable(config).get(k)!r} now"
+                                         for k in changed) + "); drop --resume or use another --out")
+        if saved["data"] != fingerprint:
+            raise ValueError(f"{checkpoint} was trained on other data than {ds.name} as loaded now; "
+                             "drop --resume or use another --out")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         generator.set_state(saved["generator"].cpu())
         state = saved["state"]
         log(f"resumed from {checkpoint} at epoch {state['epoch']}")
+    else:
+        held = [name for name in OUTPUTS if (out / name).exists()]
+        if held:
+            raise ValueError(f"{out} already holds a run ({', '.join(held)}); --resume continues it, "
+                             "or choose another --out")
 
-    while state["epoch"] < config.epochs and state["bad_evals"] < config.patience:
-        epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        order = torch.randperm(len(train_users), generator=generator, device=device)
-        batches = range(0, len(order), config.batch_size)
-        total = 0.0
-        for start in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not config.progress):
-            rows = order[start:start + config.batch_size]
-            users, pos = train_users[rows], train_items[rows]
-            cand = sample_candidates(users, math.prod(per_row), ds.n_items, exclude_train, generator)
-            cand = cand.view(len(rows), *per_row)
-            loss = objective(model(users, pos), cand, dims, config.l2, config.backend)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
-        state["train_seconds"] += time.perf_counter() - started
-        state["epoch"] = epoch
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            metrics = evaluate(*model.tables(), ds.valid, [ds.train])
-            row = {"epoch": epoch, "loss": total / len(order), **metrics}
-            if config.track_test:
-                test = evaluate(*model.tables(), ds.test, [ds.train, ds.valid])
-                row.update({f"test_{name}": value for name, value in test.items()})
-            state["history"].append(row)
-            if state["best"] is None or metrics[SELECT_BY] > state["best"][SELECT_BY]:
-                state["best"] = row
-                state["best_state"] = copy.deepcopy(model.state_dict())
-                state["bad_evals"] = 0
-            else:
-                state["bad_evals"] += 1
-            log(_metrics_table(row))
-            _save_checkpoint(checkpoint, {
-                "config": _comparable(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "state": state,
-            })
-            history = pd.DataFrame(state["history"])
-            atomic_write(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
+    bar = tqdm(total=config.epochs, initial=state["epoch"], desc="training", unit="epoch",
+               disable=not config.progress, dynamic_ncols=True)
+    resumed_at = state["elapsed"]
+    _STOP.clear()
+    try:
+        while state["epoch"] < config.epochs and state["bad_evals"] < config.patience:
+            epoch = state["epoch"] + 1
+            epoch_started = time.perf_counter()
+            order = torch.randperm(len(train_users), generator=generator, device=device)
+            total = 0.0
+            for start in range(0, len(order), config.batch_size):
+                rows = order[start:start + config.batch_size]
+                users, pos = train_users[rows], train_items[rows]
+                cand = sample_candidates(users, math.prod(per_row), ds.n_items, ds.train, generator)
+                cand = cand.view(len(rows), *per_row)
+                loss = objective(model(users, pos), cand, dims, config.l2, config.backend)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(rows)
+                if _STOP.is_set():
+                    raise KeyboardInterrupt
+            state["train_seconds"] += time.perf_counter() - epoch_started
+            state["epoch"] = epoch
+            bar.update(1)
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                metrics = evaluate(*model.tables(), ds.valid, [ds.train])
+                state["elapsed"] = resumed_at + time.perf_counter() - started
+                row = {"epoch": epoch, "loss": total / len(order), **metrics, "elapsed_s": state["elapsed"]}
+                if config.track_test:
+                    test = evaluate(*model.tables(), ds.test, [ds.train, ds.valid])
+                    row.update({f"test_{name}": value for name, value in test.items()})
+                state["history"].append(row)
+                if state["best"] is None or metrics[SELECT_BY] > state["best"][SELECT_BY]:
+                    state["best"] = row
+                    state["best_state"] = copy.deepcopy(model.state_dict())
+                    state["bad_evals"] = 0
+                else:
+                    state["bad_evals"] += 1
+                bar.set_postfix({"valid recall@20": f"{metrics[SELECT_BY]:.4f}"})
+                log(f"validation metrics, epoch {epoch}:\n" + _metrics_table(
+                    {k: v for k, v in row.items() if k != "elapsed_s"}))
+                _write_checkpoint(checkpoint, {
+                    "config": _comparable(config), "data": fingerprint, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "state": state,
+                })
+                _write_history(out, state["history"])
+    except KeyboardInterrupt:
+        kept = (f"the checkpoint of epoch {state['history'][-1]['epoch']} is kept in {out} (--resume continues)"
+                if state["history"] else f"no checkpoint was written yet in {out}: nothing to resume")
+        raise Interrupted(f"interrupted; {kept}") from None
+    finally:
+        bar.close()
 
     # the last epoch is always evaluated, so a best epoch exists
     best = state["best"]
     model.load_state_dict(state["best_state"])
     user_table, item_table = model.tables()
     prefix = prefix_evaluate(user_table, item_table, dims, ds.test, [ds.train, ds.valid])
+    if state["bad_evals"] >= config.patience:
+        stopped = (f"early stop at epoch {state['epoch']}: {config.patience} evaluations without a better "
+                   f"validation Recall@20")
+    else:
+        stopped = f"reached --epochs {config.epochs}"
+    wall = resumed_at + time.perf_counter() - started
     result = {
         "dataset": ds.name,
+        "model": config.model,
         "method": config.method,
-        "config": _comparable(config),
+        "config": {**asdict(config), "dims": dims, "out": str(out), "threads": torch.get_num_threads()},
+        "versions": {"mrl_kernels": importlib.metadata.version("mrl_kernels"), "torch": torch.__version__,
+                     "python": platform.python_version()},
         "test": prefix[str(dims[-1])],  # the full width
         "valid": {name: best[name] for name in prefix[str(dims[-1])]},
         "prefix": prefix,
         "best_epoch": best["epoch"],
         "epochs_run": state["epoch"],
+        "stopped": stopped,
         "seconds_per_epoch": state["train_seconds"] / max(state["epoch"], 1),
+        "wall_seconds": wall,
     }
     if ds.item_tree is not None:
         result["hierarchy"] = {str(n): hierarchy_purity(item_table, ds.item_tree, n) for n in dims}
+    _write_history(out, state["history"])  # again: a resumed run rewrites every output
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
-    log("test (best validation epoch {}):\n{}".format(
-        result["best_epoch"], _metrics_table(result["test"])))
+    log(f"{stopped}; best epoch {best['epoch']} (validation Recall@20 {best[SELECT_BY]:.4f}); "
+        f"wall time {wall:.1f} s; outputs in {out}")
+    log("test metrics of the best epoch:\n" + _metrics_table(result["test"]))
     return result
 
 

@@ -168,3 +168,43 @@ def problems(draw):
 def test_random_problems_match_reference(backend, problem):
     B, D, N, M, dims, layout, seed = problem
     check_mns_bpr(backend, make(B, D, N, M, dims, layout, torch.float32, seed), list(dims), torch.float32)
+
+
+def _nonfinite_cases():
+    """(name, inputs): a NaN user row, a NaN item row among the candidates,
+    every candidate score -inf, and a NaN in a given negative vector."""
+    base = lambda: make(6, 8, 12, 4, [2, 4, 8], "per-level", torch.float32, seed=11)  # noqa: E731
+    nan_user, nan_item, all_minus_inf, nan_neg = base(), base(), base(), base()
+    nan_user["user"][1] = float("nan")
+    nan_item["item_weight"][nan_item["candidates"][2, 1, 2]] = float("nan")
+    all_minus_inf["user"] = all_minus_inf["user"].abs() + 1
+    all_minus_inf["item_weight"][:] = -float("inf")
+    nan_neg["neg"][3, 1, 0] = float("nan")
+    return [("nan user row", nan_user), ("nan item row", nan_item), ("all scores -inf", all_minus_inf),
+            ("nan in neg", nan_neg)]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("case", range(4), ids=[name for name, _ in _nonfinite_cases()])
+def test_non_finite_inputs_pick_from_the_pool_and_propagate_nan_like_the_reference(backend, case):
+    _, x = _nonfinite_cases()[case]
+    r = ref_inputs(x)
+    dims = x["dims"]
+    negs = mk.mns_sample(x["user"], x["item_weight"], x["candidates"], dims, backend=backend).cpu()
+    assert torch.equal(negs, reference.mns_sample(r["user"], r["item_weight"], r["candidates"], dims))
+    pools = r["candidates"]
+    assert all(int(negs[b, l]) in pools[b, l].tolist() for b in range(negs.shape[0]) for l in range(len(dims)))
+    names = ("user", "pos", "item_weight")
+    ref_l, fast_l = leaves(r, names), leaves(x, names)
+    ref_loss, _ = reference.mns_bpr_loss(*ref_l, r["candidates"], dims, [1 / 3] * 3)
+    loss, _ = mk.mns_bpr_loss(*fast_l, x["candidates"], dims, reduction="none", backend=backend)
+    assert torch.equal(loss.isnan().cpu(), ref_loss.isnan())
+    for a, e in zip(torch.autograd.grad(loss.sum(), fast_l), torch.autograd.grad(ref_loss.sum(), ref_l)):
+        assert torch.equal(a.isnan().cpu(), e.isnan())
+    names = ("user", "pos", "neg")
+    ref_l, fast_l = leaves(r, names), leaves(x, names)
+    ref_loss = reference.mrl_bpr_loss(*ref_l, dims, [1 / 3] * 3)
+    loss = mk.mrl_bpr_loss(*fast_l, dims, reduction="none", backend=backend)
+    assert torch.equal(loss.isnan().cpu(), ref_loss.isnan())
+    for a, e in zip(torch.autograd.grad(loss.sum(), fast_l), torch.autograd.grad(ref_loss.sum(), ref_l)):
+        assert torch.equal(a.isnan().cpu(), e.isnan())

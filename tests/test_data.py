@@ -103,8 +103,37 @@ def test_download_rejects_a_wrong_checksum(tmp_path, monkeypatch):
 
 
 def test_download_reports_unreachable(tmp_path):
-    with pytest.raises(data.DataError, match="cannot download"):
+    with pytest.raises(data.DataError, match="cannot download") as info:
         data.download("phone", tmp_path, base_url=(tmp_path / "nowhere").as_uri())
+    assert "--data-dir" in str(info.value) and "$MRL_DATA" in str(info.value) and str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("column", ["user", "item"])
+def test_a_missing_id_in_a_table_is_refused_with_its_row(tmp_path, column):
+    frame = pd.DataFrame({"user": ["a", "b", "c", "d"], "item": ["x", "y", "z", "x"]})
+    frame.loc[2, column] = None
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(data.DataError, match=f"row 3 of the table .* has no {column} id"):
+        data.read_table(path)
+
+
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
+    (tmp_path / "train.txt").write_bytes(b"0 1 2\n1 \xff\xfe 3\n")
+    (tmp_path / "test.txt").write_text("0 3\n")
+    with pytest.raises(data.DataError, match=r"train.txt:2: not UTF-8"):
+        data.read_authors(tmp_path)
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"user,item\na,x\nb,y\n\xff,z\n")
+    with pytest.raises(data.DataError, match=r"t.csv:4: not UTF-8"):
+        data.read_table(table)
+
+
+def test_ids_too_large_for_a_table_are_refused(tmp_path):
+    (tmp_path / "train.txt").write_text("0 1\n1000000000000 2\n")
+    (tmp_path / "test.txt").write_text("0 3\n")
+    with pytest.raises(data.DataError, match=r"train.txt:2: id 1000000000000 is too large"):
+        data.read_authors(tmp_path)
 
 
 def test_data_dir_resolution(monkeypatch, tmp_path):

@@ -47,3 +47,13 @@ def test_prefix_metrics_use_only_the_first_columns():
     out = prefix_evaluate(u, i, [2, 8], held)
     assert out["2"] == pytest.approx(evaluate(u[:, :2], i[:, :2], held))
     assert out["8"] == pytest.approx(evaluate(u, i, held))
+
+
+def test_excluded_items_are_never_hits_when_k_exceeds_the_items_left():
+    # 40 items; user 0 trained on items 0..34; its held-out items: 3 (a repeat of a
+    # training interaction) and 36; K = 50 ranks all 40 items, the excluded ones last
+    train = CSR.from_pairs([0] * 35, list(range(35)), 1, 40)
+    heldout = CSR.from_pairs([0, 0], [3, 36], 1, 40)
+    g = torch.Generator().manual_seed(0)
+    result = evaluate(torch.randn(1, 4, generator=g), torch.randn(40, 4, generator=g), heldout, [train], ks=(50,))
+    assert result["recall@50"] == 0.5

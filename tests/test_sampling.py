@@ -1,3 +1,6 @@
+import threading
+
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +68,27 @@ def test_membership_by_bitmap_and_by_binary_search(monkeypatch, bitmap):
     qr, qc = torch.arange(30).repeat_interleave(17), torch.arange(17).repeat(30)
     expected = torch.tensor([(r, c) in stored for r, c in zip(qr.tolist(), qc.tolist())])
     assert torch.equal(seen.contains(qr, qc), expected)
+
+
+def test_a_user_with_nearly_every_item_is_drawn_exactly_and_fast():
+    """Rejection would need ~200,000 draws per id here (minutes); the exact draw
+    from the items left is immediate."""
+    n_items = 200_000
+    exclude = CSR.from_pairs([0] * (n_items - 2), [i for i in range(n_items) if i not in (17, 123_456)], 2, n_items)
+    users = torch.tensor([0, 1] * 32)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        out=mk.sample_candidates(users, 64, n_items, exclude, torch.Generator().manual_seed(0))))
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "sampling stalled"
+    out = result["out"]
+    assert set(out[users == 0].unique().tolist()) == {17, 123_456}
+    assert len(out[users == 1].unique()) > 1000  # user 1 has no items: uniform over all
+
+
+def test_numpy_integers_are_accepted_and_an_empty_batch_is_refused():
+    out = mk.sample_candidates(torch.tensor([0, 1]), np.int64(3), np.int32(10))
+    assert out.shape == (2, 3)
+    with pytest.raises(ValueError, match="users must hold at least one user id"):
+        mk.sample_candidates(torch.zeros(0, dtype=torch.long), 3, 10)

@@ -1,11 +1,19 @@
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 
+import filelock
 import pandas as pd
 import pytest
+import torch
 
-from mrl_kernels import cli, data
+from mrl_kernels import cli, data, trainer
 from mrl_kernels.objectives import OBJECTIVES
-from mrl_kernels.trainer import TrainConfig, train
+from mrl_kernels.trainer import Interrupted, TrainConfig, train
 
 SMALL = dict(dims=(4, 8, 16), batch_size=256, eval_every=2, progress=False)
 
@@ -23,15 +31,29 @@ def test_every_method_trains_and_writes_its_outputs(tmp_path, small, method):
     assert saved == json.loads(json.dumps(result))
     assert set(saved["prefix"]) == {"4", "8", "16"}
     assert {"recall@20", "ndcg@20", "recall@50"} <= set(saved["test"])
-    assert saved["seconds_per_epoch"] > 0
+    assert saved["seconds_per_epoch"] > 0 and saved["wall_seconds"] > 0
+    assert {"epochs", "patience", "backend", "device", "threads", "seed", "lr"} <= set(saved["config"])
+    assert set(saved["versions"]) == {"mrl_kernels", "torch", "python"}
+    assert saved["stopped"] == "reached --epochs 4"
     history = pd.read_csv(tmp_path / "history.csv")
     assert history.epoch.tolist() == [2, 4]
+    assert history.elapsed_s.is_monotonic_increasing and history.elapsed_s.iloc[0] > 0
     # the best epoch is the evaluation with the highest validation Recall@20 (the first of equals)
     best = history.loc[history["recall@20"].idxmax()]
     assert saved["best_epoch"] == best.epoch
     assert saved["valid"] == pytest.approx({name: best[name] for name in saved["valid"]})
-    assert (tmp_path / "checkpoint.pt").is_file()
+    assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "curves.png").is_file()
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_outputs_get_the_permissions_of_new_files(tmp_path, small):
+    before = os.umask(0o022)
+    try:
+        train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    finally:
+        os.umask(before)
+    for name in ("metrics.json", "history.csv", "checkpoint.pt", "curves.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
 def test_resume_continues_exactly(tmp_path, small):
@@ -40,7 +62,126 @@ def test_resume_continues_exactly(tmp_path, small):
     resumed = train(TrainConfig(epochs=6, out=str(tmp_path / "b"), **SMALL), log=lambda _: None, dataset=small,
                     resume=True)
     assert resumed["test"] == straight["test"]
-    assert pd.read_csv(tmp_path / "a" / "history.csv").equals(pd.read_csv(tmp_path / "b" / "history.csv"))
+    histories = [pd.read_csv(tmp_path / run / "history.csv").drop(columns="elapsed_s") for run in "ab"]
+    assert histories[0].equals(histories[1])
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Equal metrics.json contents but for timings and the folder."""
+    drop = ("seconds_per_epoch", "wall_seconds", "config")
+    return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_two_threads_give_the_same_bytes_and_resume_equals_an_uninterrupted_run(tmp_path):
+    ds = data.synthetic(seed=0, n_users=3000, n_items=300)  # many repeated ids in every batch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = dict(method="mrl-m", dims=(8, 16, 32), eval_every=1, batch_size=4096, progress=False)
+        runs = [train(TrainConfig(epochs=3, out=str(tmp_path / name), **config), log=lambda _: None, dataset=ds)
+                for name in ("a", "b")]
+        train(TrainConfig(epochs=2, out=str(tmp_path / "c"), **config), log=lambda _: None, dataset=ds)
+        runs.append(train(TrainConfig(epochs=3, out=str(tmp_path / "c"), **config), log=lambda _: None, dataset=ds,
+                          resume=True))
+    finally:
+        torch.set_num_threads(before)
+    assert _same_run(runs[0], runs[1]) and _same_run(runs[0], runs[2])
+    weights = [trainer._read_checkpoint(tmp_path / name / "checkpoint.pt", torch.device("cpu"))["model"]
+               for name in "abc"]
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0]), "the same seed gave other weights"
+
+
+def test_resume_rewrites_every_output(tmp_path, small):
+    first = train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    history = (tmp_path / "history.csv").read_text()
+    # as if killed between the last checkpoint and the history / metrics writes
+    for name in ("history.csv", "metrics.json", "curves.png"):
+        (tmp_path / name).unlink()
+    again = train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small, resume=True)
+    assert (tmp_path / "history.csv").read_text() == history and (tmp_path / "curves.png").is_file()
+    assert again["test"] == first["test"] and json.loads((tmp_path / "metrics.json").read_text())["test"] == first["test"]
+
+
+def test_a_run_folder_is_never_overwritten(tmp_path, small):
+    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    with pytest.raises(ValueError, match="already holds a run .*--resume continues it"):
+        train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+
+
+def test_without_out_each_run_gets_a_new_folder_and_latest_points_at_it(tmp_path, small, monkeypatch):
+    monkeypatch.setattr(trainer, "RUNS", tmp_path / "runs")
+    config = {**SMALL, "epochs": 2}
+    first = train(TrainConfig(**config), log=lambda _: None, dataset=small)
+    second = train(TrainConfig(**config), log=lambda _: None, dataset=small)
+    folders = {first["config"]["out"], second["config"]["out"]}
+    assert len(folders) == 2 and all((tmp_path / "runs").joinpath(os.path.basename(f)).is_dir() for f in folders)
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and latest.resolve() == (tmp_path / "runs" / os.path.basename(second["config"]["out"]))
+    resumed = train(TrainConfig(**config), log=lambda _: None, dataset=small, resume=True)  # resumes runs/latest
+    assert resumed["test"] == second["test"]
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, small):
+    with pytest.raises(ValueError, match="there is no checkpoint to resume"):
+        train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small, resume=True)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path, small):
+    with filelock.FileLock(tmp_path / ".lock"):  # as a running mrl-train holds it
+        with pytest.raises(RuntimeError, match="another mrl-train run is writing to"):
+            train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_stale_temporaries_are_removed_on_start(tmp_path, small):
+    stale = tmp_path / ".checkpoint.pt.k3j2h1.tmp"
+    stale.write_bytes(b"x" * 1000)  # left by a killed write
+    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_bytes(b"\x00garbage" * 10), "not a checkpoint written by mrl-train"),
+    (lambda p: torch.save({"model": {}}, p), "not a checkpoint written by mrl-train"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-10] + b"0123456789"), "is damaged"),
+    (lambda p: (p.unlink(), p.mkdir()), "is a directory"),
+])
+def test_bad_checkpoints_are_one_clear_error(tmp_path, small, damage, words):
+    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    damage(tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=words):
+        train(TrainConfig(epochs=4, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small, resume=True)
+
+
+def test_resume_on_changed_data_is_refused(tmp_path, small):
+    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    other = data.synthetic(seed=1, n_users=300, n_items=200)  # same shapes, other interactions
+    with pytest.raises(ValueError, match="trained on other data"):
+        train(TrainConfig(epochs=4, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=other, resume=True)
+
+
+def test_an_interrupt_before_any_checkpoint_says_nothing_is_kept(tmp_path, small, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "sample_candidates", interrupt)
+    with pytest.raises(Interrupted, match="no checkpoint was written yet"):
+        train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+
+
+def test_sigterm_stops_like_ctrl_c_and_keeps_the_checkpoint(tmp_path):
+    run = subprocess.Popen([sys.executable, "-m", "mrl_kernels", "--epochs", "300", "--eval-every", "1",
+                            "--patience", "1000", "--out", str(tmp_path), "--no-progress"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "history.csv").exists() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 130, err
+    assert "interrupted; the checkpoint of epoch" in err and "Traceback" not in err
+    assert not list(tmp_path.glob(".*tmp"))
 
 
 def test_tracked_test_metrics_do_not_change_training(tmp_path, small):
@@ -56,7 +197,7 @@ def test_tracked_test_metrics_do_not_change_training(tmp_path, small):
 
 def test_resume_refuses_other_settings(tmp_path, small):
     train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
-    with pytest.raises(ValueError, match="written with other settings"):
+    with pytest.raises(ValueError, match=r"written with other settings \(dims: \[4, 8, 16\] there, \[8, 16\] now\)"):
         train(TrainConfig(epochs=4, out=str(tmp_path), **{**SMALL, "dims": (8, 16)}), log=lambda _: None,
               dataset=small, resume=True)
 
@@ -80,11 +221,21 @@ def test_cli_runs_on_an_authors_folder(tmp_path, shared_datasets, capsys):
     (["--dims", "8,4"], "dims must be strictly increasing"),
     (["--batch-size", "0"], "batch_size must be >= 1"),
     (["--lr", "-1"], "lr must be > 0"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nonsense"], "device"),
+    (["--resume"], "there is no checkpoint to resume"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, words):
     assert cli.main([*argv, "--out", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mrl-train: error:") and words in err and "\n" not in err
+
+
+def test_cli_help_gives_every_option_a_description_and_default():
+    for action in cli.parser()._actions:
+        if action.dest != "help":
+            assert action.help, action.dest
+    text = cli.parser().format_help()
+    assert "(default: mrl-m)" in text and "(default: 0.001)" in text
 
 
 def test_cli_rejects_bad_dims_syntax(capsys):

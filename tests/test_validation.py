@@ -1,4 +1,5 @@
 """Every bad argument gets a clear exception naming it."""
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,18 @@ def test_too_wide_for_triton():
     if DEVICE == "cuda":  # auto falls back to the reference
         expected = reference.mrl_bpr_loss(u, p, n, [1030], [1.0]).mean()
         torch.testing.assert_close(mk.mrl_bpr_loss(u, p, n, [1030]), expected)
+
+
+@pytest.mark.parametrize("dims", [np.array(DIMS), torch.tensor(DIMS), tuple(np.int64(d) for d in DIMS)])
+def test_dims_as_an_array_or_numpy_ints(dims):
+    expected = call(dims=DIMS)
+    actual = call(dims=dims)
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+
+
+def test_meta_tensors_give_shapes_without_reading_values():
+    x = make_inputs(B, D, N, 5, DIMS, device="meta")
+    loss, negatives = mk.mns_bpr_loss(x["user"], x["pos"], x["item_weight"], x["candidates"], DIMS,
+                                      reduction="none")
+    assert loss.is_meta and loss.shape == (B,) and negatives.shape == (B, 3) and negatives.dtype == torch.int64
+    assert mk.mns_sample(x["user"], x["item_weight"], x["candidates"], DIMS).shape == (B, 3)

@@ -104,7 +104,9 @@ def _mrl_forward_kernel(
                         other=0.0).to(ACC)
             scores = _level_scores(u * e, cols, lvl, DIMS, L)
             ids2d = tl.broadcast_to(ids[:, None], (BLOCK_B, BLOCK_L))
-        better = scores > best  # strictly: ties keep the earlier candidate
+        # torch.argmax's order: the first candidate to start, then a strictly larger
+        # score (ties keep the earlier candidate), NaN above every number (the first NaN wins)
+        better = (scores > best) | ((scores != scores) & (best == best)) | (m == 0)
         best = tl.where(better, scores, best)
         if GATHER:
             best_id = tl.where(better, ids2d, best_id)
@@ -159,7 +161,7 @@ def _mrl_backward_kernel(
         else:
             e = tl.load(neg_ptr + rows[:, None] * stride_nb + level * stride_nl + cols[None, :] * stride_nd,
                         mask=width_ok, other=0.0).to(ACC)
-            grad_neg = g_cols * u
+            grad_neg = tl.where(width_ok, g_cols * u, 0.0)  # zero past d_l even where u is not finite
             tl.store(grad_neg_ptr + (rows[:, None] * L + level) * D + cols[None, :],
                      grad_neg.to(grad_neg_ptr.dtype.element_ty), mask=mask)
         grad_u += g_cols * e

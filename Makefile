@@ -1,0 +1,38 @@
+# Two commands on a fresh clone: `make run` sets everything up (a virtual
+# environment, torch, the package with its C++ kernels) and runs the main job;
+# `make test` runs the tests. `.ci/run` runs exactly these two.
+PYTHON ?= python3
+VENV ?= .venv
+# torch 2.13.0: PyPI's Linux wheel carries CUDA; for a CPU-only machine, e.g.
+#   make run TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: run test test-all
+
+# torch first (and numpy, which its C++ extension build imports), so that
+# nothing later pulls another torch; --no-build-isolation builds the C++
+# kernels against that torch
+$(VENV)/.installed: pyproject.toml setup.py csrc/mrl_kernels_cpu.cpp
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools
+	$(BIN)/pip install $(TORCH) numpy
+	$(BIN)/pip install --no-build-isolation -e ".[plot]"
+	touch $@
+
+# the test extra: pytest, hypothesis, pyarrow, and Triton for its interpreter tests
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --no-build-isolation -e ".[test,plot]"
+	touch $@
+
+# MRL-M on the built-in synthetic data (under a minute on 2 cores): runs/latest/
+run: $(VENV)/.installed
+	$(BIN)/mrl-train
+
+# the default suite (a few minutes on 2 cores): everything but the tests marked slow
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# every test, the slow end-to-end ones too
+test-all: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
