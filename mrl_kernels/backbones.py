@@ -4,8 +4,9 @@ A :class:`Backbone` is an ``nn.Module`` whose ``forward(users, pos)`` returns a
 :class:`Batch` (everything a batch's loss needs) and whose ``tables()`` returns
 the ``(user, item)`` tables that evaluation and serving score with. The trainer
 calls ``forward`` (so ``DistributedDataParallel`` can wrap the module) and knows
-no backbone by name: :data:`BACKBONES` maps names to constructors
-``(n_users, n_items, dim) -> Backbone``.
+no backbone by name: :data:`BACKBONES` maps names to builders
+``(interactions, dim, layers) -> Backbone``, ``interactions`` being the training
+:class:`~mrl_kernels.data.CSR` (users x items) the model learns from.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Batch", "Backbone", "MF", "BACKBONES", "lookup"]
+from .data import CSR
+
+__all__ = ["Batch", "Backbone", "MF", "LightGCN", "BACKBONES", "lookup", "normalized_adjacency"]
 
 
 @dataclass
@@ -75,4 +78,56 @@ class MF(Backbone):
         return self.user_weight, self.item_weight
 
 
-BACKBONES = {"mf": MF}
+class LightGCN(Backbone):
+    """LightGCN (He et al., 2020) as in the MRL4Rec authors' code: layer-0 user and
+    item tables (Xavier-uniform), propagated ``layers`` times over the
+    symmetric-normalised user-item adjacency ``D^-1/2 A D^-1/2`` of the training
+    interactions, the layer outputs (layer 0 included) mean-pooled. Each step
+    propagates once (one sparse matmul per layer over the whole graph); the L2
+    term covers the batch's layer-0 rows, as the authors' ``create_mrl_loss``."""
+
+    def __init__(self, interactions: CSR, dim: int, layers: int = 1):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1; got {layers}")
+        self.n_users, self.n_items, self.layers = interactions.n_rows, interactions.n_cols, layers
+        self.user_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, dim)))
+        self.item_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
+        self.register_buffer("adjacency", normalized_adjacency(interactions), persistent=False)
+
+    def propagate(self) -> tuple[Tensor, Tensor]:
+        """The mean-pooled ``(users, items)`` tables."""
+        x = torch.cat([self.user_weight, self.item_weight])
+        total = x
+        for _ in range(self.layers):
+            x = torch.sparse.mm(self.adjacency, x)
+            total = total + x
+        return (total / (self.layers + 1)).split([self.n_users, self.n_items])
+
+    def forward(self, users: Tensor, pos: Tensor) -> Batch:
+        user_table, item_table = self.propagate()
+        return Batch(lookup(user_table, users), lookup(item_table, pos), item_table,
+                     lookup(self.user_weight, users), lookup(self.item_weight, pos), self.item_weight)
+
+    def tables(self) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            return self.propagate()
+
+
+def normalized_adjacency(interactions: CSR) -> Tensor:
+    """``D^-1/2 A D^-1/2`` of the bipartite graph ``A = [[0, R], [R^T, 0]]`` with
+    ``R`` the user x item interactions, a sparse (COO) tensor over users then items."""
+    n_users, n_items = interactions.n_rows, interactions.n_cols
+    users, items = interactions.rows(), interactions.indices + n_users
+    rows, cols = torch.cat([users, items]), torch.cat([items, users])
+    degree = torch.bincount(rows, minlength=n_users + n_items).float()
+    scale = degree.clamp(min=1).rsqrt()
+    values = scale[rows] * scale[cols]
+    n = n_users + n_items
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
+
+
+BACKBONES = {
+    "mf": lambda interactions, dim, layers: MF(interactions.n_rows, interactions.n_cols, dim),
+    "lightgcn": LightGCN,
+}

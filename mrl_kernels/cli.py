@@ -35,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="where named datasets live (missing ones are downloaded there); default $MRL_DATA, else "
                         "~/.cache/mrl_kernels")
-    p.add_argument("--model", default=d.model, choices=tuple(BACKBONES), help="the backbone")
+    p.add_argument("--model", default=d.model, choices=tuple(BACKBONES),
+                   help="the backbone: mf (matrix factorisation) or lightgcn")
+    p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
     p.add_argument("--method", default=d.method, choices=tuple(OBJECTIVES),
                    help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
                         "loss), mrl-m (MNS, MRL loss)")
@@ -61,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--track-test", action="store_true",
                    help="also record test metrics at every evaluation in history.csv (to compare with protocols "
                         "that select epochs on the test set; selection here always uses the validation split)")
+    p.add_argument("--no-refit", action="store_true",
+                   help="report the selected model's test metrics instead of refitting: by default a fresh model "
+                        "is trained on train + validation for the selected number of epochs and reported")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -68,11 +73,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, model=args.model, method=args.method, dims=args.dims,
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=args.layers, method=args.method, dims=args.dims,
         candidates=args.candidates, layout=args.layout, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, l2=args.l2, seed=args.seed, eval_every=args.eval_every, patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
-        track_test=args.track_test,
+        track_test=args.track_test, refit=not args.no_refit,
     )
     # Ctrl-C and SIGTERM stop training after the current step (a second one at once)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

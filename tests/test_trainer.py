@@ -57,13 +57,57 @@ def test_outputs_get_the_permissions_of_new_files(tmp_path, small):
 
 
 def test_resume_continues_exactly(tmp_path, small):
-    straight = train(TrainConfig(epochs=6, out=str(tmp_path / "a"), **SMALL), log=lambda _: None, dataset=small)
-    train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **SMALL), log=lambda _: None, dataset=small)
-    resumed = train(TrainConfig(epochs=6, out=str(tmp_path / "b"), **SMALL), log=lambda _: None, dataset=small,
+    config = {**SMALL, "refit": False}
+    straight = train(TrainConfig(epochs=6, out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=small)
+    train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small)
+    resumed = train(TrainConfig(epochs=6, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small,
                     resume=True)
     assert resumed["test"] == straight["test"]
     histories = [pd.read_csv(tmp_path / run / "history.csv").drop(columns="elapsed_s") for run in "ab"]
     assert histories[0].equals(histories[1])
+
+
+def _refit_spy(monkeypatch, stop_at=None):
+    """Record (interactions, epochs) of every fit; request a stop before epoch
+    ``stop_at`` of the fit on train + validation."""
+    fits = []
+    epoch = trainer._Fit.epoch
+
+    def spied(fit):
+        if not fits or fits[-1][0] is not fit:
+            fits.append([fit, 0])
+        fits[-1][1] += 1
+        if stop_at is not None and len(fits) == 2 and fits[-1][1] == stop_at:
+            trainer.request_stop()
+        return epoch(fit)
+    monkeypatch.setattr(trainer._Fit, "epoch", spied)
+    return fits
+
+
+def test_refit_trains_afresh_on_train_and_validation_for_the_selected_epochs(tmp_path, small, monkeypatch):
+    fits = _refit_spy(monkeypatch)
+    result = train(TrainConfig(epochs=6, patience=100, out=str(tmp_path), **SMALL), log=lambda _: None,
+                   dataset=small)
+    (selection, selection_epochs), (refit, refit_epochs) = fits
+    assert selection.interactions.nnz == small.train.nnz and selection_epochs == 6
+    assert refit.interactions.nnz == small.train.nnz + small.valid.nnz
+    assert refit_epochs == result["refit_epochs"] == result["best_epoch"]
+    assert result["test"] != result["test_before_refit"]
+    no_refit = train(TrainConfig(epochs=6, patience=100, refit=False, out=str(tmp_path / "n"), **SMALL),
+                     log=lambda _: None, dataset=small)
+    assert no_refit["test"] == result["test_before_refit"] and "refit_epochs" not in no_refit
+
+
+def test_resume_during_the_refit_equals_an_uninterrupted_run(tmp_path, small, monkeypatch):
+    straight = train(TrainConfig(epochs=4, out=str(tmp_path / "a"), **SMALL), log=lambda _: None, dataset=small)
+    assert straight["best_epoch"] == 4  # so that the refit has a checkpoint (epoch 2) before the stop at epoch 3
+    _refit_spy(monkeypatch, stop_at=3)
+    with pytest.raises(Interrupted, match="the checkpoint of the refit is kept"):
+        train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **SMALL), log=lambda _: None, dataset=small)
+    monkeypatch.undo()
+    resumed = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **SMALL), log=lambda _: None, dataset=small,
+                    resume=True)
+    assert _same_run(straight, resumed)
 
 
 def _same_run(a: dict, b: dict) -> bool:
@@ -77,7 +121,7 @@ def test_two_threads_give_the_same_bytes_and_resume_equals_an_uninterrupted_run(
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        config = dict(method="mrl-m", dims=(8, 16, 32), eval_every=1, batch_size=4096, progress=False)
+        config = dict(method="mrl-m", dims=(8, 16, 32), eval_every=1, batch_size=4096, progress=False, refit=False)
         runs = [train(TrainConfig(epochs=3, out=str(tmp_path / name), **config), log=lambda _: None, dataset=ds)
                 for name in ("a", "b")]
         train(TrainConfig(epochs=2, out=str(tmp_path / "c"), **config), log=lambda _: None, dataset=ds)
@@ -192,7 +236,7 @@ def test_tracked_test_metrics_do_not_change_training(tmp_path, small):
     history = pd.read_csv(tmp_path / "b" / "history.csv")
     assert "test_recall@20" in history and "test_recall@20" not in pd.read_csv(tmp_path / "a" / "history.csv")
     at_best = history.set_index("epoch").loc[plain["best_epoch"], "test_recall@20"]
-    assert at_best == pytest.approx(plain["test"]["recall@20"])
+    assert at_best == pytest.approx(plain["test_before_refit"]["recall@20"])
 
 
 def test_resume_refuses_other_settings(tmp_path, small):
