@@ -1,6 +1,6 @@
 // Fused CPU kernels for Matryoshka negative sampling (MNS) and the MRL loss.
 //
-// The five operators mrl_kernels::*_cpp mirror the reference in
+// The operators mrl_kernels::*_cpp mirror the reference in
 // mrl_kernels/reference.py (their contract: mrl_kernels/spec.py):
 //   - each candidate row is read once: prefix scores are accumulated segment by
 //     segment ([d_{l-1}, d_l)), keeping each level's running maximum and first
@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -299,6 +300,93 @@ std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss_backward(const Tensor& grad, con
   return backward(grad, user, pos, item_weight, negatives, Tensor(), coef, dims);
 }
 
+
+// ---------------------------------------------------------------- prefix_topk
+// Adaptive retrieval without a (B, N) score matrix: per query (rows in
+// parallel), one pass over the narrow table keeps a running top-`shortlist`
+// (a heap ordered by score, ties to the lower id) skipping the excluded items,
+// then the shortlist is reranked by full-width inner products and the best k
+// kept. Scores accumulate in T (float32 or float64); the narrow table may be
+// float16 / bfloat16 (converted element by element).
+struct Scored {
+  double score;
+  int64_t id;
+};
+
+// a ranks before b: higher score, ties to the lower id
+inline bool ranks_before(const Scored& a, const Scored& b) {
+  return a.score > b.score || (a.score == b.score && a.id < b.id);
+}
+
+template <typename T, typename N>
+inline T mixed_dot(const T* a, const N* b, int64_t n) {
+  T s = 0;
+  for (int64_t k = 0; k < n; ++k) s += a[k] * static_cast<T>(b[k]);
+  return s;
+}
+
+template <typename T, typename N>
+void prefix_topk_impl(const Tensor& query, const Tensor& narrow, const Tensor& item_weight, int64_t k,
+                      int64_t shortlist, const int64_t* offsets, const int64_t* excluded, Tensor& scores,
+                      Tensor& ids) {
+  const int64_t B = query.size(0), D = query.size(1), n_items = narrow.size(0), width = narrow.size(1);
+  const Rows<T> Q = rows_of<T>(query), I = rows_of<T>(item_weight);
+  const N* narrow_data = narrow.data_ptr<N>();
+  const int64_t narrow_stride = narrow.stride(0);
+  T* score_out = scores.data_ptr<T>();
+  int64_t* id_out = ids.data_ptr<int64_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> blocked(n_items, 0);
+    std::vector<Scored> heap, ranked;
+    for (int64_t b = begin; b < end; ++b) {
+      const T* q = Q[b];
+      for (int64_t e = offsets[b]; e < offsets[b + 1]; ++e) blocked[excluded[e]] = 1;
+      heap.clear();
+      // the heap's front is the worst kept: it ranks after every other
+      for (int64_t j = 0; j < n_items; ++j) {
+        if (blocked[j]) continue;
+        const Scored c{static_cast<double>(mixed_dot(q, narrow_data + j * narrow_stride, width)), j};
+        if (static_cast<int64_t>(heap.size()) < shortlist) {
+          heap.push_back(c);
+          std::push_heap(heap.begin(), heap.end(), ranks_before);
+        } else if (ranks_before(c, heap.front())) {
+          std::pop_heap(heap.begin(), heap.end(), ranks_before);
+          heap.back() = c;
+          std::push_heap(heap.begin(), heap.end(), ranks_before);
+        }
+      }
+      for (int64_t e = offsets[b]; e < offsets[b + 1]; ++e) blocked[excluded[e]] = 0;
+      ranked.clear();
+      for (const Scored& c : heap) ranked.push_back({static_cast<double>(dot(q, I[c.id], D)), c.id});
+      const int64_t kept = std::min<int64_t>(k, static_cast<int64_t>(ranked.size()));
+      std::partial_sort(ranked.begin(), ranked.begin() + kept, ranked.end(), ranks_before);
+      for (int64_t r = 0; r < k; ++r) {
+        score_out[b * k + r] = r < kept ? static_cast<T>(ranked[r].score) : -std::numeric_limits<T>::infinity();
+        id_out[b * k + r] = r < kept ? ranked[r].id : -1;
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> prefix_topk(const Tensor& query, const Tensor& narrow, const Tensor& item_weight,
+                                       int64_t k, int64_t shortlist, const Tensor& exclude_offsets,
+                                       const Tensor& exclude_ids) {
+  check_cpu_float(query, "query");
+  TORCH_CHECK(item_weight.scalar_type() == query.scalar_type(), "item_weight must have query's dtype");
+  const Tensor q = query.contiguous(), items = rowwise(item_weight), short_table = rowwise(narrow);
+  const Tensor offsets = exclude_offsets.to(at::kLong).contiguous(), excluded = exclude_ids.to(at::kLong).contiguous();
+  Tensor scores = at::empty({query.size(0), k}, query.options());
+  Tensor ids = at::empty({query.size(0), k}, query.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "prefix_topk", [&] {
+    using T = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, narrow.scalar_type(), "prefix_topk_narrow", [&] {
+      prefix_topk_impl<T, scalar_t>(q, short_table, items, k, shortlist, offsets.data_ptr<int64_t>(),
+                                    excluded.data_ptr<int64_t>(), scores, ids);
+    });
+  });
+  return {scores, ids};
+}
+
 }  // namespace
 
 // The schemas of mrl_kernels/spec.py, suffixed _cpp; loading the library checks
@@ -317,6 +405,9 @@ TORCH_LIBRARY_FRAGMENT(mrl_kernels, m) {
   m.def(
       "mns_bpr_loss_backward_cpp(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor negatives, "
       "Tensor coef, int[] dims) -> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)");
+  m.def(
+      "prefix_topk_cpp(Tensor query, Tensor narrow, Tensor item_weight, int k, int shortlist, "
+      "Tensor exclude_offsets, Tensor exclude_ids) -> (Tensor scores, Tensor ids)");
 }
 
 TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m) {
@@ -325,4 +416,5 @@ TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m) {
   m.impl("mrl_bpr_loss_backward_cpp", &mrl_bpr_loss_backward);
   m.impl("mns_bpr_loss_cpp", &mns_bpr_loss);
   m.impl("mns_bpr_loss_backward_cpp", &mns_bpr_loss_backward);
+  m.impl("prefix_topk_cpp", &prefix_topk);
 }

@@ -10,6 +10,9 @@ import argparse
 import signal
 import sys
 
+import pandas as pd
+
+from ._io import atomic_write
 from .backbones import BACKBONES
 from .data import DataError
 from .objectives import OBJECTIVES
@@ -92,6 +95,52 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return 0
+
+
+RECOMMEND = """``mrl-recommend``: top-k items for users of a trained run, with the run's
+original ids, each user's seen items excluded. ``--width`` serves through a
+shortlist at that prefix width, reranked at full width (default: exact search)."""
+
+
+def recommend_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mrl-recommend", description=RECOMMEND,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="a run folder of mrl-train (holding model.pt), e.g. runs/latest")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="comma-separated original user ids")
+    who.add_argument("--all", action="store_true", help="every user of the run (with --out)")
+    p.add_argument("--k", type=int, default=20, help="items per user")
+    p.add_argument("--width", type=int, default=None, help="shortlist prefix width (one of the run's dims)")
+    p.add_argument("--shortlist", type=int, default=None, help="shortlist size (default max(200, k))")
+    p.add_argument("--out", default=None, help="write the table to this .parquet or .csv file instead of printing it")
+    p.add_argument("--batch-size", type=int, default=4096, help="users per search call")
+    return p
+
+
+def recommend_main(argv: list[str] | None = None) -> int:
+    from .serving import load_run
+
+    args = recommend_parser().parse_args(argv)
+    try:
+        if args.all and args.out is None:
+            raise ValueError("--all needs --out FILE (.parquet or .csv)")
+        run = load_run(args.run)
+        users = run.user_ids if args.all else [u for u in args.users.split(",") if u]
+        if not users:
+            raise ValueError("--users names no user")
+        tables = [run.recommend(users[i:i + args.batch_size], args.k, args.width, args.shortlist)
+                  for i in range(0, len(users), args.batch_size)]
+        table = pd.concat(tables, ignore_index=True)
+        if args.out is None:
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        elif args.out.endswith(".parquet"):
+            atomic_write(args.out, lambda tmp: table.to_parquet(tmp, index=False))
+        else:
+            atomic_write(args.out, lambda tmp: table.to_csv(tmp, index=False))
+    except (ValueError, OSError) as exc:
+        print(f"mrl-recommend: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -65,6 +65,12 @@ class CSR:
         np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
         return cls(torch.from_numpy(indptr), torch.from_numpy(cols), n_cols)
 
+    @classmethod
+    def union(cls, *parts: "CSR") -> "CSR":
+        """The entries of all ``parts`` (same shape), each once."""
+        rows, cols = (np.concatenate(a) for a in zip(*(p.pairs() for p in parts)))
+        return cls.from_pairs(rows, cols, parts[0].n_rows, parts[0].n_cols)
+
     @property
     def n_rows(self) -> int:
         return self.indptr.shape[0] - 1

@@ -18,7 +18,7 @@ from torch import Tensor
 from . import registry
 from .library import Operators
 
-__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss"]
+__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "prefix_topk"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
@@ -112,12 +112,12 @@ def _check_batch(name: str, t: Tensor, batch: int) -> None:
         raise ValueError(f"{name} has {t.shape[0]} rows but user has {batch}")
 
 
-def _check_user(user) -> tuple[int, int]:
-    """``(B, D)`` of a non-empty float ``user`` matrix."""
-    _check_float("user", user, 2)
-    if user.shape[0] == 0:
-        raise ValueError("user must have at least one row")
-    return user.shape
+def _check_rows(name: str, t) -> tuple[int, int]:
+    """``(B, D)`` of a non-empty float matrix ``t``."""
+    _check_float(name, t, 2)
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row")
+    return t.shape
 
 
 def _check_pos(pos, user: Tensor) -> None:
@@ -132,7 +132,7 @@ def _backend(name: str, user: Tensor) -> Operators:
 
 
 def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[int]]:
-    batch, width = _check_user(user)
+    batch, width = _check_rows("user", user)
     _check_float("item_weight", item_weight, 2, like=("user", user))
     if item_weight.shape[1] != width:
         raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
@@ -201,7 +201,7 @@ def mrl_bpr_loss(
 
     Differentiable in ``user``, ``pos`` and ``neg``.
     """
-    batch, width = _check_user(user)
+    batch, width = _check_rows("user", user)
     _check_pos(pos, user)
     _check_float("neg", neg, 3, like=("user", user))
     dims = check_dims(dims, width)
@@ -240,3 +240,88 @@ def mns_bpr_loss(
     reduction = _check_reduction(reduction)
     loss, negatives, _ = _backend(backend, user)["mns_bpr_loss"](user, pos, item_weight, candidates, dims, w)
     return _reduce(loss, reduction), negatives
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def exclusion(exclude, batch: int, n_items: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(offsets (B + 1,), ids)`` int64 on ``device`` from ``exclude``: None, a
+    :class:`~mrl_kernels.data.CSR` with one row per query, or a sequence of B
+    id collections (tensors, arrays or lists)."""
+    if exclude is None:
+        return torch.zeros(batch + 1, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64,
+                                                                                      device=device)
+    if hasattr(exclude, "indptr") and hasattr(exclude, "indices"):
+        if exclude.n_rows != batch:
+            raise ValueError(f"exclude has {exclude.n_rows} rows but query has {batch}")
+        offsets, ids = exclude.indptr, exclude.indices
+    else:
+        if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Sequence) or len(exclude) != batch:
+            raise ValueError(f"exclude must be None, a CSR with one row per query, or a sequence of {batch} id "
+                             f"collections; got {type(exclude).__name__}")
+        rows = [torch.as_tensor(np.asarray(row), dtype=torch.int64).flatten() for row in exclude]
+        offsets = torch.tensor([0] + [len(r) for r in rows], dtype=torch.int64).cumsum(0)
+        ids = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
+    return offsets.to(device), check_ids("exclude", ids.to(device), n_items, device)
+
+
+def prefix_topk(
+    query: Tensor,
+    item_weight: Tensor,
+    k: int,
+    width: int,
+    shortlist: int,
+    exclude=None,
+    *,
+    narrow: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Top-k retrieval through a narrow shortlist (adaptive retrieval, as in the
+    Matryoshka representation papers): the ``shortlist`` items with the largest
+    ``width``-prefix inner product, reranked by the full inner product; the best
+    ``k`` of those. With ``shortlist >= N`` it is exact search.
+
+    Args:
+        query: ``(B, D)`` query (user) vectors.
+        item_weight: ``(N, D)`` item table.
+        k: results per query.
+        width: the prefix width of the shortlist pass (``1 <= width <= D``).
+        shortlist: how many items the narrow pass keeps (``>= k``).
+        exclude: items each query must not get (e.g. its training interactions),
+            in neither pass: a :class:`~mrl_kernels.data.CSR` with one row per
+            query, or a sequence of B id collections.
+        narrow: the items' first ``width`` columns, ``(N, width)``, to score the
+            shortlist pass with instead of ``item_weight[:, :width]`` (e.g. a
+            contiguous float16 / bfloat16 copy, see :class:`MatryoshkaIndex`).
+
+    Returns:
+        ``(scores, ids)``, each ``(B, k)``: full-width inner products (float32, or
+        float64 for float64 inputs) in descending order, ties to the lower id, and
+        int64 item ids; where fewer than k items are left, id -1 and score -inf.
+    """
+    batch, dim = _check_rows("query", query)
+    _check_float("item_weight", item_weight, 2, like=("query", query))
+    if item_weight.shape[1] != dim:
+        raise ValueError(f"item_weight has width {item_weight.shape[1]} but query has width {dim}")
+    k, shortlist = _positive("k", k), _positive("shortlist", shortlist)
+    width = _positive("width", width)
+    if width > dim:
+        raise ValueError(f"width must be at most the embedding width {dim}, got {width}")
+    if shortlist < k:
+        raise ValueError(f"shortlist must be >= k ({k}), got {shortlist}")
+    if narrow is None:
+        narrow = item_weight[:, :width]
+    else:
+        _check_matrix("narrow", narrow, 2)
+        if narrow.dtype not in _FLOAT_DTYPES or narrow.device != query.device:
+            raise ValueError(f"narrow must be a float tensor on {query.device}, got {narrow.dtype} on {narrow.device}")
+        if tuple(narrow.shape) != (item_weight.shape[0], width):
+            raise ValueError(f"narrow must have shape ({item_weight.shape[0]}, {width}) (N, width), "
+                             f"got {tuple(narrow.shape)}")
+    offsets, ids = exclusion(exclude, batch, item_weight.shape[0], query.device)
+    ops = registry.resolve(backend, query.device, dim, query.dtype)
+    return ops["prefix_topk"](query, narrow, item_weight, k, shortlist, offsets, ids)

@@ -10,6 +10,8 @@ table (:mod:`mrl_kernels.library`); a backend only supplies implementations.
                             -> (loss (B,), negatives (B, L), coef (B, L))``
 ``mns_bpr_loss_backward``   ``(grad, user, pos, item_weight, negatives, coef, dims)
                             -> (d user, d pos, d item_weight)``
+``prefix_topk``             ``(query, narrow, item_weight, k, shortlist, exclude_offsets,
+                            exclude_ids) -> (scores (B, k), ids (B, k))``
 ==========================  ==============================================================
 
 ``coef[b, l] = w_l * sigmoid(margin_l)`` is what a loss's forward saves for its
@@ -76,6 +78,11 @@ def _fake_mns_bpr_loss(user, pos, item_weight, candidates, dims, weights):
     return loss, _fake_mns_sample(user, item_weight, candidates, dims), coef
 
 
+def _fake_prefix_topk(query, narrow, item_weight, k, shortlist, exclude_offsets, exclude_ids):
+    return (query.new_empty((query.shape[0], k), dtype=acc_dtype(query.dtype)),
+            query.new_empty((query.shape[0], k), dtype=torch.int64))
+
+
 def _fake_gradients(grad, *inputs_then_saved):
     """The gradients of the first three tensors after ``grad`` (the differentiable
     inputs of the bpr losses), each shaped like its input."""
@@ -101,4 +108,8 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
            "(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor negatives, Tensor coef, int[] dims)"
            " -> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)",
            _fake_gradients),
+    OpSpec("prefix_topk",
+           "(Tensor query, Tensor narrow, Tensor item_weight, int k, int shortlist, Tensor exclude_offsets, "
+           "Tensor exclude_ids) -> (Tensor scores, Tensor ids)",
+           _fake_prefix_topk),
 )}

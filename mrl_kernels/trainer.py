@@ -4,7 +4,9 @@ every few epochs with early stopping, final test metrics from the best epoch.
 Outputs in the run folder (``out``; by default a new ``runs/<time>-<dataset>-<method>``
 with ``runs/latest`` pointing at it), each written atomically:
 ``checkpoint.pt`` (everything needed to resume, with a checksum of itself and of
-the data), ``history.csv`` (one row per evaluation), ``metrics.json`` and
+the data), ``model.pt`` (the reported model's tables, id maps and the
+interactions seen: what :func:`mrl_kernels.load_run` serves), ``history.csv``
+(one row per evaluation), ``metrics.json`` and
 ``curves.png`` (with matplotlib, the ``plot`` extra). A lock keeps a second run
 out of a folder in use; a folder that holds a run is only continued
 (``resume=True``), never overwritten.
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import Callable
 
 import filelock
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -39,11 +40,12 @@ from .metrics import evaluate, hierarchy_purity, prefix_evaluate
 from .objectives import OBJECTIVES
 from .registry import names as backend_names
 from .sampling import LAYOUTS, sample_candidates
+from .serving import MODEL_FILE, save_model
 
 __all__ = ["TrainConfig", "train", "Interrupted", "request_stop", "CHECKPOINT", "RUNS"]
 
 CHECKPOINT = "checkpoint.pt"
-OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT)  # a folder holding any of these holds a run
+OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT, "model.pt")  # a folder holding any of these holds a run
 RUNS = Path("runs")  # where runs go without --out
 SELECT_BY = "recall@20"
 MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a newline, then the payload
@@ -286,7 +288,7 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
                              "drop --resume or use another --out")
         state = saved["state"]
         if state["phase"] == "refit":
-            fit = _Fit(config, _refit_interactions(ds), device)
+            fit = _Fit(config, data_module.CSR.union(ds.train, ds.valid), device)
         fit.load(saved)
         log(f"resumed from {checkpoint} at {state['phase']} epoch "
             f"{state['epoch'] if state['phase'] == 'select' else state['refit_epoch']}")
@@ -307,7 +309,7 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
             _select(config, ds, fit, state, out, log, save, started, resumed_at)
             if config.refit:
                 state.update(phase="refit", refit_epoch=0)
-                fit = _Fit(config, _refit_interactions(ds), device)
+                fit = _Fit(config, data_module.CSR.union(ds.train, ds.valid), device)
         if state["phase"] == "refit":
             bar = tqdm(total=state["best"]["epoch"], initial=state["refit_epoch"], unit="epoch",
                        desc="refit on train + validation", disable=not config.progress, dynamic_ncols=True)
@@ -363,18 +365,14 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
     result.update(seconds_per_epoch=state["train_seconds"] / max(state["epoch"] + state["refit_epoch"], 1),
                   wall_seconds=wall)
     _write_history(out, state["history"])  # again: a resumed run rewrites every output
+    save_model(out / MODEL_FILE, user_table, item_table, dims, data_module.CSR.union(ds.train, ds.valid, ds.test),
+               ds.user_ids, ds.item_ids, dataset=ds.name, method=config.method, model=config.model)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     refit = f", refit on train + validation for {state['refit_epoch']} epochs" if config.refit else ""
     log(f"{stopped}; best epoch {best['epoch']} (validation Recall@20 {best[SELECT_BY]:.4f}){refit}; "
         f"wall time {wall:.1f} s; outputs in {out}")
     log(f"test metrics of the {'refit' if config.refit else 'selected'} model:\n" + _metrics_table(result["test"]))
     return result
-
-
-def _refit_interactions(ds: data_module.Dataset) -> data_module.CSR:
-    """Train + validation: what the refit learns from."""
-    users, items = (np.concatenate(parts) for parts in zip(ds.train.pairs(), ds.valid.pairs()))
-    return data_module.CSR.from_pairs(users, items, ds.n_users, ds.n_items)
 
 
 def _select(config: TrainConfig, ds: data_module.Dataset, fit: _Fit, state: dict, out: Path,

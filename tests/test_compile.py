@@ -30,6 +30,9 @@ def _samples(requires_grad):
         "mns_bpr_loss_backward": (torch.randn(6, generator=g).to(DEVICE), plain["user"], plain["pos"],
                                   plain["item_weight"], plain["candidates"][:, :, 0],
                                   torch.rand(6, 3, generator=g).to(DEVICE), x["dims"]),
+        "prefix_topk": (plain["user"], plain["item_weight"][:, :5], plain["item_weight"], 3, 7,
+                        torch.tensor([0, 2, 2, 3, 3, 3, 4], device=DEVICE),
+                        torch.tensor([1, 5, 0, 11], device=DEVICE)),
     }
 
 
@@ -76,3 +79,15 @@ def test_compiled_training_step_matches_eager(backend, method):
         torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_model.item_weight, eager_model.item_weight, rtol=1e-5, atol=1e-6)
     assert not torch.equal(compiled_model.item_weight, make()[0].item_weight), "the steps changed the weights"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prefix_topk_compiles_without_a_graph_break(backend):
+    torch._dynamo.reset()
+    x = make_inputs(6, 8, 40, 1, [8], device=DEVICE)
+    import mrl_kernels as mk
+
+    search = torch.compile(lambda q, items: mk.prefix_topk(q, items, 5, 4, 12, backend=backend), fullgraph=True)
+    expected = mk.prefix_topk(x["user"], x["item_weight"], 5, 4, 12, backend=backend)
+    actual = search(x["user"], x["item_weight"])
+    assert torch.equal(actual[1], expected[1]) and torch.equal(actual[0], expected[0])

@@ -30,6 +30,7 @@ IMPLEMENTATIONS = {
     "mrl_bpr_loss_backward": reference.mrl_bpr_loss_backward,
     "mns_bpr_loss": _mns_bpr_loss,
     "mns_bpr_loss_backward": _mns_bpr_loss_backward,
+    "prefix_topk": reference.prefix_topk,
 }
 
 BACKEND = library.Backend(name="torch", load=lambda: library.define("torch", IMPLEMENTATIONS), fallback=True)

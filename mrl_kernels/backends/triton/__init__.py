@@ -41,6 +41,7 @@ def _load() -> library.Operators:
             user, pos, item_weight, candidates, None, dims, weights, compute_loss=True),
         "mns_bpr_loss_backward": lambda grad, user, pos, item_weight, negatives, coef, dims: kernels.backward(
             grad, user, pos, item_weight, negatives, None, coef, dims),
+        "prefix_topk": kernels.prefix_topk,
     }
     if interpreting():
         return library.define("triton", implementations)

@@ -42,6 +42,11 @@ VARIANTS = [
     ("mns_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=True)),
     ("mrl_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=False)),
 ]
+# kernels with one fixed tile (not the launchers' per-width configs): name, kernel, constexprs
+FIXED = [
+    ("prefix_topk.scores", kernels._prefix_score_kernel,
+     dict(FP64=False, BLOCK_B=kernels.TOPK_BLOCK_B, BLOCK_N=kernels.TOPK_BLOCK_N, stride_qd=1, stride_nd=1)),
+]
 
 
 def _example_dims(width: int) -> tuple[int, ...]:
@@ -55,7 +60,7 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
     in ``dtype``; ids int64; weights, coef and the gathered item gradient in
     float32; an unused pointer gets the tensor the launcher passes in its place
     (the backward of ``mrl_bpr_loss`` passes coef for the negatives)."""
-    gather = constexprs["GATHER"]
+    gather = constexprs.get("GATHER", False)
     acc = "*fp32"
     pointers = {
         "cand_ptr": "*i64",
@@ -64,6 +69,7 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
         "coef_ptr": acc,
         "grad_item_ptr": acc if gather else dtype,
         "grad_neg_ptr": acc if gather else dtype,
+        "out_ptr": acc,
     }
     types = {}
     for name in fn.arg_names:
@@ -92,14 +98,19 @@ def _resource_usage(cubin: bytes) -> dict:
 
 def compile_one(job: tuple) -> dict:
     name, dtype, cfg, arch = job
-    fn, flags = next((f, fl) for n, f, fl in VARIANTS if n == name)
-    width = cfg["BLOCK_D"]
-    dims = _example_dims(width)
-    constexprs = dict(flags, DIMS=dims, L=len(dims), FP64=False, BLOCK_B=cfg["BLOCK_B"], BLOCK_D=width,
-                      BLOCK_L=max(2, triton.next_power_of_2(len(dims))), stride_ud=1, stride_pd=1,
-                      stride_id=1, stride_nd=1)
-    constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
-    row = {"kernel": name, "dtype": dtype, "BLOCK_B": cfg["BLOCK_B"], "BLOCK_D": width,
+    fixed = {n: (f, c) for n, f, c in FIXED}
+    if name in fixed:
+        fn, constexprs = fixed[name]
+        width = cfg["BLOCK_D"] = constexprs["BLOCK_N"]
+    else:
+        fn, flags = next((f, fl) for n, f, fl in VARIANTS if n == name)
+        width = cfg["BLOCK_D"]
+        dims = _example_dims(width)
+        constexprs = dict(flags, DIMS=dims, L=len(dims), FP64=False, BLOCK_B=cfg["BLOCK_B"], BLOCK_D=width,
+                          BLOCK_L=max(2, triton.next_power_of_2(len(dims))), stride_ud=1, stride_pd=1,
+                          stride_id=1, stride_nd=1)
+        constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+    row = {"kernel": name, "dtype": dtype, "BLOCK_B": constexprs["BLOCK_B"], "BLOCK_D": width,
            "num_warps": cfg["num_warps"], "arch": f"sm_{arch}"}
     try:
         src = ASTSource(fn=fn, signature=_signature(fn, DTYPES[dtype], constexprs), constexprs=constexprs)
@@ -112,8 +123,10 @@ def compile_one(job: tuple) -> dict:
 
 
 def jobs() -> list[tuple]:
-    return [(name, dtype, cfg, arch) for name, _, _ in VARIANTS for dtype in DTYPES
-            for cfg in kernels.configs() for arch in ARCHS]
+    tiled = [(name, dtype, cfg, arch) for name, _, _ in VARIANTS for dtype in DTYPES
+             for cfg in kernels.configs() for arch in ARCHS]
+    return tiled + [(name, dtype, {"num_warps": kernels.WARPS}, arch) for name, _, _ in FIXED for dtype in DTYPES
+                    for arch in ARCHS]
 
 
 def main(argv: list[str] | None = None) -> int:

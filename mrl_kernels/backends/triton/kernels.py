@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference import acc_dtype
+from ...reference import acc_dtype, excluded_mask, shortlist_rerank
 from . import interpreting
 
 
@@ -171,6 +171,27 @@ def _mrl_backward_kernel(
     tl.store(grad_pos_ptr + out, (-column_coef * u).to(grad_pos_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _prefix_score_kernel(
+    q_ptr, narrow_ptr, out_ptr,
+    B, N, W,
+    stride_qb, stride_qd, stride_nn, stride_nd,
+    FP64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``out[b, j] = <q[b, :W], narrow[j, :W]>`` for a (BLOCK_B, BLOCK_N) tile,
+    one column at a time (widths 4 and 8 are too narrow for ``tl.dot``)."""
+    ACC = tl.float64 if FP64 else tl.float32
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    items = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok, item_ok = rows < B, items < N
+    acc = tl.zeros((BLOCK_B, BLOCK_N), ACC)
+    for c in range(W):
+        q = tl.load(q_ptr + rows * stride_qb + c * stride_qd, mask=row_ok, other=0.0).to(ACC)
+        e = tl.load(narrow_ptr + items * stride_nn + c * stride_nd, mask=item_ok, other=0.0).to(ACC)
+        acc += q[:, None] * e[None, :]
+    tl.store(out_ptr + rows[:, None] * N + items[None, :], acc, mask=row_ok[:, None] & item_ok[None, :])
+
+
 # ---------------------------------------------------------------- launchers
 def _launch(kernel):
     """``wrap_triton(kernel)`` so torch.compile sees the launch; the kernel itself
@@ -270,3 +291,20 @@ def backward(grad, user, pos, item_weight, negatives, neg, coef, dims):
     if gather:
         return grad_user, grad_pos, grad_table.to(item_weight.dtype)
     return grad_user, grad_pos, grad_neg
+
+
+TOPK_BLOCK_B, TOPK_BLOCK_N = 16, 64  # a 1024-element score tile per program
+
+
+def prefix_topk(query, narrow, item_weight, k, shortlist, exclude_offsets, exclude_ids):
+    """The shortlist pass's (B, N) scores by :func:`_prefix_score_kernel`, then the
+    reference's exclusion, shortlist and rerank (torch operations)."""
+    batch, n_items = query.shape[0], narrow.shape[0]
+    first = torch.empty((batch, n_items), dtype=acc_dtype(query.dtype), device=query.device)
+    grid = (triton.cdiv(batch, TOPK_BLOCK_B), triton.cdiv(n_items, TOPK_BLOCK_N))
+    _launch(_prefix_score_kernel)[grid](
+        query, narrow, first, batch, n_items, narrow.shape[1], *query.stride(), *narrow.stride(),
+        FP64=query.dtype == torch.float64, BLOCK_B=TOPK_BLOCK_B, BLOCK_N=TOPK_BLOCK_N,
+    )
+    blocked = excluded_mask(exclude_offsets, exclude_ids, n_items)
+    return shortlist_rerank(query, item_weight, first, blocked, k, shortlist)
