@@ -5,7 +5,7 @@ A :class:`Backbone` is an ``nn.Module`` whose ``forward(users, pos)`` returns a
 the ``(user, item)`` tables that evaluation and serving score with. The trainer
 calls ``forward`` (so ``DistributedDataParallel`` can wrap the module) and knows
 no backbone by name: :data:`BACKBONES` maps names to builders
-``(interactions, dim, layers) -> Backbone``, ``interactions`` being the training
+``(interactions, dim, layers, sparse=False) -> Backbone``, ``interactions`` being the training
 :class:`~mrl_kernels.data.CSR` (users x items) the model learns from.
 """
 from __future__ import annotations
@@ -34,22 +34,24 @@ class Batch:
     reg_user: Tensor
     reg_pos: Tensor
     reg_items: Tensor
+    sparse: bool = False  # the item table's gradient must stay row-sparse: no fused operator
 
     def negative_rows(self, negatives: Tensor) -> Tensor:
         """The item vectors of ``negatives`` (ids of any shape), differentiable."""
-        return lookup(self.items, negatives)
+        return lookup(self.items, negatives, self.sparse)
 
     def squared_norms(self, negatives: Tensor) -> Tensor:
         """``|u|^2 + |i|^2 + |negatives|^2`` summed over the batch's rows."""
         return (self.reg_user.square().sum() + self.reg_pos.square().sum()
-                + lookup(self.reg_items, negatives).square().sum())
+                + lookup(self.reg_items, negatives, self.sparse).square().sum())
 
 
-def lookup(table: Tensor, ids: Tensor) -> Tensor:
+def lookup(table: Tensor, ids: Tensor, sparse: bool = False) -> Tensor:
     """``table[ids]`` whose backward sums repeated ids in the same order on every
     run: ``F.embedding``'s, where the CPU backward of indexing (``table[ids]``)
-    adds with atomics across threads and its sums vary from run to run."""
-    return F.embedding(ids, table)
+    adds with atomics across threads and its sums vary from run to run. With
+    ``sparse`` the table's gradient is row-sparse (the rows looked up only)."""
+    return F.embedding(ids, table, sparse=sparse)
 
 
 class Backbone(nn.Module):
@@ -63,16 +65,19 @@ class Backbone(nn.Module):
 
 class MF(Backbone):
     """Matrix factorisation: user and item tables of width ``dim``, Xavier-uniform
-    initialised; the score of (u, i) is ``<user_weight[u], item_weight[i]>``."""
+    initialised; the score of (u, i) is ``<user_weight[u], item_weight[i]>``.
+    ``sparse``: row-sparse gradients (for a row-sparse optimizer), so a step
+    costs the same whatever the number of users and items."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int):
+    def __init__(self, n_users: int, n_items: int, dim: int, sparse: bool = False):
         super().__init__()
+        self.sparse = sparse
         self.user_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim)))
         self.item_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim)))
 
     def forward(self, users: Tensor, pos: Tensor) -> Batch:
-        u, p = lookup(self.user_weight, users), lookup(self.item_weight, pos)
-        return Batch(u, p, self.item_weight, u, p, self.item_weight)
+        u, p = lookup(self.user_weight, users, self.sparse), lookup(self.item_weight, pos, self.sparse)
+        return Batch(u, p, self.item_weight, u, p, self.item_weight, self.sparse)
 
     def tables(self) -> tuple[Tensor, Tensor]:
         return self.user_weight, self.item_weight
@@ -86,8 +91,11 @@ class LightGCN(Backbone):
     propagates once (one sparse matmul per layer over the whole graph); the L2
     term covers the batch's layer-0 rows, as the authors' ``create_mrl_loss``."""
 
-    def __init__(self, interactions: CSR, dim: int, layers: int = 1):
+    def __init__(self, interactions: CSR, dim: int, layers: int = 1, sparse: bool = False):
         super().__init__()
+        if sparse:
+            raise ValueError("LightGCN propagates the whole tables every step, so its gradients are dense: "
+                             "sparse training needs the mf backbone")
         if layers < 1:
             raise ValueError(f"layers must be >= 1; got {layers}")
         self.n_users, self.n_items, self.layers = interactions.n_rows, interactions.n_cols, layers
@@ -128,6 +136,6 @@ def normalized_adjacency(interactions: CSR) -> Tensor:
 
 
 BACKBONES = {
-    "mf": lambda interactions, dim, layers: MF(interactions.n_rows, interactions.n_cols, dim),
+    "mf": lambda interactions, dim, layers, sparse=False: MF(interactions.n_rows, interactions.n_cols, dim, sparse),
     "lightgcn": LightGCN,
 }

@@ -38,6 +38,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="where named datasets live (missing ones are downloaded there); default $MRL_DATA, else "
                         "~/.cache/mrl_kernels")
+    p.add_argument("--users", type=int, default=3000, help="synthetic data: users")
+    p.add_argument("--items", type=int, default=2000, help="synthetic data: items")
+    p.add_argument("--interactions", type=int, default=None,
+                   help="synthetic data: interactions (default 25 a user); with the planted category tree")
     p.add_argument("--model", default=d.model, choices=tuple(BACKBONES),
                    help="the backbone: mf (matrix factorisation) or lightgcn")
     p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
@@ -69,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refit", action="store_true",
                    help="report the selected model's test metrics instead of refitting: by default a fresh model "
                         "is trained on train + validation for the selected number of epochs and reported")
+    p.add_argument("--sparse", action="store_true",
+                   help="row-sparse training (mf): sparse lookups, MNS + a gathered MRL loss instead of the fused "
+                        "operator, and lazy Adam (torch's SparseAdam), so a step costs the same for any table size")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -80,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         candidates=args.candidates, layout=args.layout, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, l2=args.l2, seed=args.seed, eval_every=args.eval_every, patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
-        track_test=args.track_test, refit=not args.no_refit,
+        track_test=args.track_test, refit=not args.no_refit, sparse=args.sparse,
+        synthetic_size=(args.users, args.items, args.interactions or 25 * args.users)
+        if (args.users, args.items, args.interactions) != (3000, 2000, None) else None,
     )
     # Ctrl-C and SIGTERM stop training after the current step (a second one at once)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -345,12 +345,21 @@ def download(name: str, data_dir=None, base_url: str | None = None) -> Path:
 
 
 def load(name_or_path: str, data_dir=None, seed: int = 0, valid_fraction: float = 0.1,
-         base_url: str | None = None) -> Dataset:
+         base_url: str | None = None, synthetic_size: tuple[int, int, int] | None = None) -> Dataset:
     """A dataset by name (``synthetic``, or one of the paper's: ``phone``, ``tool``,
     ``sport``, ``ml100k``, downloaded when missing) or by path (a folder in the
-    authors' format, or a ``.csv`` / ``.parquet`` table of ``user,item``)."""
+    authors' format, or a ``.csv`` / ``.parquet`` table of ``user,item``).
+    ``synthetic_size``: ``(users, items, interactions)`` of the synthetic data
+    (default 3000 users, 2000 items, about 25 interactions a user)."""
     if name_or_path == "synthetic":
-        return synthetic(seed=seed, valid_fraction=valid_fraction)
+        if synthetic_size is None:
+            return synthetic(seed=seed, valid_fraction=valid_fraction)
+        users, items, interactions = synthetic_size
+        if min(users, items, interactions) < 1:
+            raise DataError(f"synthetic sizes must be positive, got users {users}, items {items}, "
+                            f"interactions {interactions}")
+        return synthetic(seed=seed, n_users=users, n_items=items, mean_interactions=interactions / users,
+                         valid_fraction=valid_fraction)
     if name_or_path in PAPER_DATASETS:
         folder = dataset_dir(data_dir) / name_or_path
         if not all((folder / f).is_file() for f in ("train.txt", "test.txt")):

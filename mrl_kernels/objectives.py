@@ -76,7 +76,7 @@ class Objective:
                  backend: str = "auto") -> Tensor:
         """The training loss of one batch: the ranking loss plus the authors' L2
         term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows."""
-        if self.fused:
+        if self.fused and not batch.sparse:  # the fused operator's item gradient is dense
             loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates,
                                            self.selector.widths(dims), backend=backend)
         else:

@@ -57,6 +57,7 @@ class TrainConfig:
 
     dataset: str = "synthetic"
     data_dir: str | None = None
+    synthetic_size: tuple[int, int, int] | None = None  # (users, items, interactions) of synthetic data
     model: str = "mf"
     layers: int = 1  # LightGCN's propagation layers
     method: str = "mrl-m"
@@ -76,6 +77,7 @@ class TrainConfig:
     progress: bool = True
     track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
     refit: bool = True  # after selection, train afresh on train + validation for the selected epochs
+    sparse: bool = False  # row-sparse lookups and lazy Adam: step cost independent of the table sizes
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -202,44 +204,112 @@ def train(config: TrainConfig, log: Callable[[str], None] = tqdm.write,
     settings, data, folders and checkpoints; :class:`Interrupted` on SIGINT."""
     config.check()
     device = torch.device(config.device)
-    ds = dataset or data_module.load(config.dataset, config.data_dir, seed=config.seed)
-    log(ds.summary())
-    out = _run_folder(config, ds, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(out / ".lock", timeout=0)
+    group = _Group.start(device)
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise RuntimeError(f"another mrl-train run is writing to {out}; wait for it to end, or use another --out") \
-            from None
-    try:
-        remove_stale_temporaries(out)
-        return _train(config, ds, device, out, log, resume)
+        ds = dataset or data_module.load(config.dataset, config.data_dir, seed=config.seed,
+                                         synthetic_size=config.synthetic_size)
+        if group.writer:
+            log(ds.summary())
+        out = group.broadcast(_run_folder(config, ds, resume) if group.writer else None)
+        if not group.writer:  # rank 0 reads, writes and reports; the others train their shards
+            return _train(config, ds, device, out, lambda _: None, resume, group)
+        out.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(out / ".lock", timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise RuntimeError(f"another mrl-train run is writing to {out}; wait for it to end, or use another "
+                               "--out") from None
+        try:
+            remove_stale_temporaries(out)
+            return _train(config, ds, device, out, log, resume, group)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        group.stop()
+
+
+class _Group:
+    """The processes of a run: one, or ``torchrun``'s (``WORLD_SIZE`` > 1), joined
+    in a ``torch.distributed`` process group (gloo on the CPU, NCCL on CUDA).
+    Every rank trains its shard of each batch and ``DistributedDataParallel``
+    averages the gradients; rank 0 evaluates, writes every output and broadcasts
+    its decisions, so all ranks stop together."""
+
+    def __init__(self, rank: int = 0, world: int = 1, started: bool = False):
+        self.rank, self.world, self.started = rank, world, started
+
+    @classmethod
+    def start(cls, device: torch.device) -> "_Group":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            return cls(dist.get_rank(), dist.get_world_size(), started=True)
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every rank."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the steps call: the model, or ``DistributedDataParallel`` over it."""
+        if self.world == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model)
+
+    def stop(self) -> None:
+        if self.started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 class _Fit:
     """A model, its optimizer and its sampling generator, trained on ``interactions``
     (made afresh from the seed, so the selection run and the refit start alike)."""
 
-    def __init__(self, config: TrainConfig, interactions: data_module.CSR, device: torch.device):
+    def __init__(self, config: TrainConfig, interactions: data_module.CSR, device: torch.device,
+                 group: _Group | None = None):
         torch.manual_seed(config.seed)
-        self.config, self.interactions = config, interactions
-        self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers).to(device)
-        # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
+        self.config, self.interactions, self.group = config, interactions, group or _Group()
+        self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers, config.sparse).to(device)
+        self.step_model = self.group.wrap(self.model)
+        if config.sparse:  # lazy Adam: moments and weights of the rows in the batch only
+            self.optimizer = torch.optim.SparseAdam(list(self.model.parameters()), lr=config.lr)
+        else:  # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
+        # the epoch order must be the same on every rank, the candidate draws differ
+        # by rank; one process draws both from one generator
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.sampler = self.generator if self.group.world == 1 else \
+            torch.Generator(device=device).manual_seed(config.seed + 1 + self.group.rank)
         self.users, self.items = (torch.from_numpy(a).to(device) for a in interactions.pairs())
 
     def state(self) -> dict:
+        """What a checkpoint keeps (rank 0's sampling generator for the candidate draws)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "sampler": self.sampler.get_state()}
 
     def load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"].cpu())
+        if self.sampler is not self.generator and self.group.rank == 0:
+            self.sampler.set_state(saved["sampler"].cpu())
 
     def epoch(self) -> float:
         """One pass over the shuffled interactions; the mean training loss. Stops
@@ -249,26 +319,37 @@ class _Fit:
         per_row = objective.candidate_shape(len(dims), config.candidates, config.layout)
         n_items = self.interactions.n_cols
         order = torch.randperm(len(self.users), generator=self.generator, device=self.users.device)
-        total = 0.0
+        rank, world = self.group.rank, self.group.world
+        total, count = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
+            if len(rows) < world:  # a last batch too small for every rank to get a row
+                break
+            rows = rows[rank::world]  # this rank's shard (all of it in one process)
             users, pos = self.users[rows], self.items[rows]
-            cand = sample_candidates(users, math.prod(per_row), n_items, self.interactions, self.generator)
-            loss = objective(self.model(users, pos), cand.view(len(rows), *per_row), dims, config.l2, config.backend)
+            cand = sample_candidates(users, math.prod(per_row), n_items, self.interactions, self.sampler)
+            batch = self.step_model(users, pos)
+            loss = objective(batch, cand.view(len(rows), *per_row), dims, config.l2, config.backend)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss.detach()) * len(rows)
+            total, count = total + float(loss.detach()) * len(rows), count + len(rows)
             if _STOP.is_set():
                 raise KeyboardInterrupt
-        return total / len(order)
+        if world > 1:
+            import torch.distributed as dist
+
+            sums = torch.tensor([total, count], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, count = sums.tolist()
+        return total / count
 
 
 def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, out: Path,
-           log: Callable[[str], None], resume: bool) -> dict:
+           log: Callable[[str], None], resume: bool, group: _Group) -> dict:
     started = time.perf_counter()
     dims = list(config.dims)
-    fit = _Fit(config, ds.train, device)
+    fit = _Fit(config, ds.train, device, group)
     fingerprint = ds.fingerprint()
     state = {"phase": "select", "epoch": 0, "history": [], "best": None, "best_state": None, "bad_evals": 0,
              "train_seconds": 0.0, "elapsed": 0.0, "refit_epoch": 0}
@@ -288,31 +369,33 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
                              "drop --resume or use another --out")
         state = saved["state"]
         if state["phase"] == "refit":
-            fit = _Fit(config, data_module.CSR.union(ds.train, ds.valid), device)
+            fit = _Fit(config, data_module.CSR.union(ds.train, ds.valid), device, group)
         fit.load(saved)
         log(f"resumed from {checkpoint} at {state['phase']} epoch "
             f"{state['epoch'] if state['phase'] == 'select' else state['refit_epoch']}")
-    else:
+    elif group.writer:
         held = [name for name in OUTPUTS if (out / name).exists()]
         if held:
             raise ValueError(f"{out} already holds a run ({', '.join(held)}); --resume continues it, "
                              "or choose another --out")
 
     def save():
-        _write_checkpoint(checkpoint, {"config": _comparable(config), "data": fingerprint, **fit.state(),
-                                       "state": state})
+        if group.writer:
+            _write_checkpoint(checkpoint, {"config": _comparable(config), "data": fingerprint, **fit.state(),
+                                           "state": state})
 
     resumed_at = state["elapsed"]
     _STOP.clear()
     try:
         if state["phase"] == "select":
-            _select(config, ds, fit, state, out, log, save, started, resumed_at)
+            _select(config, ds, fit, state, out, log, save, started, resumed_at, group)
             if config.refit:
                 state.update(phase="refit", refit_epoch=0)
-                fit = _Fit(config, data_module.CSR.union(ds.train, ds.valid), device)
+                fit = _Fit(config, data_module.CSR.union(ds.train, ds.valid), device, group)
         if state["phase"] == "refit":
             bar = tqdm(total=state["best"]["epoch"], initial=state["refit_epoch"], unit="epoch",
-                       desc="refit on train + validation", disable=not config.progress, dynamic_ncols=True)
+                       desc="refit on train + validation", disable=not (config.progress and group.writer),
+                       dynamic_ncols=True)
             with bar:
                 while state["refit_epoch"] < state["best"]["epoch"]:
                     epoch_started = time.perf_counter()
@@ -330,8 +413,10 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
             kept = f"the checkpoint of the refit is kept in {out} (--resume continues)"
         raise Interrupted(f"interrupted; {kept}") from None
 
+    if not group.writer:
+        return group.broadcast(None)
     best = state["best"]
-    selected = BACKBONES[config.model](ds.train, dims[-1], config.layers).to(device)
+    selected = BACKBONES[config.model](ds.train, dims[-1], config.layers, config.sparse).to(device)
     selected.load_state_dict(state["best_state"])
     held_out = [ds.train, ds.valid]
     model = fit.model if config.refit else selected
@@ -372,15 +457,17 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
     log(f"{stopped}; best epoch {best['epoch']} (validation Recall@20 {best[SELECT_BY]:.4f}){refit}; "
         f"wall time {wall:.1f} s; outputs in {out}")
     log(f"test metrics of the {'refit' if config.refit else 'selected'} model:\n" + _metrics_table(result["test"]))
-    return result
+    return group.broadcast(result)
 
 
 def _select(config: TrainConfig, ds: data_module.Dataset, fit: _Fit, state: dict, out: Path,
-            log: Callable[[str], None], save: Callable[[], None], started: float, resumed_at: float) -> None:
+            log: Callable[[str], None], save: Callable[[], None], started: float, resumed_at: float,
+            group: _Group) -> None:
     """Train on ``ds.train``, evaluate on the validation split every
-    ``eval_every`` epochs, keep the best epoch's weights, stop early."""
+    ``eval_every`` epochs (rank 0, whose metrics every rank then acts on), keep
+    the best epoch's weights, stop early."""
     bar = tqdm(total=config.epochs, initial=state["epoch"], desc="training", unit="epoch",
-               disable=not config.progress, dynamic_ncols=True)
+               disable=not (config.progress and group.writer), dynamic_ncols=True)
     with bar:
         while state["epoch"] < config.epochs and state["bad_evals"] < config.patience:
             epoch = state["epoch"] + 1
@@ -390,12 +477,15 @@ def _select(config: TrainConfig, ds: data_module.Dataset, fit: _Fit, state: dict
             state["epoch"] = epoch
             bar.update(1)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
-                metrics = evaluate(*fit.model.tables(), ds.valid, [ds.train])
-                state["elapsed"] = resumed_at + time.perf_counter() - started
-                row = {"epoch": epoch, "loss": loss, **metrics, "elapsed_s": state["elapsed"]}
-                if config.track_test:
-                    test = evaluate(*fit.model.tables(), ds.test, [ds.train, ds.valid])
-                    row.update({f"test_{name}": value for name, value in test.items()})
+                row = None
+                if group.writer:
+                    metrics = evaluate(*fit.model.tables(), ds.valid, [ds.train])
+                    state["elapsed"] = resumed_at + time.perf_counter() - started
+                    row = {"epoch": epoch, "loss": loss, **metrics, "elapsed_s": state["elapsed"]}
+                    if config.track_test:
+                        test = evaluate(*fit.model.tables(), ds.test, [ds.train, ds.valid])
+                        row.update({f"test_{name}": value for name, value in test.items()})
+                metrics = row = group.broadcast(row)
                 state["history"].append(row)
                 if state["best"] is None or metrics[SELECT_BY] > state["best"][SELECT_BY]:
                     state["best"] = row
@@ -407,7 +497,8 @@ def _select(config: TrainConfig, ds: data_module.Dataset, fit: _Fit, state: dict
                 log(f"validation metrics, epoch {epoch}:\n" + _metrics_table(
                     {k: v for k, v in row.items() if k != "elapsed_s"}))
                 save()
-                _write_history(out, state["history"])
+                if group.writer:
+                    _write_history(out, state["history"])
 
 
 def _comparable(config: TrainConfig) -> dict:
