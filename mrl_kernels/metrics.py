@@ -29,11 +29,15 @@ def evaluate(
     exclude: Iterable[CSR] = (),
     ks: Sequence[int] = KS,
     batch_size: int = 1024,
+    memory: int = 1 << 30,
 ) -> dict[str, float]:
-    """``{"recall@K": .., "ndcg@K": ..}`` for every K in ``ks``."""
+    """``{"recall@K": .., "ndcg@K": ..}`` for every K in ``ks``. Users are scored
+    in batches of at most ``batch_size``, fewer where their ``(batch, N)`` scores
+    and masks would take more than ``memory`` bytes (so 10^6 or 10^7 items fit)."""
     exclude = list(exclude)
     users = torch.nonzero(heldout.row_lengths() > 0).flatten()
     device = user_weight.device
+    batch_size = max(1, min(batch_size, memory // (item_weight.shape[0] * 8)))  # float32 scores + 3 masks
     top = min(max(ks), item_weight.shape[0])
     discount = 1.0 / torch.log2(torch.arange(top, dtype=torch.float64) + 2.0)
     ideal = torch.cumsum(discount, 0)  # ideal[n - 1]: IDCG with n hits

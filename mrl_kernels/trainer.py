@@ -31,6 +31,7 @@ from typing import Callable
 import filelock
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import data as data_module
@@ -311,29 +312,31 @@ class _Fit:
         if self.sampler is not self.generator and self.group.rank == 0:
             self.sampler.set_state(saved["sampler"].cpu())
 
-    def epoch(self) -> float:
-        """One pass over the shuffled interactions; the mean training loss. Stops
-        after the current step when a stop was requested (:func:`request_stop`)."""
+    def step(self, rows: Tensor) -> float:
+        """One optimizer step on the interactions ``rows``; their mean loss."""
         config, objective = self.config, OBJECTIVES[self.config.method]
         dims = list(config.dims)
         per_row = objective.candidate_shape(len(dims), config.candidates, config.layout)
-        n_items = self.interactions.n_cols
+        users, pos = self.users[rows], self.items[rows]
+        cand = sample_candidates(users, math.prod(per_row), self.interactions.n_cols, self.interactions, self.sampler)
+        loss = objective(self.step_model(users, pos), cand.view(len(rows), *per_row), dims, config.l2, config.backend)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def epoch(self) -> float:
+        """One pass over the shuffled interactions; the mean training loss. Stops
+        after the current step when a stop was requested (:func:`request_stop`)."""
         order = torch.randperm(len(self.users), generator=self.generator, device=self.users.device)
         rank, world = self.group.rank, self.group.world
         total, count = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start:start + config.batch_size]
+        for start in range(0, len(order), self.config.batch_size):
+            rows = order[start:start + self.config.batch_size]
             if len(rows) < world:  # a last batch too small for every rank to get a row
                 break
             rows = rows[rank::world]  # this rank's shard (all of it in one process)
-            users, pos = self.users[rows], self.items[rows]
-            cand = sample_candidates(users, math.prod(per_row), n_items, self.interactions, self.sampler)
-            batch = self.step_model(users, pos)
-            loss = objective(batch, cand.view(len(rows), *per_row), dims, config.l2, config.backend)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total, count = total + float(loss.detach()) * len(rows), count + len(rows)
+            total, count = total + self.step(rows) * len(rows), count + len(rows)
             if _STOP.is_set():
                 raise KeyboardInterrupt
         if world > 1:
