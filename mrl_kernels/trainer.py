@@ -266,6 +266,16 @@ class _Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value) -> list:
+        """Every rank's ``value``, in rank order (on every rank)."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """What the steps call: the model, or ``DistributedDataParallel`` over it."""
         if self.world == 1:
@@ -301,16 +311,20 @@ class _Fit:
         self.users, self.items = (torch.from_numpy(a).to(device) for a in interactions.pairs())
 
     def state(self) -> dict:
-        """What a checkpoint keeps (rank 0's sampling generator for the candidate draws)."""
+        """What a checkpoint keeps, every rank's candidate generator included (a
+        collective call: every rank makes it)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "sampler": self.sampler.get_state()}
+                "generator": self.generator.get_state(), "samplers": self.group.gather(self.sampler.get_state())}
 
     def load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"].cpu())
-        if self.sampler is not self.generator and self.group.rank == 0:
-            self.sampler.set_state(saved["sampler"].cpu())
+        if self.sampler is not self.generator:
+            if len(saved["samplers"]) != self.group.world:
+                raise ValueError(f"the checkpoint was written by {len(saved['samplers'])} processes, not "
+                                 f"{self.group.world}; resume with as many")
+            self.sampler.set_state(saved["samplers"][self.group.rank].cpu())
 
     def step(self, rows: Tensor) -> float:
         """One optimizer step on the interactions ``rows``; their mean loss."""
@@ -383,8 +397,9 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
                              "or choose another --out")
 
     def save():
+        snapshot = fit.state()  # on every rank: it gathers the ranks' generators
         if group.writer:
-            _write_checkpoint(checkpoint, {"config": _comparable(config), "data": fingerprint, **fit.state(),
+            _write_checkpoint(checkpoint, {"config": _comparable(config), "data": fingerprint, **snapshot,
                                            "state": state})
 
     resumed_at = state["elapsed"]

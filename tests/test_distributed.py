@@ -21,3 +21,20 @@ def test_two_processes_learn_and_write_their_outputs_once(tmp_path):
     # it learns: well above the chance level of a random top-20 of 150 items
     assert result["test"]["recall@20"] > 2 * 20 / 150
     assert history["recall@20"].iloc[-1] > history["recall@20"].iloc[0]
+
+
+def test_two_processes_resume_exactly(tmp_path):
+    common = ["--users", "400", "--items", "150", "--interactions", "12000", "--dims", "4,8,16", "--eval-every", "2",
+              "--lr", "0.01", "--batch-size", "512", "--no-progress", "--no-refit"]
+
+    def torchrun(port, *argv):
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                              "--master-port", str(port), "-m", "mrl_kernels", *common, *argv],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    torchrun(29521, "--epochs", "6", "--out", str(tmp_path / "a"))
+    torchrun(29522, "--epochs", "4", "--out", str(tmp_path / "b"))
+    torchrun(29523, "--epochs", "6", "--out", str(tmp_path / "b"), "--resume")
+    straight, resumed = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in "ab")
+    assert resumed["test"] == straight["test"] and resumed["prefix"] == straight["prefix"]
