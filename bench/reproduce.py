@@ -179,6 +179,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--methods", default=",".join(OBJECTIVES))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--protocols", default="refit,authors",
+                        help="refit: every configuration; authors: MF MRL-M's authors'-protocol runs")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     root = Path(args.runs)
@@ -187,10 +189,12 @@ def main(argv=None) -> int:
         jobs = []
         for seed in map(int, args.seeds.split(",")):
             for dataset in args.datasets.split(","):
-                if "mf" in args.models.split(",") and "mrl-m" in args.methods.split(","):
+                protocols = args.protocols.split(",")
+                if "authors" in protocols and "mf" in args.models.split(",") and "mrl-m" in args.methods.split(","):
                     jobs.append((dataset, "mf", "mrl-m", seed, "authors", args.data_dir, str(root)))
-                jobs += [(dataset, model, method, seed, "refit", args.data_dir, str(root))
-                         for model in args.models.split(",") for method in args.methods.split(",")]
+                if "refit" in protocols:
+                    jobs += [(dataset, model, method, seed, "refit", args.data_dir, str(root))
+                             for model in args.models.split(",") for method in args.methods.split(",")]
         with ProcessPoolExecutor(args.workers) as pool:
             for line in pool.map(run_one, jobs):
                 print(line, flush=True)
