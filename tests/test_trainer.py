@@ -274,6 +274,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, words):
     assert err.startswith("mrl-train: error:") and words in err and "\n" not in err
 
 
+def test_one_progress_bar_labelled_evaluations_and_why_it_stopped(tmp_path, capsys):
+    assert cli.main(["--epochs", "4", "--eval-every", "2", "--users", "300", "--items", "200", "--dims", "4,8,16",
+                     "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "training:" in captured.err and "4/4" in captured.err and "valid recall@20" in captured.err
+    assert captured.err.count("training:") >= 1 and "epoch 1" not in captured.err  # no bar per epoch
+    assert "validation metrics, epoch 2:" in captured.out and "validation metrics, epoch 4:" in captured.out
+    assert "reached --epochs 4; best epoch" in captured.out and "wall time" in captured.out
+
+
 def test_cli_help_gives_every_option_a_description_and_default():
     for action in cli.parser()._actions:
         if action.dest != "help":
