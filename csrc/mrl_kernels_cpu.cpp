@@ -55,6 +55,15 @@ Tensor rowwise(const Tensor& t) {
 
 constexpr int64_t kGrain = 16;
 
+// How many candidates ahead rows are prefetched, and the prefetch of one row's
+// first n values (one request per 64-byte line).
+constexpr int64_t kPrefetch = 4;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t n) {
+  for (int64_t k = 0; k < n; k += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(row + k);
+}
+
 template <typename T>
 inline void loss_from_scores(const T* neg_score, const T* pos_score, const float* w, int64_t L, T* loss_out,
                              T* coef_out) {
@@ -121,6 +130,8 @@ void forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weig
         for (int64_t l = 0; l < L; ++l) {
           const int64_t* pool = cand + (b * L + l) * M;
           for (int64_t m = 0; m < M; ++m) {
+            // rows are gathered at random: ask for a later candidate's row while this one is scored
+            if (m + kPrefetch < M) prefetch_row(I[pool[m + kPrefetch]], dims[l]);
             const T s = dot(u, I[pool[m]], dims[l]);
             if (better(s, best[l])) {
               best[l] = s;
@@ -131,6 +142,7 @@ void forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weig
       } else {
         const int64_t* pool = cand + b * M;
         for (int64_t m = 0; m < M; ++m) {
+          if (m + kPrefetch < M) prefetch_row(I[pool[m + kPrefetch]], dims.back());
           prefix_scores(u, I[pool[m]], dims, scores.data());
           for (int64_t l = 0; l < L; ++l) {
             if (better(scores[l], best[l])) {
