@@ -73,9 +73,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refit", action="store_true",
                    help="report the selected model's test metrics instead of refitting: by default a fresh model "
                         "is trained on train + validation for the selected number of epochs and reported")
-    p.add_argument("--sparse", action="store_true",
-                   help="row-sparse training (mf): sparse lookups, MNS + a gathered MRL loss instead of the fused "
-                        "operator, and lazy Adam (torch's SparseAdam), so a step costs the same for any table size")
+    path = p.add_mutually_exclusive_group()
+    path.add_argument("--sparse", dest="sparse", action="store_const", const=True, default=None,
+                      help="row-sparse training (mf): sparse lookups, MNS + a gathered MRL loss instead of the fused "
+                           "operator, and lazy Adam (torch's SparseAdam), so a step costs about the same for any "
+                           "table size; default: on for mf from 100,000 items")
+    path.add_argument("--dense", dest="sparse", action="store_const", const=False,
+                      help="dense tables, the fused operator and fused Adam (default below 100,000 items)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

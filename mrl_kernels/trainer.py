@@ -49,6 +49,7 @@ CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT, "model.pt")  # a folder holding any of these holds a run
 RUNS = Path("runs")  # where runs go without --out
 SELECT_BY = "recall@20"
+SPARSE_FROM = 100_000  # items: the dense path 60 ms a step, the sparse 44 ms (bench/results/scale-*)
 MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a newline, then the payload
 
 
@@ -78,7 +79,9 @@ class TrainConfig:
     progress: bool = True
     track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
     refit: bool = True  # after selection, train afresh on train + validation for the selected epochs
-    sparse: bool = False  # row-sparse lookups and lazy Adam: step cost independent of the table sizes
+    # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
+    # mf from SPARSE_FROM items, where bench/scale.py measured it faster than the dense path
+    sparse: bool | None = None
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -297,9 +300,10 @@ class _Fit:
                  group: _Group | None = None):
         torch.manual_seed(config.seed)
         self.config, self.interactions, self.group = config, interactions, group or _Group()
-        self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers, config.sparse).to(device)
+        self.sparse = _sparse(config, interactions.n_cols)
+        self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers, self.sparse).to(device)
         self.step_model = self.group.wrap(self.model)
-        if config.sparse:  # lazy Adam: moments and weights of the rows in the batch only
+        if self.sparse:  # lazy Adam: moments and weights of the rows in the batch only
             self.optimizer = torch.optim.SparseAdam(list(self.model.parameters()), lr=config.lr)
         else:  # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
@@ -434,7 +438,7 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
     if not group.writer:
         return group.broadcast(None)
     best = state["best"]
-    selected = BACKBONES[config.model](ds.train, dims[-1], config.layers, config.sparse).to(device)
+    selected = BACKBONES[config.model](ds.train, dims[-1], config.layers, fit.sparse).to(device)
     selected.load_state_dict(state["best_state"])
     held_out = [ds.train, ds.valid]
     model = fit.model if config.refit else selected
@@ -449,7 +453,8 @@ def _train(config: TrainConfig, ds: data_module.Dataset, device: torch.device, o
         "dataset": ds.name,
         "model": config.model,
         "method": config.method,
-        "config": {**asdict(config), "dims": dims, "out": str(out), "threads": torch.get_num_threads()},
+        "config": {**asdict(config), "dims": dims, "out": str(out), "threads": torch.get_num_threads(),
+                   "sparse": fit.sparse},
         "versions": {"mrl_kernels": importlib.metadata.version("mrl_kernels"), "torch": torch.__version__,
                      "python": platform.python_version()},
         "test": prefix[str(dims[-1])],  # the full width
@@ -517,6 +522,11 @@ def _select(config: TrainConfig, ds: data_module.Dataset, fit: _Fit, state: dict
                 save()
                 if group.writer:
                     _write_history(out, state["history"])
+
+
+def _sparse(config: TrainConfig, n_items: int) -> bool:
+    """Whether to train row-sparse: as set, else mf from SPARSE_FROM items."""
+    return config.sparse if config.sparse is not None else config.model == "mf" and n_items >= SPARSE_FROM
 
 
 def _comparable(config: TrainConfig) -> dict:

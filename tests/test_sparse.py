@@ -46,3 +46,16 @@ def test_sparse_lightgcn_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sparse training needs the mf backbone"):
         train(TrainConfig(model="lightgcn", sparse=True, dims=(4, 8), epochs=1, progress=False, out=str(tmp_path)),
               log=lambda _: None, dataset=ds)
+
+
+def test_mf_trains_sparse_by_default_from_the_documented_table_size(tmp_path, monkeypatch):
+    from mrl_kernels import trainer
+
+    ds = data.synthetic(seed=0, n_users=200, n_items=150)
+    config = dict(dims=(4, 8), epochs=1, eval_every=1, batch_size=256, progress=False)
+    monkeypatch.setattr(trainer, "SPARSE_FROM", 150)
+    assert train(TrainConfig(out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=ds)["config"]["sparse"]
+    assert not train(TrainConfig(model="lightgcn", out=str(tmp_path / "b"), **config), log=lambda _: None,
+                     dataset=ds)["config"]["sparse"]
+    monkeypatch.setattr(trainer, "SPARSE_FROM", 151)
+    assert not train(TrainConfig(out=str(tmp_path / "c"), **config), log=lambda _: None, dataset=ds)["config"]["sparse"]
