@@ -49,7 +49,7 @@ CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT, "model.pt")  # a folder holding any of these holds a run
 RUNS = Path("runs")  # where runs go without --out
 SELECT_BY = "recall@20"
-SPARSE_FROM = 100_000  # items: the dense path 60 ms a step, the sparse 44 ms (bench/results/scale-*)
+SPARSE_FROM = 100_000  # items: there the dense path took 60 ms a step, the sparse 37 ms (bench/results/scale-*)
 MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a newline, then the payload
 
 
