@@ -14,7 +14,7 @@ import pandas as pd
 
 from ._io import atomic_write
 from .backbones import BACKBONES
-from .data import DataError
+from .data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 from .objectives import OBJECTIVES
 from .registry import names as backend_names
 from .sampling import LAYOUTS
@@ -38,10 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="where named datasets live (missing ones are downloaded there); default $MRL_DATA, else "
                         "~/.cache/mrl_kernels")
-    p.add_argument("--users", type=int, default=3000, help="synthetic data: users")
-    p.add_argument("--items", type=int, default=2000, help="synthetic data: items")
+    p.add_argument("--users", type=int, default=None, help=f"synthetic data: users (default {SYNTHETIC_USERS})")
+    p.add_argument("--items", type=int, default=None, help=f"synthetic data: items (default {SYNTHETIC_ITEMS})")
     p.add_argument("--interactions", type=int, default=None,
-                   help="synthetic data: interactions (default 25 a user); with the planted category tree")
+                   help=f"synthetic data: interactions (default {SYNTHETIC_PER_USER} a user), with the planted "
+                        "category tree")
     p.add_argument("--model", default=d.model, choices=tuple(BACKBONES),
                    help="the backbone: mf (matrix factorisation) or lightgcn")
     p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr, l2=args.l2, seed=args.seed, eval_every=args.eval_every, patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, refit=not args.no_refit, sparse=args.sparse,
-        synthetic_size=(args.users, args.items, args.interactions or 25 * args.users)
-        if (args.users, args.items, args.interactions) != (3000, 2000, None) else None,
+        synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)
+        else (args.users, args.items, args.interactions),
     )
     # Ctrl-C and SIGTERM stop training after the current step (a second one at once)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

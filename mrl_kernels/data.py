@@ -251,12 +251,15 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
 
 
 # ---------------------------------------------------------------- synthetic
+SYNTHETIC_USERS, SYNTHETIC_ITEMS, SYNTHETIC_PER_USER = 3000, 2000, 25  # the built-in data's size
+
+
 def synthetic(
     seed: int = 0,
-    n_users: int = 3000,
-    n_items: int = 2000,
+    n_users: int = SYNTHETIC_USERS,
+    n_items: int = SYNTHETIC_ITEMS,
     branching: tuple[int, ...] = (4, 4, 4),
-    mean_interactions: float = 25.0,
+    mean_interactions: float = SYNTHETIC_PER_USER,
     level_probs: tuple[float, ...] = (0.2, 0.3, 0.4),
     valid_fraction: float = 0.1,
     test_fraction: float = 0.2,
@@ -349,12 +352,15 @@ def load(name_or_path: str, data_dir=None, seed: int = 0, valid_fraction: float 
     """A dataset by name (``synthetic``, or one of the paper's: ``phone``, ``tool``,
     ``sport``, ``ml100k``, downloaded when missing) or by path (a folder in the
     authors' format, or a ``.csv`` / ``.parquet`` table of ``user,item``).
-    ``synthetic_size``: ``(users, items, interactions)`` of the synthetic data
-    (default 3000 users, 2000 items, about 25 interactions a user)."""
+    ``synthetic_size``: ``(users, items, interactions)`` of the synthetic data,
+    each None for its default (``SYNTHETIC_USERS`` users, ``SYNTHETIC_ITEMS``
+    items, ``SYNTHETIC_PER_USER`` interactions a user)."""
     if name_or_path == "synthetic":
         if synthetic_size is None:
             return synthetic(seed=seed, valid_fraction=valid_fraction)
         users, items, interactions = synthetic_size
+        users, items = users or SYNTHETIC_USERS, items or SYNTHETIC_ITEMS
+        interactions = interactions or SYNTHETIC_PER_USER * users
         if min(users, items, interactions) < 1:
             raise DataError(f"synthetic sizes must be positive, got users {users}, items {items}, "
                             f"interactions {interactions}")

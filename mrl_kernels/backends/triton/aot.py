@@ -101,7 +101,7 @@ def compile_one(job: tuple) -> dict:
     fixed = {n: (f, c) for n, f, c in FIXED}
     if name in fixed:
         fn, constexprs = fixed[name]
-        width = cfg["BLOCK_D"] = constexprs["BLOCK_N"]
+        width = constexprs["BLOCK_N"]
     else:
         fn, flags = next((f, fl) for n, f, fl in VARIANTS if n == name)
         width = cfg["BLOCK_D"]
