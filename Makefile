@@ -25,7 +25,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --no-build-isolation -e ".[test,plot]"
 	touch $@
 
-# MRL-M on the built-in synthetic data (under a minute on 2 cores): runs/latest/
+# MRL-M on the built-in synthetic data (a minute or two on 2 cores, selection and refit): runs/latest/
 run: $(VENV)/.installed
 	$(BIN)/mrl-train
 

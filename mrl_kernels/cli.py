@@ -1,6 +1,6 @@
 """``mrl-train``: train one of the paper's methods and write its metrics.
 
-Bare ``mrl-train`` trains MRL-M on the built-in synthetic data (under a minute on
+Bare ``mrl-train`` trains MRL-M on the built-in synthetic data (a minute or two on
 2 cores) and writes runs/<time>-synthetic-mrl-m/ (runs/latest points at it):
 metrics.json, history.csv, curves.png and checkpoint.pt.
 """
