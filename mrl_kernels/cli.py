@@ -78,9 +78,9 @@ def parser() -> argparse.ArgumentParser:
     path.add_argument("--sparse", dest="sparse", action="store_const", const=True, default=None,
                       help="row-sparse training (mf): sparse lookups, MNS + a gathered MRL loss instead of the fused "
                            "operator, and lazy Adam (torch's SparseAdam), so a step costs about the same for any "
-                           "table size; default: on for mf from 100,000 items")
+                           "table size; default: on for mf from 1,000,000 items")
     path.add_argument("--dense", dest="sparse", action="store_const", const=False,
-                      help="dense tables, the fused operator and fused Adam (default below 100,000 items)")
+                      help="dense tables, the fused operator and fused Adam (default below 1,000,000 items)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -49,7 +49,10 @@ CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT, "model.pt")  # a folder holding any of these holds a run
 RUNS = Path("runs")  # where runs go without --out
 SELECT_BY = "recall@20"
-SPARSE_FROM = 100_000  # items: there the dense path took 60 ms a step, the sparse 37 ms (bench/results/scale-*)
+# items from which mf trains row-sparse by default: there a dense step took 533 ms and a
+# sparse one 65 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
+# quality (phone: -6% test Recall@20) for a smaller gain (10^5 items: 60 -> 37 ms)
+SPARSE_FROM = 1_000_000
 MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a newline, then the payload
 
 
@@ -80,7 +83,7 @@ class TrainConfig:
     track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
     refit: bool = True  # after selection, train afresh on train + validation for the selected epochs
     # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
-    # mf from SPARSE_FROM items, where bench/scale.py measured it faster than the dense path
+    # mf from SPARSE_FROM items
     sparse: bool | None = None
 
     def check(self) -> None:
