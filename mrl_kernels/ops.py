@@ -127,8 +127,9 @@ def _check_pos(pos, user: Tensor) -> None:
         raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
 
 
-def _backend(name: str, user: Tensor) -> Operators:
-    return registry.resolve(name, user.device, user.shape[1], user.dtype)
+def _backend(name: str, rows: Tensor) -> Operators:
+    """The operators for ``rows``' device, width and dtype (``rows``: user or query vectors)."""
+    return registry.resolve(name, rows.device, rows.shape[1], rows.dtype)
 
 
 def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[int]]:
@@ -242,7 +243,8 @@ def mns_bpr_loss(
     return _reduce(loss, reduction), negatives
 
 
-def _positive(name: str, value) -> int:
+def check_positive(name: str, value) -> int:
+    """``value`` as an int, which must be a positive integer (numpy integers too)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
@@ -307,8 +309,7 @@ def prefix_topk(
     _check_float("item_weight", item_weight, 2, like=("query", query))
     if item_weight.shape[1] != dim:
         raise ValueError(f"item_weight has width {item_weight.shape[1]} but query has width {dim}")
-    k, shortlist = _positive("k", k), _positive("shortlist", shortlist)
-    width = _positive("width", width)
+    k, shortlist, width = check_positive("k", k), check_positive("shortlist", shortlist), check_positive("width", width)
     if width > dim:
         raise ValueError(f"width must be at most the embedding width {dim}, got {width}")
     if shortlist < k:
@@ -323,5 +324,4 @@ def prefix_topk(
             raise ValueError(f"narrow must have shape ({item_weight.shape[0]}, {width}) (N, width), "
                              f"got {tuple(narrow.shape)}")
     offsets, ids = exclusion(exclude, batch, item_weight.shape[0], query.device)
-    ops = registry.resolve(backend, query.device, dim, query.dtype)
-    return ops["prefix_topk"](query, narrow, item_weight, k, shortlist, offsets, ids)
+    return _backend(backend, query)["prefix_topk"](query, narrow, item_weight, k, shortlist, offsets, ids)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .data import CSR
-from .ops import mns_sample
+from .ops import check_positive, mns_sample
 
 __all__ = ["Membership", "sample_candidates", "Selector", "UNIFORM", "DNS", "MNS", "LAYOUTS"]
 
@@ -92,7 +91,7 @@ def sample_candidates(
         raise ValueError("users must be a 1-D tensor of integer user ids")
     if users.numel() == 0:
         raise ValueError("users must hold at least one user id (an empty batch has nothing to sample)")
-    num, n_items = _positive_int("num", num), _positive_int("n_items", n_items)
+    num, n_items = check_positive("num", num), check_positive("n_items", n_items)
     users = users.long()
 
     def draw(shape):
@@ -123,12 +122,6 @@ def sample_candidates(
         still = seen.contains(rows[rejected], redraw)
         rejected[rejected.clone()] = still
     return out
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _items_left(exclude: CSR, user: int, n_items: int) -> Tensor:
