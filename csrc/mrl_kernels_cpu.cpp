@@ -1,4 +1,5 @@
-// Fused CPU kernels for Matryoshka negative sampling (MNS) and the MRL loss.
+// Fused CPU kernels for Matryoshka negative sampling (MNS), the MRL loss and the
+// Matryoshka sampled softmax.
 //
 // The operators mrl_kernels::*_cpp mirror the reference in
 // mrl_kernels/reference.py (their contract: mrl_kernels/spec.py):
@@ -312,6 +313,214 @@ std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss_backward(const Tensor& grad, con
   return backward(grad, user, pos, item_weight, negatives, Tensor(), coef, dims);
 }
 
+// ----------------------------------------------------------- mrl_softmax_loss
+// Matryoshka sampled softmax. Each candidate row is read once: its prefix
+// scores are accumulated segment by segment, and every level it serves keeps an
+// online log-sum-exp (running maximum, and the sum of exp(score - maximum))
+// started from the positive's score. Ids < 0 are padding. The backward
+// recomputes the scores, turns them into softmax weights with the saved lse, and
+// writes per candidate the coefficient of each column segment; a second pass
+// adds the candidates' gradients into the item gradient with each thread owning
+// a range of item ids (no races, batch order whatever the thread count).
+
+// The pools of a (B, M) or (B, L, M) candidate tensor and the levels they serve.
+struct Pools {
+  const int64_t* ids;
+  int64_t P, M;  // pools per row (1 shared, or L), candidates per pool
+  int64_t first(int64_t q) const { return P == 1 ? 0 : q; }  // the levels pool q serves: [first, last]
+  int64_t last(int64_t q, int64_t L) const { return P == 1 ? L - 1 : q; }
+  const int64_t* of(int64_t b, int64_t q) const { return ids + (b * P + q) * M; }
+};
+
+Pools pools_of(const Tensor& candidates, int64_t L) {
+  return {candidates.data_ptr<int64_t>(), candidates.dim() == 3 ? L : 1, candidates.size(-1)};
+}
+
+// Scores of one candidate row at levels [first, last] into out[first..last]
+// (a per-level pool row is read up to its level's width only).
+template <typename T>
+inline void served_scores(const T* u, const T* row, const std::vector<int64_t>& dims, int64_t first, int64_t last,
+                          T* out) {
+  if (first == last) {
+    out[first] = dot(u, row, dims[first]);
+    return;
+  }
+  T running = 0;
+  int64_t start = 0;
+  for (int64_t l = 0; l <= last; ++l) {
+    running += dot(u + start, row + start, dims[l] - start);
+    start = dims[l];
+    out[l] = running;
+  }
+}
+
+template <typename T>
+void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weight, const Tensor& candidates,
+                          const std::vector<int64_t>& dims, const Tensor& weights, double temperature, Tensor& loss,
+                          Tensor& lse) {
+  const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
+  const Rows<T> U = rows_of<T>(user), P = rows_of<T>(pos), I = rows_of<T>(item_weight);
+  const Pools pools = pools_of(candidates, L);
+  const float* w = weights.data_ptr<float>();
+  const T inv_t = static_cast<T>(1.0 / temperature);
+  T* loss_out = loss.data_ptr<T>();
+  T* lse_out = lse.data_ptr<T>();
+  at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> top(L), total(L), pos_scores(L), scores(L);
+    for (int64_t b = begin; b < end; ++b) {
+      const T* u = U[b];
+      prefix_scores(u, P[b], dims, pos_scores.data());
+      for (int64_t l = 0; l < L; ++l) {
+        top[l] = pos_scores[l] * inv_t;
+        total[l] = 1;
+      }
+      for (int64_t q = 0; q < pools.P; ++q) {
+        const int64_t first = pools.first(q), last = pools.last(q, L);
+        const int64_t* ids = pools.of(b, q);
+        for (int64_t m = 0; m < pools.M; ++m) {
+          if (m + kPrefetch < pools.M && ids[m + kPrefetch] >= 0) prefetch_row(I[ids[m + kPrefetch]], dims[last]);
+          if (ids[m] < 0) continue;
+          served_scores(u, I[ids[m]], dims, first, last, scores.data());
+          for (int64_t l = first; l <= last; ++l) {
+            const T x = scores[l] * inv_t;
+            if (x > top[l]) {
+              total[l] = total[l] * std::exp(top[l] - x) + 1;
+              top[l] = x;
+            } else {
+              total[l] += std::exp(x - top[l]);  // NaN propagates
+            }
+          }
+        }
+      }
+      T row_loss = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        lse_out[b * L + l] = top[l] + std::log(total[l]);
+        row_loss += static_cast<T>(w[l]) * (lse_out[b * L + l] - pos_scores[l] * inv_t);
+      }
+      loss_out[b] = row_loss;
+    }
+  });
+}
+
+// segment[k] = sum of coef[l] over the levels l >= k in [first, last]: the
+// coefficient of the columns [d_{k-1}, d_k), for k <= last.
+template <typename T>
+inline void segment_coefs(const T* coef, int64_t first, int64_t last, T* segment) {
+  T running = 0;
+  for (int64_t k = last; k >= 0; --k) {
+    if (k >= first) running += coef[k];
+    segment[k] = running;
+  }
+}
+
+// out[c] += segment[k] * x[c] over the columns [0, d_last).
+template <typename T>
+inline void add_by_segment(T* out, const T* segment, const T* x, const std::vector<int64_t>& dims, int64_t last) {
+  int64_t start = 0;
+  for (int64_t k = 0; k <= last; ++k) {
+    const T g = segment[k];
+#pragma omp simd
+    for (int64_t c = start; c < dims[k]; ++c) out[c] += g * x[c];
+    start = dims[k];
+  }
+}
+
+template <typename T>
+void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor& pos, const Tensor& item_weight,
+                           const Tensor& candidates, const Tensor& lse, const std::vector<int64_t>& dims,
+                           const Tensor& weights, double temperature, Tensor& grad_user, Tensor& grad_pos,
+                           Tensor& grad_items) {
+  const int64_t B = user.size(0), D = user.size(1), L = static_cast<int64_t>(dims.size());
+  const Rows<T> U = rows_of<T>(user), P = rows_of<T>(pos), I = rows_of<T>(item_weight);
+  const Pools pools = pools_of(candidates, L);
+  const float* w = weights.data_ptr<float>();
+  const T inv_t = static_cast<T>(1.0 / temperature);
+  const T* g_data = grad.data_ptr<T>();
+  const T* lse_data = lse.data_ptr<T>();
+  T* gu = grad_user.data_ptr<T>();
+  T* gp = grad_pos.data_ptr<T>();
+  // per (row, pool, candidate): the coefficients of its column segments
+  std::vector<T> segments(static_cast<size_t>(B * pools.P * pools.M * L));
+  at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> scores(L), coef(L), pos_segment(L);
+    for (int64_t b = begin; b < end; ++b) {
+      const T* u = U[b];
+      const T* p = P[b];
+      const T* row_lse = lse_data + b * L;
+      T* gu_b = gu + b * D;
+      T* gp_b = gp + b * D;
+      std::fill(gu_b, gu_b + D, T(0));
+      std::fill(gp_b, gp_b + D, T(0));
+      prefix_scores(u, p, dims, scores.data());
+      for (int64_t l = 0; l < L; ++l)
+        coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t * (std::exp(scores[l] * inv_t - row_lse[l]) - 1);
+      segment_coefs(coef.data(), 0, L - 1, pos_segment.data());
+      add_by_segment(gu_b, pos_segment.data(), p, dims, L - 1);
+      add_by_segment(gp_b, pos_segment.data(), u, dims, L - 1);
+      for (int64_t q = 0; q < pools.P; ++q) {
+        const int64_t first = pools.first(q), last = pools.last(q, L);
+        const int64_t* ids = pools.of(b, q);
+        for (int64_t m = 0; m < pools.M; ++m) {
+          T* segment = segments.data() + ((b * pools.P + q) * pools.M + m) * L;
+          if (ids[m] < 0) continue;
+          const T* row = I[ids[m]];
+          served_scores(u, row, dims, first, last, scores.data());
+          for (int64_t l = first; l <= last; ++l)
+            coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t * std::exp(scores[l] * inv_t - row_lse[l]);
+          segment_coefs(coef.data(), first, last, segment);
+          add_by_segment(gu_b, segment, row, dims, last);
+        }
+      }
+    }
+  });
+  T* gi = grad_items.data_ptr<T>();
+  const int64_t N = item_weight.size(0);
+  at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t q = 0; q < pools.P; ++q) {
+        const int64_t* ids = pools.of(b, q);
+        for (int64_t m = 0; m < pools.M; ++m) {
+          const int64_t id = ids[m];
+          if (id < lo || id >= hi) continue;  // padding (id < 0) included
+          const T* segment = segments.data() + ((b * pools.P + q) * pools.M + m) * L;
+          add_by_segment(gi + id * D, segment, U[b], dims, pools.last(q, L));
+        }
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> mrl_softmax_loss(const Tensor& user, const Tensor& pos, const Tensor& item_weight,
+                                            const Tensor& candidates, at::IntArrayRef dims, const Tensor& weights,
+                                            double temperature) {
+  check_cpu_float(user, "user");
+  const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
+  const Tensor u = user.contiguous(), p = pos.contiguous(), table = rowwise(item_weight);
+  const Tensor cand = candidates.to(at::kLong).contiguous(), w = weights.to(at::kFloat).contiguous();
+  Tensor loss = at::empty({B}, user.options()), lse = at::empty({B, L}, user.options());
+  AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_softmax_loss_cpu", [&] {
+    softmax_forward_impl<scalar_t>(u, p, table, cand, as_vector(dims), w, temperature, loss, lse);
+  });
+  return {loss, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> mrl_softmax_loss_backward(const Tensor& grad, const Tensor& user, const Tensor& pos,
+                                                             const Tensor& item_weight, const Tensor& candidates,
+                                                             const Tensor& lse, at::IntArrayRef dims,
+                                                             const Tensor& weights, double temperature) {
+  check_cpu_float(user, "user");
+  const Tensor u = user.contiguous(), p = pos.contiguous(), table = rowwise(item_weight);
+  const Tensor cand = candidates.to(at::kLong).contiguous(), w = weights.to(at::kFloat).contiguous();
+  const Tensor g = grad.to(user.scalar_type()).contiguous(), saved = lse.to(user.scalar_type()).contiguous();
+  Tensor grad_user = at::empty(user.sizes(), user.options()), grad_pos = at::empty(pos.sizes(), pos.options());
+  Tensor grad_items = at::zeros(item_weight.sizes(), item_weight.options());
+  AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_softmax_loss_backward_cpu", [&] {
+    softmax_backward_impl<scalar_t>(g, u, p, table, cand, saved, as_vector(dims), w, temperature, grad_user, grad_pos,
+                                    grad_items);
+  });
+  return {grad_user, grad_pos, grad_items};
+}
+
 
 // ---------------------------------------------------------------- prefix_topk
 // Adaptive retrieval without a (B, N) score matrix. Blocks of queries run in
@@ -438,6 +647,13 @@ TORCH_LIBRARY_FRAGMENT(mrl_kernels, m) {
   m.def(
       "prefix_topk_cpp(Tensor query, Tensor narrow, Tensor item_weight, int k, int shortlist, "
       "Tensor exclude_offsets, Tensor exclude_ids) -> (Tensor scores, Tensor ids)");
+  m.def(
+      "mrl_softmax_loss_cpp(Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, int[] dims, "
+      "Tensor weights, float temperature) -> (Tensor loss, Tensor lse)");
+  m.def(
+      "mrl_softmax_loss_backward_cpp(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, "
+      "Tensor lse, int[] dims, Tensor weights, float temperature) "
+      "-> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)");
 }
 
 TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m) {
@@ -447,4 +663,6 @@ TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m) {
   m.impl("mns_bpr_loss_cpp", &mns_bpr_loss);
   m.impl("mns_bpr_loss_backward_cpp", &mns_bpr_loss_backward);
   m.impl("prefix_topk_cpp", &prefix_topk);
+  m.impl("mrl_softmax_loss_cpp", &mrl_softmax_loss);
+  m.impl("mrl_softmax_loss_backward_cpp", &mrl_softmax_loss_backward);
 }

@@ -6,14 +6,15 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 - :func:`mns_sample`: per-level dynamic negative sampling over nested prefixes.
 - :func:`mrl_bpr_loss`: the MRL (per-level BPR) loss for given negatives.
 - :func:`mns_bpr_loss`: both fused: the loss and the chosen negatives.
+- :func:`mrl_softmax_loss`: a sampled softmax at every nested width, fused.
 - :func:`prefix_topk`: top-k retrieval through a narrow-prefix shortlist.
 - :func:`sample_candidates`: uniform candidate ids with exclusion.
 """
-from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss, prefix_topk
+from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss, mrl_softmax_loss, prefix_topk
 from .registry import available_backends
 from .sampling import sample_candidates
 from .serving import MatryoshkaIndex, load_run
 
 __version__ = "0.1.0"
-__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "prefix_topk", "sample_candidates", "available_backends",
+__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss", "prefix_topk", "sample_candidates", "available_backends",
            "MatryoshkaIndex", "load_run"]

@@ -8,7 +8,7 @@ the reference where those cannot run).
 """
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +18,7 @@ from torch import Tensor
 from . import registry
 from .library import Operators
 
-__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "prefix_topk"]
+__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss", "prefix_topk"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
@@ -54,19 +54,20 @@ def _can_read_values(t: Tensor) -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
-def check_ids(name: str, ids, n: int, device: torch.device) -> Tensor:
-    """Integer ids on ``device``, inside ``[0, n)``, as int64. The range check
-    reads the ids back (one synchronisation); it is skipped while compiling or
-    capturing a CUDA graph."""
+def check_ids(name: str, ids, n: int, device: torch.device, padding: bool = False) -> Tensor:
+    """Integer ids on ``device``, inside ``[0, n)`` (below ``n`` if ``padding``:
+    negative ids then mark padding), as int64. The range check reads the ids back
+    (one synchronisation); it is skipped while compiling or capturing a CUDA graph."""
     if not isinstance(ids, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
     if ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but the embeddings are on {device}")
-    if ids.numel() and _can_read_values(ids) and bool(((ids < 0) | (ids >= n)).any()):
-        raise ValueError(f"{name} must lie in [0, {n}) (the rows of item_weight); got ids in "
-                         f"[{int(ids.min())}, {int(ids.max())}]")
+    if ids.numel() and _can_read_values(ids) and bool((((ids < 0) & (not padding)) | (ids >= n)).any()):
+        expected = f"be < {n} (the rows of item_weight; ids < 0 are padding)" if padding else \
+            f"lie in [0, {n}) (the rows of item_weight)"
+        raise ValueError(f"{name} must {expected}; got ids in [{int(ids.min())}, {int(ids.max())}]")
     return ids.long()
 
 
@@ -132,7 +133,7 @@ def _backend(name: str, rows: Tensor) -> Operators:
     return registry.resolve(name, rows.device, rows.shape[1], rows.dtype)
 
 
-def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[int]]:
+def _check_sampling(user, item_weight, candidates, dims, padding: bool = False) -> tuple[Tensor, list[int]]:
     batch, width = _check_rows("user", user)
     _check_float("item_weight", item_weight, 2, like=("user", user))
     if item_weight.shape[1] != width:
@@ -147,7 +148,7 @@ def _check_sampling(user, item_weight, candidates, dims) -> tuple[Tensor, list[i
                          f"got {candidates.shape[1]}")
     if candidates.shape[-1] == 0:
         raise ValueError("candidates must hold at least one candidate per pool (M >= 1)")
-    return check_ids("candidates", candidates, item_weight.shape[0], user.device), dims
+    return check_ids("candidates", candidates, item_weight.shape[0], user.device, padding), dims
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -241,6 +242,61 @@ def mns_bpr_loss(
     reduction = _check_reduction(reduction)
     loss, negatives, _ = _backend(backend, user)["mns_bpr_loss"](user, pos, item_weight, candidates, dims, w)
     return _reduce(loss, reduction), negatives
+
+
+def mrl_softmax_loss(
+    user: Tensor,
+    pos: Tensor,
+    item_weight: Tensor,
+    candidates: Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    *,
+    pos_ids: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Matryoshka sampled softmax, fused: at every nested width, a softmax over
+    the positive and a pool of candidates, each candidate's row read once.
+
+    Per row ``sum_l weights[l] * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)``
+    with ``s_j = <user[:d_l], e_j[:d_l]>`` and ``t = temperature``: every candidate
+    of the pool counts (where :func:`mns_bpr_loss` keeps the hardest only), at the
+    same memory traffic.
+
+    Args:
+        user, pos: ``(B, D)`` user and positive item vectors.
+        item_weight: ``(N, D)`` item table the candidates index.
+        candidates: ``(B, M)`` item ids (one pool for every level) or ``(B, L, M)``
+            (pool l for level l); ids < 0 are padding and take no part (e.g. to
+            mask a user's own items among in-batch candidates).
+        dims: the nested widths ``d_1 < ... < d_L = D``.
+        weights: L non-negative weights, default ``1/L`` each.
+        temperature: the softmax temperature, a positive float.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B,)``).
+        pos_ids: optional ``(B,)`` ids of the positives: candidates equal to
+            their row's positive are masked (an accidental hit is not a negative).
+
+    Differentiable in ``user``, ``pos`` and ``item_weight`` (non-zero in the
+    candidates' rows only; repeated ids sum).
+    """
+    candidates, dims = _check_sampling(user, item_weight, candidates, dims, padding=True)
+    _check_pos(pos, user)
+    w = check_weights(weights, len(dims), user.device)
+    reduction = _check_reduction(reduction)
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 < temperature < float("inf"):
+        raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
+    if pos_ids is not None:
+        pos_ids = check_ids("pos_ids", pos_ids, item_weight.shape[0], user.device)
+        if pos_ids.shape != (user.shape[0],):
+            raise ValueError(f"pos_ids must have shape ({user.shape[0]},) (one id per row), "
+                             f"got {tuple(pos_ids.shape)}")
+        row_pos = pos_ids.view(-1, *[1] * (candidates.dim() - 1))
+        candidates = candidates.masked_fill(candidates == row_pos, -1)
+    loss, _ = _backend(backend, user)["mrl_softmax_loss"](user, pos, item_weight, candidates, dims, w,
+                                                          float(temperature))
+    return _reduce(loss, reduction)
 
 
 def check_positive(name: str, value) -> int:

@@ -24,6 +24,9 @@ __all__ = [
     "level_margins",
     "mrl_bpr_coef",
     "mrl_bpr_loss_backward",
+    "mrl_softmax_loss",
+    "mrl_softmax_loss_lse",
+    "mrl_softmax_loss_backward",
     "excluded_mask",
     "shortlist_rerank",
     "prefix_topk",
@@ -149,6 +152,89 @@ def mrl_bpr_loss_backward(
         grad_neg[:, level, :d] += gl * u[:, :d]
     return grad_user.to(user.dtype), grad_pos.to(pos.dtype), grad_neg.to(neg.dtype)
 
+
+
+def _softmax_levels(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    item_weight: torch.Tensor,
+    candidates: torch.Tensor,
+    dims: Sequence[int],
+    temperature: float,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per level l: ``(pool, valid, rows, pos score (B,), candidate scores (B, M))``:
+    the pool's ids, which are not padding (id < 0), their ``(B, M, D)`` rows, and
+    the width-d_l scores divided by ``temperature``, ``-inf`` at padding. Differentiable."""
+    out = []
+    for d, pool in zip(dims, _pools(candidates, len(dims))):
+        valid = pool >= 0
+        rows = item_weight[pool.clamp(min=0)]
+        scores = (prefix_scores(user[:, None, :], rows, d) / temperature).masked_fill(~valid, -torch.inf)
+        out.append((pool, valid, rows, prefix_scores(user, pos, d) / temperature, scores))
+    return out
+
+
+def mrl_softmax_loss(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    item_weight: torch.Tensor,
+    candidates: torch.Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Per-row Matryoshka sampled softmax
+    ``sum_l w_l * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)`` with
+    ``s_j = <u[:d_l], e_j[:d_l]>`` and pool l the ``(B, M)`` candidates (shared by
+    every level) or ``candidates[:, l]``; shape ``(B,)`` in ``user``'s dtype. Pool
+    ids < 0 are padding and take no part. Differentiable by autograd."""
+    return mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature)[0]
+
+
+def mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature):
+    """``(loss, lse)``: :func:`mrl_softmax_loss` and ``lse[b, l]``, the log-sum-exp of
+    the positive's and pool l's width-d_l scores over ``temperature`` (``(B, L)``,
+    accumulation dtype), all that the backward needs from the forward."""
+    levels = _softmax_levels(user, pos, item_weight, candidates, dims, temperature)
+    lse = torch.stack([torch.cat([sp[:, None], s], 1).logsumexp(1) for *_, sp, s in levels], dim=1)
+    pos_scores = torch.stack([sp for *_, sp, _ in levels], dim=1)
+    w = torch.as_tensor(weights, dtype=lse.dtype, device=lse.device)
+    return (w * (lse - pos_scores)).sum(1).to(user.dtype), lse
+
+
+def mrl_softmax_loss_backward(
+    grad: torch.Tensor,
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    item_weight: torch.Tensor,
+    candidates: torch.Tensor,
+    lse: torch.Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The explicit gradient of :func:`mrl_softmax_loss` from the saved ``lse``.
+    With ``p_j = exp(s_j / t - lse_l)`` (the softmax over the positive and pool
+    l at width d_l) and ``g_l = grad * w_l / t``:
+
+    - ``d e_j[:d_l]  += g_l * p_j * user[:d_l]`` (pool rows, repeated ids summed)
+    - ``d pos[:d_l]  += g_l * (p_pos - 1) * user[:d_l]``
+    - ``d user[:d_l] += g_l * (sum_j p_j e_j + (p_pos - 1) pos)[:d_l]``
+    """
+    u, p, table = _acc(user), _acc(pos), _acc(item_weight)
+    w = torch.as_tensor(weights, dtype=lse.dtype, device=lse.device)
+    g = grad.to(lse.dtype)[:, None] * w / temperature  # (B, L)
+    grad_user, grad_pos, grad_items = u.new_zeros(u.shape), p.new_zeros(p.shape), table.new_zeros(table.shape)
+    levels = _softmax_levels(u, p, table, candidates, dims, temperature)
+    for level, (d, (pool, valid, rows, pos_score, scores)) in enumerate(zip(dims, levels)):
+        c = g[:, level, None] * torch.exp(scores - lse[:, level, None])  # 0 at padding
+        c_pos = g[:, level] * (torch.exp(pos_score - lse[:, level]) - 1)
+        grad_user[:, :d] += (c[..., None] * rows[..., :d]).sum(1) + c_pos[:, None] * p[:, :d]
+        grad_pos[:, :d] += c_pos[:, None] * u[:, :d]
+        rows_grad = torch.zeros_like(rows)
+        rows_grad[..., :d] = c[..., None] * u[:, None, :d]
+        grad_items.index_add_(0, pool[valid], rows_grad[valid])
+    return grad_user.to(user.dtype), grad_pos.to(pos.dtype), grad_items.to(item_weight.dtype)
 
 
 def excluded_mask(offsets: torch.Tensor, ids: torch.Tensor, n_items: int) -> torch.Tensor:

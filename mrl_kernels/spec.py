@@ -12,10 +12,17 @@ table (:mod:`mrl_kernels.library`); a backend only supplies implementations.
                             -> (d user, d pos, d item_weight)``
 ``prefix_topk``             ``(query, narrow, item_weight, k, shortlist, exclude_offsets,
                             exclude_ids) -> (scores (B, k), ids (B, k))``
+``mrl_softmax_loss``        ``(user, pos, item_weight, candidates, dims, weights, temperature)
+                            -> (loss (B,), lse (B, L))``
+``mrl_softmax_loss_backward`` ``(grad, user, pos, item_weight, candidates, lse, dims, weights,
+                            temperature) -> (d user, d pos, d item_weight)``
 ==========================  ==============================================================
 
-``coef[b, l] = w_l * sigmoid(margin_l)`` is what a loss's forward saves for its
-backward. Every output is contiguous.
+``coef[b, l] = w_l * sigmoid(margin_l)`` is what a BPR loss's forward saves for
+its backward; ``lse[b, l]`` (the log-sum-exp of level l's scores over the
+temperature) is what the softmax loss's forward saves, its backward recomputing
+the candidates' scores. Candidate ids < 0 in ``mrl_softmax_loss`` are padding.
+Every output is contiguous.
 
 A differentiable operator names its backward operator and the inputs that get
 gradients; the backward operator's first argument is the gradient of the first
@@ -83,6 +90,10 @@ def _fake_prefix_topk(query, narrow, item_weight, k, shortlist, exclude_offsets,
             query.new_empty((query.shape[0], k), dtype=torch.int64))
 
 
+def _fake_mrl_softmax_loss(user, pos, item_weight, candidates, dims, weights, temperature):
+    return _fake_mrl_bpr_loss(user, pos, None, dims, weights)
+
+
 def _fake_gradients(grad, *inputs_then_saved):
     """The gradients of the first three tensors after ``grad`` (the differentiable
     inputs of the bpr losses), each shaped like its input."""
@@ -112,4 +123,12 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
            "(Tensor query, Tensor narrow, Tensor item_weight, int k, int shortlist, Tensor exclude_offsets, "
            "Tensor exclude_ids) -> (Tensor scores, Tensor ids)",
            _fake_prefix_topk),
+    OpSpec("mrl_softmax_loss",
+           "(Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, int[] dims, Tensor weights, "
+           "float temperature) -> (Tensor loss, Tensor lse)",
+           _fake_mrl_softmax_loss, backward="mrl_softmax_loss_backward", grads=("user", "pos", "item_weight")),
+    OpSpec("mrl_softmax_loss_backward",
+           "(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, Tensor lse, int[] dims, "
+           "Tensor weights, float temperature) -> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)",
+           _fake_gradients),
 )}

@@ -31,6 +31,8 @@ IMPLEMENTATIONS = {
     "mns_bpr_loss": _mns_bpr_loss,
     "mns_bpr_loss_backward": _mns_bpr_loss_backward,
     "prefix_topk": reference.prefix_topk,
+    "mrl_softmax_loss": reference.mrl_softmax_loss_lse,
+    "mrl_softmax_loss_backward": reference.mrl_softmax_loss_backward,
 }
 
 BACKEND = library.Backend(name="torch", load=lambda: library.define("torch", IMPLEMENTATIONS), fallback=True)

@@ -42,6 +42,8 @@ def _load() -> library.Operators:
         "mns_bpr_loss_backward": lambda grad, user, pos, item_weight, negatives, coef, dims: kernels.backward(
             grad, user, pos, item_weight, negatives, None, coef, dims),
         "prefix_topk": kernels.prefix_topk,
+        "mrl_softmax_loss": kernels.softmax_forward,
+        "mrl_softmax_loss_backward": kernels.softmax_backward,
     }
     if interpreting():
         return library.define("triton", implementations)

@@ -1,4 +1,5 @@
-"""Fused Triton kernels for MNS and the MRL loss, and their launchers.
+"""Fused Triton kernels for MNS, the MRL loss and the Matryoshka sampled
+softmax, and their launchers.
 
 One forward kernel and one backward kernel serve all three operators:
 
@@ -17,6 +18,11 @@ The loss uses the running maxima already in registers:
 writes the user and positive gradients and adds each chosen row's gradient into
 ``item_weight``'s gradient with atomics (repeated ids sum), or writes the
 gradient of ``neg`` directly when ``GATHER=False``.
+
+The sampled softmax (``_softmax_forward_kernel`` / ``_softmax_backward_kernel``)
+reads the candidates the same way and keeps an online log-sum-exp per level in
+place of the running maximum; its backward recomputes the scores from the saved
+``lse``.
 
 Scores accumulate in float32 (float64 for float64 inputs: ``FP64``); offsets are int64;
 every tensor is addressed through its strides, so non-contiguous inputs work.
@@ -172,6 +178,116 @@ def _mrl_backward_kernel(
 
 
 @triton.jit
+def _segment_columns(c2d, cols, lvl, DIMS: tl.constexpr, L: tl.constexpr):
+    """``out[b, k] = sum of c2d[b, l] over the levels l with k < DIMS[l]``: each
+    column's coefficient from per-level ones."""
+    out = tl.where(cols[None, :] < DIMS[0], _column(c2d, lvl, 0)[:, None], 0.0)
+    for level in tl.static_range(1, L):
+        out += tl.where(cols[None, :] < DIMS[level], _column(c2d, lvl, level)[:, None], 0.0)
+    return out
+
+
+@triton.jit
+def _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, level, m, width,
+              stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC: tl.constexpr):
+    """Candidate m of each row's pool ``level`` (0 for a shared pool): its ids,
+    its row's first ``width`` columns (zeros elsewhere and at padding, id < 0),
+    and the mask of the columns read."""
+    ids = tl.load(cand_ptr + rows * stride_cb + level * stride_cl + m * stride_cm, mask=row_ok, other=-1).to(tl.int64)
+    read = mask & (ids >= 0)[:, None] & (cols[None, :] < width)
+    e = tl.load(item_ptr + ids[:, None] * stride_in + cols[None, :] * stride_id, mask=read, other=0.0).to(ACC)
+    return ids, e, read
+
+
+@triton.jit
+def _softmax_forward_kernel(
+    user_ptr, pos_ptr, item_ptr, cand_ptr, weight_ptr, loss_ptr, lse_ptr,
+    B, M, D, inv_t,
+    stride_ub, stride_ud, stride_pb, stride_pd, stride_in, stride_id, stride_cb, stride_cl, stride_cm,
+    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, PER_LEVEL: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Online log-sum-exp per level (running maximum and rescaled sum, as in
+    flash attention), started from the positive's score; every candidate row is
+    gathered once."""
+    ACC = tl.float64 if FP64 else tl.float32
+    rows, row_ok, cols, lvl, mask = _row_block(B, D, BLOCK_B, BLOCK_D, BLOCK_L)
+    u = _load_rows(user_ptr, rows, cols, stride_ub, stride_ud, mask, ACC)
+    p = _load_rows(pos_ptr, rows, cols, stride_pb, stride_pd, mask, ACC)
+    pos_scores = _level_scores(u * p, cols, lvl, DIMS, L) * inv_t
+    top = pos_scores
+    total = tl.full((BLOCK_B, BLOCK_L), 1.0, ACC)
+    for m in range(M):
+        if PER_LEVEL:
+            x = tl.full((BLOCK_B, BLOCK_L), float("-inf"), ACC)
+            for level in tl.static_range(L):
+                ids, e, _ = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, level, m, DIMS[level],
+                                      stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
+                s = tl.where(ids >= 0, tl.sum(u * e, axis=1) * inv_t, float("-inf"))
+                x = tl.where(lvl[None, :] == level, s[:, None], x)
+        else:
+            ids, e, _ = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, 0, m, D,
+                                  stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
+            x = tl.where((ids >= 0)[:, None], _level_scores(u * e, cols, lvl, DIMS, L) * inv_t, float("-inf"))
+        new_top = tl.maximum(top, x)
+        total = total * tl.exp(top - new_top) + tl.exp(x - new_top)  # NaN propagates
+        top = new_top
+    lse = top + tl.log(total)
+    out_ok = row_ok[:, None] & (lvl[None, :] < L)
+    w = tl.load(weight_ptr + lvl, mask=lvl < L, other=0.0).to(ACC)
+    loss = tl.sum(tl.where(lvl[None, :] < L, w[None, :] * (lse - pos_scores), 0.0), axis=1)
+    tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(lse_ptr + rows[:, None] * L + lvl[None, :], lse, mask=out_ok)
+
+
+@triton.jit
+def _softmax_backward_kernel(
+    grad_ptr, user_ptr, pos_ptr, item_ptr, cand_ptr, lse_ptr, weight_ptr,
+    grad_user_ptr, grad_pos_ptr, grad_item_ptr,
+    B, M, D, inv_t,
+    stride_ub, stride_ud, stride_pb, stride_pd, stride_in, stride_id, stride_cb, stride_cl, stride_cm,
+    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, PER_LEVEL: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Recomputes every candidate's scores, weighs them by the softmax
+    ``exp(s - lse)``, accumulates the user gradient and adds each candidate row's
+    gradient into the item gradient with atomics (repeated ids sum)."""
+    ACC = tl.float64 if FP64 else tl.float32
+    rows, row_ok, cols, lvl, mask = _row_block(B, D, BLOCK_B, BLOCK_D, BLOCK_L)
+    u = _load_rows(user_ptr, rows, cols, stride_ub, stride_ud, mask, ACC)
+    p = _load_rows(pos_ptr, rows, cols, stride_pb, stride_pd, mask, ACC)
+    level_ok = row_ok[:, None] & (lvl[None, :] < L)
+    lse = tl.load(lse_ptr + rows[:, None] * L + lvl[None, :], mask=level_ok, other=0.0).to(ACC)
+    grad = tl.load(grad_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    w = tl.load(weight_ptr + lvl, mask=lvl < L, other=0.0).to(ACC)
+    g2d = tl.where(level_ok, grad[:, None] * w[None, :] * inv_t, 0.0)  # (BLOCK_B, BLOCK_L)
+
+    pos_coef = g2d * (tl.exp(_level_scores(u * p, cols, lvl, DIMS, L) * inv_t - lse) - 1.0)
+    pos_cols = tl.where(mask, _segment_columns(pos_coef, cols, lvl, DIMS, L), 0.0)
+    grad_u = pos_cols * p
+    for m in range(M):
+        if PER_LEVEL:
+            for level in tl.static_range(L):
+                ids, e, read = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, level, m, DIMS[level],
+                                         stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
+                s = tl.sum(u * e, axis=1) * inv_t
+                c = _column(g2d, lvl, level) * tl.exp(s - _column(lse, lvl, level))
+                c_cols = tl.where(read, c[:, None], 0.0)
+                grad_u += c_cols * e
+                tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :], c_cols * u, mask=read)
+        else:
+            ids, e, read = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, 0, m, D,
+                                     stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
+            coef = g2d * tl.exp(_level_scores(u * e, cols, lvl, DIMS, L) * inv_t - lse)
+            c_cols = tl.where(read, _segment_columns(coef, cols, lvl, DIMS, L), 0.0)
+            grad_u += c_cols * e
+            tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :], c_cols * u, mask=read)
+    out = rows[:, None] * D + cols[None, :]
+    tl.store(grad_user_ptr + out, grad_u.to(grad_user_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_pos_ptr + out, (pos_cols * u).to(grad_pos_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _prefix_score_kernel(
     q_ptr, narrow_ptr, out_ptr,
     B, N, W,
@@ -292,6 +408,37 @@ def backward(grad, user, pos, item_weight, negatives, neg, coef, dims):
         return grad_user, grad_pos, grad_table.to(item_weight.dtype)
     return grad_user, grad_pos, grad_neg
 
+
+def _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature):
+    """The arguments the two softmax kernels share, after their outputs/gradients."""
+    batch, width, grid, meta = _common(user, dims)
+    per_level = candidates.dim() == 3
+    cand_strides = (candidates.stride(0), candidates.stride(1) if per_level else 0, candidates.stride(-1))
+    args = (batch, candidates.shape[-1], width, 1.0 / temperature,
+            *user.stride(), *pos.stride(), *item_weight.stride(), *cand_strides)
+    return grid, args, dict(PER_LEVEL=per_level, **meta)
+
+
+def softmax_forward(user, pos, item_weight, candidates, dims, weights, temperature):
+    """Launch the softmax forward kernel: ``(loss (B,), lse (B, L))``."""
+    grid, args, meta = _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature)
+    loss = user.new_empty((user.shape[0],))
+    lse = user.new_empty((user.shape[0], len(dims)), dtype=acc_dtype(user.dtype))
+    _launch(_softmax_forward_kernel)[grid](user, pos, item_weight, candidates, weights.contiguous(), loss, lse,
+                                           *args, **meta)
+    return loss, lse
+
+
+def softmax_backward(grad, user, pos, item_weight, candidates, lse, dims, weights, temperature):
+    """Launch the softmax backward kernel: ``(d user, d pos, d item_weight)``."""
+    grid, args, meta = _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature)
+    grad_user, grad_pos = user.new_empty(user.shape), pos.new_empty(pos.shape)  # contiguous
+    # float32 atomics for half tables, cast once at the end
+    grad_table = torch.zeros(item_weight.shape, dtype=lse.dtype, device=item_weight.device)
+    _launch(_softmax_backward_kernel)[grid](grad.contiguous(), user, pos, item_weight, candidates,
+                                            lse.contiguous(), weights.contiguous(), grad_user, grad_pos, grad_table,
+                                            *args, **meta)
+    return grad_user, grad_pos, grad_table.to(item_weight.dtype)
 
 TOPK_BLOCK_B, TOPK_BLOCK_N = 16, 64  # a 1024-element score tile per program
 
