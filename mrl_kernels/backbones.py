@@ -40,10 +40,12 @@ class Batch:
         """The item vectors of ``negatives`` (ids of any shape), differentiable."""
         return lookup(self.items, negatives, self.sparse)
 
-    def squared_norms(self, negatives: Tensor) -> Tensor:
-        """``|u|^2 + |i|^2 + |negatives|^2`` summed over the batch's rows."""
-        return (self.reg_user.square().sum() + self.reg_pos.square().sum()
-                + lookup(self.reg_items, negatives, self.sparse).square().sum())
+    def squared_norms(self, negatives: Tensor | None = None) -> Tensor:
+        """``|u|^2 + |i|^2 (+ |negatives|^2)`` summed over the batch's rows."""
+        total = self.reg_user.square().sum() + self.reg_pos.square().sum()
+        if negatives is None:
+            return total
+        return total + lookup(self.reg_items, negatives, self.sparse).square().sum()
 
 
 def lookup(table: Tensor, ids: Tensor, sparse: bool = False) -> Tensor:

@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
     p.add_argument("--method", default=d.method, choices=tuple(OBJECTIVES),
                    help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
-                        "loss), mrl-m (MNS, MRL loss)")
+                        "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width)")
     p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
     p.add_argument("--candidates", type=int, default=d.candidates, help="candidates per pool")
     p.add_argument("--layout", default=d.layout, choices=LAYOUTS,
@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(user, positive) pairs per step")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam's learning rate")
     p.add_argument("--l2", type=float, default=d.l2, help="L2 weight on the batch's rows")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="mrl-s: the softmax temperature")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation evaluations")
     p.add_argument("--patience", type=int, default=d.patience,
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=args.layers, method=args.method, dims=args.dims,
         candidates=args.candidates, layout=args.layout, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, l2=args.l2, seed=args.seed, eval_every=args.eval_every, patience=args.patience,
+        lr=args.lr, l2=args.l2, temperature=args.temperature, seed=args.seed, eval_every=args.eval_every,
+        patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, refit=not args.no_refit, sparse=args.sparse,
         synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)

@@ -8,6 +8,8 @@ a loss. The paper's five methods are entries of :data:`OBJECTIVES`:
                               at full width (the authors' code)
 ``mrl-d``  ``DNS``      MRL   the full-width DNS negative at every level of the MRL loss
 ``mrl-m``  ``MNS``      MRL   MNS + MRL loss (the method)
+``mrl-s``  (all)       SSM   the Matryoshka sampled softmax over every candidate
+                              (:func:`mrl_kernels.mrl_softmax_loss`)
 =========  ==========  ====  ==================================================
 
 Where the selector picks at exactly the widths the loss scores at (MNS + MRL,
@@ -25,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones import Batch
-from .ops import mns_bpr_loss, mrl_bpr_loss
+from .ops import mns_bpr_loss, mrl_bpr_loss, mrl_softmax_loss
 from .sampling import DNS, MNS, UNIFORM, Selector
 
-__all__ = ["Loss", "BPR", "MRL", "Objective", "OBJECTIVES"]
+__all__ = ["Loss", "BPR", "MRL", "Objective", "SampledSoftmax", "OBJECTIVES"]
 
 
 def _bpr(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int], backend: str) -> Tensor:
@@ -73,9 +75,10 @@ class Objective:
         return self.selector.scored and self.selector.per_level == self.loss.per_level
 
     def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
-                 backend: str = "auto") -> Tensor:
+                 backend: str = "auto", temperature: float = 1.0) -> Tensor:
         """The training loss of one batch: the ranking loss plus the authors' L2
-        term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows."""
+        term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows.
+        (``temperature`` is for the softmax objectives; BPR losses have none.)"""
         if self.fused and not batch.sparse:  # the fused operator's item gradient is dense
             loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates,
                                            self.selector.widths(dims), backend=backend)
@@ -85,10 +88,33 @@ class Objective:
         return loss + l2 * batch.squared_norms(negatives) / 2 / batch.user.shape[0]
 
 
+@dataclass(frozen=True)
+class SampledSoftmax:
+    """The Matryoshka sampled softmax: every candidate of the pool is a negative
+    at every width it serves (one pool shared by all levels, ``layout="shared"``,
+    or one per level), none is selected."""
+
+    def candidate_shape(self, num_levels: int, candidates: int, layout: str) -> tuple[int, ...]:
+        return (candidates,) if layout == "shared" else (num_levels, candidates)
+
+    def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
+                 backend: str = "auto", temperature: float = 1.0) -> Tensor:
+        """:func:`mrl_softmax_loss` plus the L2 term ``l2 * (|u|^2 + |i|^2) / 2 / B``
+        on the batch's users and positives (the candidates, hundreds a row, are
+        left out)."""
+        items, ids = batch.items, candidates
+        if batch.sparse:  # the operator's item gradient is dense: hand it the pool's rows only
+            unique, inverse = candidates.unique(return_inverse=True)
+            items, ids = batch.negative_rows(unique), inverse
+        loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, dims, temperature=temperature, backend=backend)
+        return loss + l2 * batch.squared_norms() / 2 / batch.user.shape[0]
+
+
 OBJECTIVES = {
     "bpr": Objective(UNIFORM, BPR),
     "bpr-d": Objective(DNS, BPR),
     "bpr-m": Objective(MNS, BPR),
     "mrl-d": Objective(DNS, MRL),
     "mrl-m": Objective(MNS, MRL),
+    "mrl-s": SampledSoftmax(),
 }

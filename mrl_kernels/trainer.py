@@ -73,6 +73,7 @@ class TrainConfig:
     batch_size: int = 2048
     lr: float = 1e-3
     l2: float = 1e-4
+    temperature: float = 1.0  # the softmax objectives' (mrl-s)
     seed: int = 0
     eval_every: int = 5
     patience: int = 10
@@ -100,6 +101,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be a positive finite float; got {self.temperature}")
         if not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0; got {self.l2}")
         try:
@@ -340,7 +343,8 @@ class _Fit:
         per_row = objective.candidate_shape(len(dims), config.candidates, config.layout)
         users, pos = self.users[rows], self.items[rows]
         cand = sample_candidates(users, math.prod(per_row), self.interactions.n_cols, self.interactions, self.sampler)
-        loss = objective(self.step_model(users, pos), cand.view(len(rows), *per_row), dims, config.l2, config.backend)
+        loss = objective(self.step_model(users, pos), cand.view(len(rows), *per_row), dims, config.l2, config.backend,
+                         config.temperature)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -208,3 +208,121 @@ def test_non_finite_inputs_pick_from_the_pool_and_propagate_nan_like_the_referen
     assert torch.equal(loss.isnan().cpu(), ref_loss.isnan())
     for a, e in zip(torch.autograd.grad(loss.sum(), fast_l), torch.autograd.grad(ref_loss.sum(), ref_l)):
         assert torch.equal(a.isnan().cpu(), e.isnan())
+
+
+# ------------------------------------------------------------------ mrl_softmax_loss
+def check_softmax(backend, x, dims, dtype, weights=None, temperature=0.7, pos_ids=None):
+    """The fused sampled softmax against the reference's autograd in float64: the
+    per-row loss and the gradients of user, pos and item_weight. Rounding errors
+    of the scores grow by 1/temperature in the exponent: so do the tolerances."""
+    atol, rtol = (tol * max(1.0, 1 / temperature) for tol in TOL[dtype])
+    r = ref_inputs(x)
+    w = weights if weights is not None else [1 / len(dims)] * len(dims)
+    cand = r["candidates"]
+    if pos_ids is not None:
+        cand = cand.masked_fill(cand == pos_ids.cpu().view(-1, *[1] * (cand.dim() - 1)), -1)
+    ref_l = leaves(r, ("user", "pos", "item_weight"))
+    ref_loss = reference.mrl_softmax_loss(*ref_l, cand, dims, w, temperature)
+    g = torch.randn(ref_loss.shape, dtype=torch.float64)
+    ref_grads = torch.autograd.grad(ref_loss, ref_l, g)
+    fast_l = leaves(x, ("user", "pos", "item_weight"))
+    loss = mk.mrl_softmax_loss(*fast_l, x["candidates"], dims, weights, temperature, reduction="none",
+                               pos_ids=pos_ids, backend=backend)
+    assert loss.dtype == dtype
+    grads = torch.autograd.grad(loss, fast_l, g.to(loss))
+    assert_close(loss, ref_loss, atol, rtol, "loss")
+    for a, e, name in zip(grads, ref_grads, ("user", "pos", "item_weight")):
+        assert a.dtype == dtype
+        assert_close(a, e, atol, rtol, f"grad {name}")
+
+
+def _with_padding(x, seed):
+    """Candidates with some ids replaced by padding (-1), a whole pool of one row included."""
+    g = torch.Generator().manual_seed(seed)
+    cand = x["candidates"].cpu()
+    cand = cand.masked_fill(torch.rand(cand.shape, generator=g) < 0.2, -1)
+    cand[0] = -1
+    return dict(x, candidates=cand.to(x["candidates"].device))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-D{}-N{}-M{}".format(*s[:4]))
+@pytest.mark.parametrize("layout", ["shared", "per-level"])
+def test_mrl_softmax_loss_matches_reference(backend, shape, layout):
+    B, D, N, M, dims = shape
+    for seed in range(2):
+        x = make(*shape, layout, torch.float32, seed)
+        check_softmax(backend, x, list(dims), torch.float32, weights=torch.rand(len(dims)).tolist())
+        check_softmax(backend, _with_padding(x, seed), list(dims), torch.float32, temperature=0.1)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("layout", ["shared", "per-level"])
+def test_softmax_masks_the_positive_and_sums_repeated_candidates(backend, layout):
+    dims = [2, 4, 6]
+    x = make(40, 6, 8, 12, dims, layout, torch.float32, seed=5, integer=True)  # 8 items, 12 a pool: repeats
+    pos_ids = torch.randint(0, 8, (40,), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    check_softmax(backend, x, dims, torch.float32, pos_ids=pos_ids, temperature=2.0)
+    masked = mk.mrl_softmax_loss(x["user"], x["pos"], x["item_weight"], x["candidates"], dims, pos_ids=pos_ids,
+                                 reduction="none", backend=backend)
+    unmasked = mk.mrl_softmax_loss(x["user"], x["pos"], x["item_weight"], x["candidates"], dims,
+                                   reduction="none", backend=backend)
+    hit = (x["candidates"] == pos_ids.view(-1, *[1] * (x["candidates"].dim() - 1))).flatten(1).any(1)
+    # a masked candidate leaves the log-sum-exp (a negligible one may not move it in float32)
+    assert bool((masked[hit] <= unmasked[hit]).all()) and bool((masked[hit] < unmasked[hit]).any())
+    assert torch.equal(masked[~hit], unmasked[~hit])
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_softmax_float64_gradcheck(backend):
+    dims = [2, 3, 5]
+    for layout in ("shared", "per-level"):
+        x = _with_padding(make(4, 5, 6, 3, dims, layout, torch.float64, seed=8), seed=1)
+        x["candidates"][..., 1] = x["candidates"][..., 2]
+        args = leaves(x, ("user", "pos", "item_weight"))
+        assert torch.autograd.gradcheck(
+            lambda u, p, i: mk.mrl_softmax_loss(u, p, i, x["candidates"], dims, [0.2, 0.3, 0.5], 0.5, "sum",
+                                                backend=backend), args)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_softmax_half_precision_inputs(backend, dtype):
+    if backend == "cpp":
+        pytest.skip("the C++ kernels take float32 and float64")
+    dims = [4, 8, 16, 32, 64]
+    B, N, M = (300, 500, 64) if DEVICE == "cuda" else (30, 50, 4)
+    check_softmax(backend, make(B, 64, N, M, dims, "shared", dtype, seed=7), dims, dtype, temperature=4.0)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_softmax_non_contiguous_inputs(backend):
+    dims = [4, 8, 12]
+    x = make(11, 12, 30, 4, dims, "per-level", torch.float32, seed=6)
+    wide = torch.cat([x["user"], x["user"]], dim=-1)
+    y = dict(x, user=wide[:, :12], item_weight=x["item_weight"].T.contiguous().T,
+             candidates=x["candidates"].transpose(1, 2).contiguous().transpose(1, 2))
+    assert not y["user"].is_contiguous() and not y["candidates"].is_contiguous()
+    check_softmax(backend, y, dims, torch.float32)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_softmax_nan_propagates_to_its_row_only(backend):
+    dims = [2, 4, 8]
+    x = make(6, 8, 12, 4, dims, "shared", torch.float32, seed=11)
+    x["item_weight"][x["candidates"][2, 1]] = float("nan")
+    rows_with_nan = (x["candidates"] == x["candidates"][2, 1]).any(1)
+    loss = mk.mrl_softmax_loss(x["user"], x["pos"], x["item_weight"], x["candidates"], dims, reduction="none",
+                               backend=backend)
+    ref = reference.mrl_softmax_loss(*(ref_inputs(x)[k] for k in ("user", "pos", "item_weight", "candidates")),
+                                     dims, [1 / 3] * 3, 1.0)
+    assert torch.equal(loss.isnan().cpu(), ref.isnan()) and torch.equal(loss.isnan(), rows_with_nan)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@settings(max_examples=15, deadline=None)
+@given(problem=problems())
+def test_softmax_random_problems_match_reference(backend, problem):
+    B, D, N, M, dims, layout, seed = problem
+    x = _with_padding(make(B, D, N, M, dims, layout, torch.float32, seed), seed)
+    check_softmax(backend, x, list(dims), torch.float32, temperature=0.3)

@@ -107,3 +107,35 @@ def test_half_precision_accumulates_in_float32():
     assert out.dtype == torch.bfloat16
     exact = mk.mrl_bpr_loss(u.double(), p.double(), n.double(), [32, 64], reduction="none", backend="torch")
     assert_close(out, exact, 1e-2, 1e-2)
+
+
+def test_one_softmax_by_hand():
+    user = torch.tensor([[1.0, 2.0]])
+    pos = torch.tensor([[1.0, 1.0]])
+    items = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    pool = torch.tensor([[0, 1, -1]])  # -1: padding, takes no part
+    # width 1: scores pos 1, items 2, 0; width 2: pos 3, items 2, 2; temperature 0.5
+    level1 = math.log(math.exp(2) + math.exp(4) + math.exp(0)) - 2
+    level2 = math.log(math.exp(6) + 2 * math.exp(4)) - 6
+    loss = mk.mrl_softmax_loss(user, pos, items, pool, [1, 2], [0.25, 0.75], temperature=0.5, backend="torch")
+    assert loss.item() == pytest.approx(0.25 * level1 + 0.75 * level2, rel=1e-6)
+    # the positive's own id among the candidates is masked with pos_ids
+    masked = mk.mrl_softmax_loss(user, pos, items, torch.tensor([[0, 1, 2]]), [1, 2], [0.25, 0.75], 0.5,
+                                 pos_ids=torch.tensor([2]), backend="torch")
+    assert masked.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["shared", "per-level"])
+def test_explicit_softmax_backward_matches_autograd_of_reference(layout):
+    torch.manual_seed(5)
+    dims = [4, 8, 16]
+    leaves = [torch.randn(32, 16, dtype=torch.float64, requires_grad=True) for _ in range(2)] + \
+        [torch.randn(50, 16, dtype=torch.float64, requires_grad=True)]
+    cand = torch.randint(-1, 50, (32, 5) if layout == "shared" else (32, 3, 5))
+    w = [0.5, 0.3, 0.2]
+    expected = torch.autograd.grad(reference.mrl_softmax_loss(*leaves, cand, dims, w, 0.3).sum(), leaves)
+    _, lse = reference.mrl_softmax_loss_lse(*leaves, cand, dims, w, 0.3)
+    actual = reference.mrl_softmax_loss_backward(torch.ones(32, dtype=torch.float64), *leaves, cand, lse, dims, w,
+                                                 0.3)
+    for a, e, name in zip(actual, expected, ("user", "pos", "item_weight")):
+        assert_close(a, e, 1e-12, 1e-10, name)

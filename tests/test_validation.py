@@ -130,3 +130,31 @@ def test_meta_tensors_give_shapes_without_reading_values():
                                       reduction="none")
     assert loss.is_meta and loss.shape == (B,) and negatives.shape == (B, 3) and negatives.dtype == torch.int64
     assert mk.mns_sample(x["user"], x["item_weight"], x["candidates"], DIMS).shape == (B, 3)
+
+
+def softmax(**changes):
+    args = {**good(), **changes}
+    return mk.mrl_softmax_loss(**args, backend="torch")
+
+
+@pytest.mark.parametrize("changes, error, words", [
+    (dict(temperature=0.0), ValueError, "temperature must be a positive finite float"),
+    (dict(temperature=float("inf")), ValueError, "temperature must be a positive finite float"),
+    (dict(temperature="1"), ValueError, "temperature must be a positive finite float"),
+    (dict(pos_ids=torch.zeros(B + 1, dtype=torch.long)), ValueError, "pos_ids must have shape (4,)"),
+    (dict(pos_ids=torch.full((B,), N)), ValueError, "pos_ids must lie in [0, 10)"),
+    (dict(candidates=torch.full((B, 5), N)), ValueError, "candidates must be < 10"),
+    (dict(weights=[1.0, 1.0]), ValueError, "weights must have one entry per level (3)"),
+])
+def test_bad_softmax_arguments(changes, error, words):
+    with pytest.raises(error) as info:
+        softmax(**changes)
+    assert words in str(info.value)
+
+
+def test_softmax_takes_padding_ids_where_sampling_refuses_them():
+    x = good()
+    x["candidates"][:, :, 0] = -1
+    assert torch.isfinite(softmax(candidates=x["candidates"]))
+    with pytest.raises(ValueError, match="candidates must lie in"):
+        mk.mns_sample(x["user"], x["item_weight"], x["candidates"], DIMS)

@@ -41,6 +41,10 @@ VARIANTS = [
     ("mrl_bpr_loss", kernels._mrl_forward_kernel, dict(GATHER=False, PER_LEVEL=True, COMPUTE_LOSS=True)),
     ("mns_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=True)),
     ("mrl_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=False)),
+    ("mrl_softmax_loss.shared", kernels._softmax_forward_kernel, dict(PER_LEVEL=False)),
+    ("mrl_softmax_loss.per_level", kernels._softmax_forward_kernel, dict(PER_LEVEL=True)),
+    ("mrl_softmax_loss.backward.shared", kernels._softmax_backward_kernel, dict(PER_LEVEL=False)),
+    ("mrl_softmax_loss.backward.per_level", kernels._softmax_backward_kernel, dict(PER_LEVEL=True)),
 ]
 # kernels with one fixed tile (not the launchers' per-width configs): name, kernel, constexprs
 FIXED = [
@@ -55,18 +59,20 @@ def _example_dims(width: int) -> tuple[int, ...]:
 
 
 def _signature(fn, dtype: str, constexprs: dict) -> dict:
-    """The argument types the launchers (``kernels.forward`` / ``kernels.backward``)
-    pass with ``dtype`` inputs: float tensors, the loss and its incoming gradient
-    in ``dtype``; ids int64; weights, coef and the gathered item gradient in
-    float32; an unused pointer gets the tensor the launcher passes in its place
-    (the backward of ``mrl_bpr_loss`` passes coef for the negatives)."""
-    gather = constexprs.get("GATHER", False)
+    """The argument types the launchers (``kernels.forward`` / ``kernels.backward``
+    and the softmax ones) pass with ``dtype`` inputs: float tensors, the loss and
+    its incoming gradient in ``dtype``; ids int64; weights, coef, lse and the
+    gathered item gradient in float32; the inverse temperature a float; an unused
+    pointer gets the tensor the launcher passes in its place (the backward of
+    ``mrl_bpr_loss`` passes coef for the negatives)."""
+    gather = constexprs.get("GATHER", fn is kernels._softmax_backward_kernel)
     acc = "*fp32"
     pointers = {
         "cand_ptr": "*i64",
         "negatives_ptr": "*i64" if gather or fn is kernels._mrl_forward_kernel else acc,
         "weight_ptr": acc,
         "coef_ptr": acc,
+        "lse_ptr": acc,
         "grad_item_ptr": acc if gather else dtype,
         "grad_neg_ptr": acc if gather else dtype,
         "out_ptr": acc,
@@ -77,6 +83,8 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
             types[name] = "constexpr"
         elif name.endswith("_ptr"):
             types[name] = pointers.get(name, dtype)
+        elif name == "inv_t":
+            types[name] = "fp32"
         else:
             types[name] = "i32"
     return types
