@@ -57,3 +57,19 @@ def mrl_bpr_loss(B, dims, e) -> tuple[int, int]:
     forward = 2 * B * D * e + B * S * e + B * (4 + L * 4)
     backward = 2 * B * D * e + B * S * e + B * (L * 4 + 4) + 2 * B * D * e + B * L * D * e
     return forward + backward, 2 * B * S + 2 * B * D + 6 * B * S
+
+
+def mrl_softmax_loss(B, M, N, dims, layout, e) -> tuple[int, int]:
+    """(bytes, FLOPs) of forward + backward of the sampled softmax: the forward is
+    :func:`mns_sample`'s traffic plus the positive rows, the loss and lse out; the
+    backward reads the candidate rows again (scores recomputed), adds every
+    candidate row's gradient into the float32 item gradient (read + write) and
+    zero-fills (and casts, when e != 4) the N-row table."""
+    L, D, S = len(dims), dims[-1], columns_read(dims, layout)
+    pools = L if layout == "per-level" else 1
+    forward, flops = mns_sample(B, M, dims, layout, e)
+    forward += B * D * e + B * (4 + L * 4)
+    cast = 0 if e == 4 else 4 + e
+    backward = B * pools * M * 8 + B * M * S * e + 4 * B * D * e + B * (L * 4 + 4) + 2 * B * M * S * 4 \
+        + N * D * (4 + cast)
+    return forward + backward, flops + 2 * B * D + 2 * B * M * L + 6 * B * M * S

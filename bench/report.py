@@ -37,7 +37,7 @@ from mrl_kernels.objectives import OBJECTIVES
 from .timing import median_ms
 from .workloads import backends, workload
 
-OPS = ("mns_sample", "mrl_bpr_loss", "mns_bpr_loss")
+OPS = ("mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss")
 
 
 def ceilings(device: str) -> dict:

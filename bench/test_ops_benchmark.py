@@ -11,7 +11,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.mark.parametrize("batch", [2048, 16384])
 @pytest.mark.parametrize("backend", backends(DEVICE))
-@pytest.mark.parametrize("op", ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss"])
+@pytest.mark.parametrize("op", ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss"])
 def test_op(benchmark, op, backend, batch):
     fn, moved, flops = workload(op, backend, batch, DEVICE)
     if DEVICE == "cuda":

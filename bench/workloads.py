@@ -36,6 +36,13 @@ def workload(op: str, backend: str, B: int, device: str, layout: str = "per-leve
         moved, flops = costs.mrl_bpr_loss(B, DIMS, 4)
         return run, moved, flops
 
+    if op == "mrl_softmax_loss":
+        def run():
+            user.grad = pos.grad = items.grad = None
+            mk.mrl_softmax_loss(user, pos, items, cand, DIMS, backend=backend).backward()
+        moved, flops = costs.mrl_softmax_loss(B, M, N_ITEMS, DIMS, layout, 4)
+        return run, moved, flops
+
     def run():
         user.grad = pos.grad = items.grad = None
         mk.mns_bpr_loss(user, pos, items, cand, DIMS, backend=backend)[0].backward()
