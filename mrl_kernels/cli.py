@@ -78,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     path = p.add_mutually_exclusive_group()
     path.add_argument("--sparse", dest="sparse", action="store_const", const=True, default=None,
                       help="row-sparse training (mf): sparse lookups, MNS + a gathered MRL loss instead of the fused "
-                           "operator, and lazy Adam (torch's SparseAdam), so a step costs about the same for any "
+                           "operator, and lazy Adam (mrl_kernels.optim.LazyAdam), so a step costs about the same for any "
                            "table size; default: on for mf from 1,000,000 items")
     path.add_argument("--dense", dest="sparse", action="store_const", const=False,
                       help="dense tables, the fused operator and fused Adam (default below 1,000,000 items)")

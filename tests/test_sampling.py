@@ -55,19 +55,22 @@ def test_mismatched_exclusion_is_an_error():
         mk.sample_candidates(torch.tensor([1]), 2, 3, exclude)
 
 
-@pytest.mark.parametrize("bitmap", [True, False])
-def test_membership_by_bitmap_and_by_binary_search(monkeypatch, bitmap):
-    if not bitmap:
+@pytest.mark.parametrize("kind", ["bitmap", "filter", "filter with collisions"])
+def test_membership_by_bitmap_and_by_filtered_binary_search(monkeypatch, kind):
+    if kind != "bitmap":
         monkeypatch.setattr(Membership, "BITMAP_MAX_BITS", 0)
+    if kind == "filter with collisions":  # most keys share a filter bit: the search decides
+        monkeypatch.setattr(Membership, "FILTER_MODULUS", 7)
     g = torch.Generator().manual_seed(4)
     rows, cols = torch.randint(0, 30, (200,), generator=g), torch.randint(0, 17, (200,), generator=g)
     csr = CSR.from_pairs(rows, cols, 30, 17)
     seen = Membership(csr, "cpu")
-    assert (seen.bitmap is not None) == bitmap
+    assert seen.exact == (kind == "bitmap")
     stored = set(zip(rows.tolist(), cols.tolist()))
     qr, qc = torch.arange(30).repeat_interleave(17), torch.arange(17).repeat(30)
     expected = torch.tensor([(r, c) in stored for r, c in zip(qr.tolist(), qc.tolist())])
     assert torch.equal(seen.contains(qr, qc), expected)
+    assert torch.equal(seen.contains(qr.view(17, 30), qc.view(17, 30)), expected.view(17, 30))
 
 
 def test_a_user_with_nearly_every_item_is_drawn_exactly_and_fast():
