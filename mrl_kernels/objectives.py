@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbones import Batch
+from .backbones import Batch, lookup
 from .ops import mns_bpr_loss, mrl_bpr_loss, mrl_softmax_loss
 from .sampling import DNS, MNS, UNIFORM, Selector
 
@@ -99,15 +99,17 @@ class SampledSoftmax:
 
     def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
                  backend: str = "auto", temperature: float = 1.0) -> Tensor:
-        """:func:`mrl_softmax_loss` plus the L2 term ``l2 * (|u|^2 + |i|^2) / 2 / B``
-        on the batch's users and positives (the candidates, hundreds a row, are
-        left out)."""
+        """:func:`mrl_softmax_loss` plus the L2 term
+        ``l2 * (|u|^2 + |i|^2 + mean_j |e_j|^2) / 2 / B`` on the batch's users,
+        positives and candidates (each row's candidates weigh as one negative)."""
         items, ids = batch.items, candidates
         if batch.sparse:  # the operator's item gradient is dense: hand it the pool's rows only
             unique, inverse = candidates.unique(return_inverse=True)
             items, ids = batch.negative_rows(unique), inverse
         loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, dims, temperature=temperature, backend=backend)
-        return loss + l2 * batch.squared_norms() / 2 / batch.user.shape[0]
+        per_row = candidates[0].numel()
+        candidate_norms = lookup(batch.reg_items, candidates, batch.sparse).square().sum() / per_row
+        return loss + l2 * (batch.squared_norms() + candidate_norms) / 2 / batch.user.shape[0]
 
 
 OBJECTIVES = {

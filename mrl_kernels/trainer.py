@@ -50,9 +50,9 @@ CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT, "model.pt")  # a folder holding any of these holds a run
 RUNS = Path("runs")  # where runs go without --out
 SELECT_BY = "recall@20"
-# items from which mf trains row-sparse by default: there a dense step took 533 ms and a
-# sparse one 65 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
-# quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 60 -> 37 ms)
+# items from which mf trains row-sparse by default: there a dense step took 421 ms and a
+# sparse one 29 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
+# quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 38 -> 25 ms)
 SPARSE_FROM = 1_000_000
 MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a newline, then the payload
 
