@@ -52,7 +52,7 @@ def run_one(job: tuple) -> str:
     import torch
 
     from mrl_kernels import data
-    from mrl_kernels.trainer import CHECKPOINT, TrainConfig, train
+    from mrl_kernels.trainer import CHECKPOINT, PAPER as PAPER_SETTINGS, TrainConfig, train
 
     torch.set_num_threads(1)  # one run per core
     out = Path(root) / (f"{dataset}-{model}-{method}-s{seed}" + ("-authors" if protocol == "authors" else ""))
@@ -61,11 +61,12 @@ def run_one(job: tuple) -> str:
     if protocol == "authors":  # all of train.txt, no validation part, no early stop
         ds = data.load(dataset, data_dir, seed=seed, valid_fraction=0.0)
         config = TrainConfig(dataset=dataset, model=model, method=method, seed=seed, out=str(out), progress=False,
-                             track_test=True, refit=False, epochs=AUTHORS_EPOCHS, patience=AUTHORS_EPOCHS)
+                             track_test=True, refit=False, epochs=AUTHORS_EPOCHS, patience=AUTHORS_EPOCHS,
+                             **PAPER_SETTINGS)
     else:
         ds = data.load(dataset, data_dir, seed=seed)
         config = TrainConfig(dataset=dataset, model=model, method=method, seed=seed, out=str(out), progress=False,
-                             track_test=True)
+                             track_test=True, **PAPER_SETTINGS)
     result = train(config, log=lambda _: None, dataset=ds, resume=(out / CHECKPOINT).is_file())
     return f"{out.name}: test recall@20 {result['test']['recall@20']:.4f} (epoch {result['best_epoch']})"
 

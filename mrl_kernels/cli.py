@@ -18,7 +18,7 @@ from .data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataErro
 from .objectives import OBJECTIVES
 from .registry import names as backend_names
 from .sampling import LAYOUTS
-from .trainer import Interrupted, TrainConfig, request_stop, train
+from .trainer import PAPER, Interrupted, TrainConfig, recipe, request_stop, train
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -26,6 +26,13 @@ def _dims(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints like 4,8,16,32,64, got {text!r}")
+
+
+def _defaults(name: str, methods=tuple(OBJECTIVES)) -> str:
+    """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
+    tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER[name]]
+    common = f"{PAPER[name]}" + (", the paper's" if name != "temperature" else "")
+    return "; ".join(([common] if len(tuned) < len(methods) else []) + tuned)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,14 +57,20 @@ def parser() -> argparse.ArgumentParser:
                    help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
                         "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width)")
     p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
-    p.add_argument("--candidates", type=int, default=d.candidates, help="candidates per pool")
-    p.add_argument("--layout", default=d.layout, choices=LAYOUTS,
-                   help="MNS pools: one per level (the authors' layout) or one shared by all levels")
+    p.add_argument("--candidates", type=int, default=argparse.SUPPRESS,
+                   help=f"candidates per pool (default: {_defaults('candidates')})")
+    p.add_argument("--layout", default=argparse.SUPPRESS, choices=LAYOUTS,
+                   help="pools: one per level (the authors' layout) or one shared by all levels "
+                        f"(default: {_defaults('layout')})")
     p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs to train")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(user, positive) pairs per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam's learning rate")
-    p.add_argument("--l2", type=float, default=d.l2, help="L2 weight on the batch's rows")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="mrl-s: the softmax temperature")
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS,
+                   help=f"(user, positive) pairs per step (default: {_defaults('batch_size')})")
+    p.add_argument("--lr", type=float, default=argparse.SUPPRESS,
+                   help=f"Adam's learning rate (default: {_defaults('lr')})")
+    p.add_argument("--l2", type=float, default=argparse.SUPPRESS,
+                   help=f"L2 weight on the batch's rows (default: {_defaults('l2')})")
+    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
+                   help=f"mrl-s: the softmax temperature (default: {_defaults('temperature', ('mrl-s',))})")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation evaluations")
     p.add_argument("--patience", type=int, default=d.patience,
@@ -90,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=args.layers, method=args.method, dims=args.dims,
-        candidates=args.candidates, layout=args.layout, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, l2=args.l2, temperature=args.temperature, seed=args.seed, eval_every=args.eval_every,
+        epochs=args.epochs, seed=args.seed, eval_every=args.eval_every,
+        # the method's defaults where not given (their flags default to SUPPRESS)
+        **{name: getattr(args, name, None) for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature")},
         patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, refit=not args.no_refit, sparse=args.sparse,

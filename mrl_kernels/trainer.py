@@ -44,7 +44,7 @@ from .registry import names as backend_names
 from .sampling import LAYOUTS, sample_candidates
 from .serving import MODEL_FILE, save_model
 
-__all__ = ["TrainConfig", "train", "Interrupted", "request_stop", "CHECKPOINT", "RUNS"]
+__all__ = ["TrainConfig", "PAPER", "RECIPES", "recipe", "train", "Interrupted", "request_stop", "CHECKPOINT", "RUNS"]
 
 CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT, "model.pt")  # a folder holding any of these holds a run
@@ -57,9 +57,23 @@ SPARSE_FROM = 1_000_000
 MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a newline, then the payload
 
 
+# The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
+# one pool per level): every method's default unless RECIPES says otherwise.
+PAPER = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4, "temperature": 1.0}
+# Per-method defaults chosen on the validation split of tool by python -m bench.tune
+# (docs/reproduction.md, "Tuned recipes"); the same for every dataset.
+RECIPES: dict[str, dict] = {}
+
+
+def recipe(method: str) -> dict:
+    """The default settings of ``method``: the paper's, with its tuned ones over them."""
+    return {**PAPER, **RECIPES.get(method, {})}
+
+
 @dataclass
 class TrainConfig:
-    """The paper's defaults: MF, Adam lr 1e-3, batch 2048, D 64, L2 1e-4, 16 candidates."""
+    """A training run. The settings left None (candidates, layout, batch size, lr,
+    L2, temperature) take the method's defaults, :func:`recipe`."""
 
     dataset: str = "synthetic"
     data_dir: str | None = None
@@ -68,13 +82,13 @@ class TrainConfig:
     layers: int = 1  # LightGCN's propagation layers
     method: str = "mrl-m"
     dims: tuple[int, ...] = (4, 8, 16, 32, 64)
-    candidates: int = 16
-    layout: str = "per-level"
+    candidates: int | None = None
+    layout: str | None = None
     epochs: int = 300
-    batch_size: int = 2048
-    lr: float = 1e-3
-    l2: float = 1e-4
-    temperature: float = 1.0  # the softmax objectives' (mrl-s)
+    batch_size: int | None = None
+    lr: float | None = None
+    l2: float | None = None
+    temperature: float | None = None  # the softmax objectives' (mrl-s)
     seed: int = 0
     eval_every: int = 5
     patience: int = 10
@@ -87,6 +101,11 @@ class TrainConfig:
     # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
     # mf from SPARSE_FROM items
     sparse: bool | None = None
+
+    def __post_init__(self):
+        for name, value in recipe(self.method).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
