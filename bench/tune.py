@@ -3,13 +3,13 @@
 ``python -m bench.tune --dataset tool --data-dir ../shared/datasets --method mrl-s --budget 3600``
 runs Optuna's TPE sampler over the trainer's settings (lr, L2, batch size,
 candidates per pool, pool layout, and the softmax temperature for ``mrl-s``)
-within a time budget. Every trial trains with the validation split held out and
+within a time budget, in ``--workers`` processes sharing one study. Every trial trains with the validation split held out and
 early stopping, and scores its best validation Recall@20; the test set is never
 looked at during the search. The study lives in ``<out>/study.db`` (SQLite), so an
 interrupted search continues where it stopped, and ``<out>/trials.csv`` records
 every trial. Then the best setting is trained under the refit protocol
 (selection on validation, a fresh model on train + validation for the selected
-epochs) for each ``--seeds``, and ``<out>/best.json`` holds the setting, its test
+epochs) for each ``--seeds`` (in parallel), and ``<out>/best.json`` holds the setting, its test
 metrics at every prefix width, and the training seconds.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ require('python -m bench.tune', 'optuna', 'pandas')
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -40,12 +41,12 @@ SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before 
 def suggest(trial: optuna.Trial, method: str) -> dict:
     """A trial's settings: what every method takes, plus the temperature for
     ``mrl-s``. The ranges bracket what first probes on tool found: L2 from the
-    paper's 1e-4 up (1e-2 lifts MRL-M by ~15%), lr around Adam's 1e-3, pools of
+    paper's 1e-4 up to 0.1 (1e-2 lifts MRL-M by ~15%; above ~0.05 MRL-M collapses), lr around Adam's 1e-3, pools of
     8 to 64 hardest-of candidates for the BPR family, 16 to 256 for the softmax
     (every candidate counts there)."""
     settings = {
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
-        "l2": trial.suggest_float("l2", 1e-4, 1.0, log=True),
+        "l2": trial.suggest_float("l2", 1e-4, 0.1, log=True),
         "batch_size": trial.suggest_categorical("batch_size", [1024, 2048, 4096]),
     }
     if method == "mrl-s":
@@ -63,6 +64,52 @@ def _train(config: TrainConfig, dataset: data.Dataset) -> dict:
     return train(config, log=lambda _: None, dataset=dataset, resume=(out / CHECKPOINT).is_file())
 
 
+def _base(args) -> TrainConfig:
+    """A trial's fixed settings: the method's defaults, early stopping, no refit."""
+    return TrainConfig(dataset=args.dataset, model=args.model, method=args.method, seed=args.seed,
+                       epochs=args.max_epochs, patience=SELECT_PATIENCE, progress=False, refit=False)
+
+
+def _study(out: Path, sampler_seed: int | None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
+                               direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+
+
+def search(args, out: Path, worker: int) -> None:
+    """One search worker: trials until the budget or the trial count is spent.
+    Workers share the study (its SQLite file); each samples with its own seed."""
+    torch.set_num_threads(args.threads)
+    base, dataset = _base(args), data.load(args.dataset, args.data_dir, seed=args.seed)
+
+    def objective(trial: optuna.Trial) -> float:
+        config = replace(base, out=str(out / "trials" / f"{trial.number:04d}"), **suggest(trial, args.method))
+        result = _train(config, dataset)
+        trial.set_user_attr("best_epoch", result["best_epoch"])
+        trial.set_user_attr("train_seconds", result["wall_seconds"])
+        return result["valid"]["recall@20"]
+
+    # each worker its own sampling seed; workers added with --search-only draw theirs at random
+    study = _study(out, None if args.search_only else args.seed * 1000 + worker)
+    started = time.perf_counter()
+    while time.perf_counter() - started < args.budget and (args.trials is None or len(study.trials) < args.trials):
+        study.optimize(objective, n_trials=1, catch=(ValueError,))
+        last = study.trials[-1]
+        print(f"trial {last.number}: validation recall@20 {last.value} with {last.params}", flush=True)
+        table = study.trials_dataframe()
+        atomic_write(out / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
+
+
+def refit(args, out: Path, settings: dict, seed: int) -> dict:
+    """The refit protocol with ``settings`` and ``seed``: its test metrics at every width."""
+    torch.set_num_threads(args.threads)
+    config = replace(_base(args), **settings, seed=seed, patience=TrainConfig.patience, epochs=TrainConfig.epochs,
+                     refit=True, out=str(out / f"best-s{seed}"))
+    result = _train(config, data.load(args.dataset, args.data_dir, seed=seed))
+    return {"seed": seed, "test": result["test"], "prefix": result["prefix"], "best_epoch": result["best_epoch"],
+            "train_seconds": result["wall_seconds"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="tool")
@@ -74,52 +121,29 @@ def main(argv=None) -> int:
     parser.add_argument("--max-epochs", type=int, default=200, help="epochs a trial may train at most")
     parser.add_argument("--seed", type=int, default=0, help="the data split's and the trials' seed")
     parser.add_argument("--seeds", default="0", help="seeds the best setting is refit with (comma-separated)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="processes searching (and refitting) at once")
+    parser.add_argument("--search-only", action="store_true",
+                        help="add search workers to a study (e.g. from another machine) without refitting")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default=None, help="default runs/tune/<dataset>-<model>-<method>")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/tune/{args.dataset}-{args.model}-{args.method}")
     out.mkdir(parents=True, exist_ok=True)
-    base = TrainConfig(dataset=args.dataset, model=args.model, method=args.method, seed=args.seed,
-                       epochs=args.max_epochs, patience=SELECT_PATIENCE, progress=False, refit=False)
-    dataset = data.load(args.dataset, args.data_dir, seed=args.seed)
-
-    def objective(trial: optuna.Trial) -> float:
-        config = replace(base, out=str(out / "trials" / f"{trial.number:04d}"), **suggest(trial, args.method))
-        result = _train(config, dataset)
-        trial.set_user_attr("best_epoch", result["best_epoch"])
-        trial.set_user_attr("train_seconds", result["wall_seconds"])
-        return result["valid"]["recall@20"]
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
-    started = time.perf_counter()
-    while time.perf_counter() - started < args.budget and (args.trials is None or len(study.trials) < args.trials):
-        study.optimize(objective, n_trials=1, catch=(ValueError,))
-        last = study.trials[-1]
-        print(f"trial {last.number}: validation recall@20 {last.value} with {last.params}", flush=True)
-        table = study.trials_dataframe()
-        atomic_write(out / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
-
-    best = study.best_trial
-    print(f"best: trial {best.number}, validation recall@20 {best.value:.4f}, {best.params}", flush=True)
-    runs = []
-    for seed in map(int, args.seeds.split(",")):
-        ds = dataset if seed == args.seed else data.load(args.dataset, args.data_dir, seed=seed)
-        config = replace(base, **best.params, seed=seed, patience=TrainConfig.patience, epochs=TrainConfig.epochs,
-                         refit=True, out=str(out / f"best-s{seed}"))
-        result = _train(config, ds)
-        runs.append({"seed": seed, "test": result["test"], "prefix": result["prefix"],
-                     "best_epoch": result["best_epoch"], "train_seconds": result["wall_seconds"]})
-        print(f"seed {seed}: test recall@20 {result['test']['recall@20']:.4f} (refit)", flush=True)
+    _study(out, args.seed)  # created once, before the workers open it
+    with ProcessPoolExecutor(args.workers) as pool:
+        list(pool.map(search, [args] * args.workers, [out] * args.workers, range(args.workers)))
+        if args.search_only:
+            return 0
+        best = _study(out, args.seed).best_trial
+        print(f"best: trial {best.number}, validation recall@20 {best.value:.4f}, {best.params}", flush=True)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        runs = list(pool.map(refit, [args] * len(seeds), [out] * len(seeds), [best.params] * len(seeds), seeds))
     summary = {"dataset": args.dataset, "model": args.model, "method": args.method, "trial": best.number,
                "valid_recall@20": best.value, "settings": best.params,
-               "config": {**asdict(replace(base, **best.params)), "out": None}, "runs": runs,
-               "trials": len(study.trials)}
+               "config": {**asdict(replace(_base(args), **best.params)), "out": None}, "runs": runs,
+               "trials": len(_study(out, args.seed).trials)}
     atomic_write(out / "best.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
-    frame = pd.DataFrame([{"seed": r["seed"], **r["test"]} for r in runs])
-    print(frame.to_string(index=False))
+    print(pd.DataFrame([{"seed": r["seed"], **r["test"]} for r in runs]).to_string(index=False))
     return 0
 
 
