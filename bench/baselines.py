@@ -9,7 +9,8 @@ widened past any edge where the best setting sits, until the best is interior
 (or ``MAX_WIDENINGS``); then the chosen setting is refit on train + validation
 (the refit protocol, as for MRL-M) and its test metrics computed exactly as for
 MRL-M (full ranking, training and validation items excluded). Writes
-``docs/baselines.json`` (every trial of the grid included); ``bench.reproduce``
+``docs/baselines.json`` (every trial of the grid included; ``--seeds 0,1,2``
+tunes and refits on each seed's split); ``bench.reproduce``
 puts it in its report next to MRL-M's prefixes. implicit's BPR keeps a small
 fixed grid: a lower bound for that model family.
 """
@@ -31,6 +32,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mrl_kernels import data
+from mrl_kernels._io import atomic_write
 from mrl_kernels.metrics import evaluate
 
 WIDTHS = (4, 8, 16, 32, 64)
@@ -95,20 +97,27 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="docs/baselines.json")
     parser.add_argument("--datasets", default="phone,tool")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="data splits (and model seeds) to tune and refit on")
+    parser.add_argument("--models", default=",".join(GRIDS), help=f"any of {', '.join(GRIDS)}")
     args = parser.parse_args(argv)
+    seeds, datasets, models = map(lambda v: v.split(","), (args.seeds, args.datasets, args.models))
+    out = Path(args.out)
+    # rows of other (dataset, model, seed) runs already in the file are kept (older rows are seed 0)
+    kept = [row for row in (json.loads(out.read_text()) if out.is_file() else [])
+            if not (str(row.get("seed", 0)) in seeds and row["dataset"] in datasets and row["model"] in models)]
     results = []
     with threadpool_limits(1, "blas"):  # implicit's advice; its own loops use its threads
-        for name in args.datasets.split(","):
-            ds = data.load(name, args.data_dir, seed=args.seed)
-            for kind in GRIDS:
-                for width in WIDTHS:
-                    best = tune(ds, kind, width, args.seed)
-                    results.append({"dataset": name, "model": kind, "width": width, **best})
-                    print(name, kind, width, best["params"], "bracketed" if best["bracketed"] else "AT AN EDGE",
-                          round(best["test"]["recall@20"], 4), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+        for seed in map(int, seeds):
+            for name in datasets:
+                ds = data.load(name, args.data_dir, seed=seed)
+                for kind in models:
+                    for width in WIDTHS:
+                        best = tune(ds, kind, width, seed)
+                        results.append({"dataset": name, "model": kind, "width": width, "seed": seed, **best})
+                        print(name, kind, width, seed, best["params"],
+                              "bracketed" if best["bracketed"] else "AT AN EDGE",
+                              round(best["test"]["recall@20"], 4), flush=True)
+                        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(kept + results, indent=2)))
     return 0
 
 
