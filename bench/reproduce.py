@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from mrl_kernels.objectives import OBJECTIVES
+from mrl_kernels.trainer import RECIPES
 
 DATASETS = ("phone", "tool")
 MODELS = ("mf", "lightgcn")
@@ -45,6 +46,7 @@ PAPER = {  # Tables 2 and 3 of the paper: (Recall@20, NDCG@20)
     ("phone", "lightgcn", "mrl-m"): (0.1502, 0.0827),
 }
 METRICS = ("recall@20", "ndcg@20")
+SUFFIX = {"refit": "", "authors": "-authors", "tuned": "-tuned"}  # run folder name endings
 
 
 def run_one(job: tuple) -> str:
@@ -55,7 +57,7 @@ def run_one(job: tuple) -> str:
     from mrl_kernels.trainer import CHECKPOINT, PAPER as PAPER_SETTINGS, TrainConfig, train
 
     torch.set_num_threads(1)  # one run per core
-    out = Path(root) / (f"{dataset}-{model}-{method}-s{seed}" + ("-authors" if protocol == "authors" else ""))
+    out = Path(root) / (f"{dataset}-{model}-{method}-s{seed}" + SUFFIX[protocol])
     if (out / "metrics.json").is_file():
         return f"{out.name}: done before"
     if protocol == "authors":  # all of train.txt, no validation part, no early stop
@@ -63,10 +65,11 @@ def run_one(job: tuple) -> str:
         config = TrainConfig(dataset=dataset, model=model, method=method, seed=seed, out=str(out), progress=False,
                              track_test=True, refit=False, epochs=AUTHORS_EPOCHS, patience=AUTHORS_EPOCHS,
                              **PAPER_SETTINGS)
-    else:
+    else:  # the paper's settings, or (tuned) the method's defaults
         ds = data.load(dataset, data_dir, seed=seed)
+        settings = PAPER_SETTINGS if protocol == "refit" else {}
         config = TrainConfig(dataset=dataset, model=model, method=method, seed=seed, out=str(out), progress=False,
-                             track_test=True, **PAPER_SETTINGS)
+                             track_test=True, **settings)
     result = train(config, log=lambda _: None, dataset=ds, resume=(out / CHECKPOINT).is_file())
     return f"{out.name}: test recall@20 {result['test']['recall@20']:.4f} (epoch {result['best_epoch']})"
 
@@ -76,9 +79,11 @@ def collect(root: Path) -> pd.DataFrame:
     for path in sorted(root.glob("*/metrics.json")):
         result = json.loads(path.read_text())
         history = pd.read_csv(path.parent / "history.csv")
-        authors = path.parent.name.endswith("-authors")
-        row = {"dataset": result["dataset"], "model": result["model"], "method": result["method"],
-               "seed": result["config"]["seed"], "protocol": "authors" if authors else "refit",
+        protocol = next((p for p, end in SUFFIX.items() if end and path.parent.name.endswith(end)), "refit")
+        authors = protocol == "authors"
+        method = result["method"] + (" (tuned)" if protocol == "tuned" else "")
+        row = {"dataset": result["dataset"], "model": result["model"], "method": method,
+               "seed": result["config"]["seed"], "protocol": protocol,
                "best_epoch": result["best_epoch"], "seconds_per_epoch": result["seconds_per_epoch"],
                "train_seconds": result["wall_seconds"]}
         for metric in METRICS:
@@ -106,7 +111,7 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
     import matplotlib.pyplot as plt
 
     keys = ["dataset", "model", "method"]
-    runs = frame[frame.protocol == "refit"]
+    runs = frame[frame.protocol != "authors"]  # the refit protocol, with the paper's settings or tuned ones
     columns = [f"{p} {m}" for p in ("refit", "validation-selected") for m in METRICS]
     table = _mean_std(runs, keys, columns)
     authors = frame[frame.protocol == "authors"]
@@ -118,7 +123,8 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
     table["seeds"] = runs.groupby(keys).seed.count().values
     table["train s"] = runs.groupby(keys)["train_seconds"].mean().values.round(0)
     order = {m: i for i, m in enumerate(OBJECTIVES)}
-    table = table.sort_values(keys, key=lambda c: c.map(order) if c.name == "method" else c)
+    rank = lambda method: order[method.split()[0]] + ("(tuned)" in method) / 2  # noqa: E731 - tuned after its method
+    table = table.sort_values(keys, key=lambda c: c.map(rank) if c.name == "method" else c)
 
     widths = sorted({int(c.split()[1]) for c in frame.columns if c.startswith("prefix ")})
     panels = sorted(runs.groupby(["model", "dataset"]).groups)
@@ -126,7 +132,7 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
     for ax, (model, dataset) in zip(axes[0], panels):
         sub = runs[(runs.model == model) & (runs.dataset == dataset)].groupby("method")[
             [f"prefix {w}" for w in widths]].mean()
-        for method in sorted(sub.index, key=order.get):
+        for method in sorted(sub.index, key=rank):
             ax.plot(widths, sub.loc[method].values, marker="o", label=method)
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths, [str(w) for w in widths])
@@ -148,25 +154,39 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
 
 
 def widths_table(frame: pd.DataFrame, baselines: pd.DataFrame, widths) -> list[str]:
-    """Test Recall@20 at each embedding width: MRL-M's prefixes (one model, mean over
-    seeds) next to iALS and implicit's BPR retrained at that width, with training time."""
-    out = ["## At each width: MF MRL-M's prefixes against baselines retrained at that width", "",
-           "Test Recall@20, refit protocol for both. MRL-M is trained once at width 64 and evaluated on "
-           "prefixes; the baselines are tuned on validation Recall@20 at every width (the grid in "
-           "docs/baselines.json), then refit on train + validation. Training seconds: MRL-M's wall time "
-           "(selection + refit, C++ backend, one thread); the baselines' refit of the chosen setting "
-           "(one thread).", ""]
+    """Test Recall@20 at each embedding width: MF MRL-M's prefixes with the paper's
+    settings and the tuned recipes' (one model each, mean ± std over seeds) next to
+    iALS and implicit's BPR retrained at that width, with training seconds."""
+    out = ["## At each width: one Matryoshka model's prefixes against baselines retrained at that width", "",
+           "Test Recall@20, refit protocol for all. The Matryoshka models are trained once at width 64 and "
+           "evaluated on prefixes (MRL-M with the paper's settings, and each tuned recipe of `mrl-train`'s "
+           "defaults); the baselines are tuned on validation Recall@20 at every width (the grid in "
+           "docs/baselines.json), then refit on train + validation. Mean ± std over the seeds run (data "
+           "splits). Training seconds: the Matryoshka runs' wall time (selection + refit, C++ backend, one "
+           "thread); the baselines' refit of the chosen setting (one thread).", ""]
+    if "seed" not in baselines:
+        baselines = baselines.assign(seed=0)
+    baselines = baselines.assign(seed=baselines.seed.fillna(0))
     for dataset in sorted(set(frame.dataset) & set(baselines.dataset)):
-        runs = frame[(frame.dataset == dataset) & (frame.method == "mrl-m")]
-        rows = []
+        ours = frame[(frame.dataset == dataset) & frame.method.str.startswith("mrl-")
+                     & ((frame.method == "mrl-m") | frame.method.str.endswith("(tuned)"))]
+        theirs = baselines[baselines.dataset == dataset]
+        rows, seconds = [], []
         for width in widths:
-            row = {"width": str(width), "MRL-M prefix": runs[f"prefix {width}"].mean()}
-            for model, part in baselines[(baselines.dataset == dataset) & (baselines.width == width)].groupby("model"):
-                row[model] = part.iloc[0]["test"]["recall@20"]
-                row[f"{model} fit s"] = part.iloc[0]["fit_seconds"]
+            row = {"width": str(width)}
+            for method, part in ours.groupby("method"):
+                values = part[f"prefix {width}"]
+                row[method if "(tuned)" in method else f"{method} (paper's settings)"] = f"{values.mean():.4f} ± {values.std():.4f}" if len(values) > 1 else \
+                    f"{values.mean():.4f}"
+            for model, part in theirs[theirs.width == width].groupby("model"):
+                values = part["test"].map(lambda t: t["recall@20"])
+                row[model] = f"{values.mean():.4f} ± {values.std():.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+                row[f"{model} fit s"] = f"{part.fit_seconds.mean():.1f}"
             rows.append(row)
-        out += [f"**{dataset}** (MRL-M training: {runs.train_seconds.mean():.0f} s)", "",
-                pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"), ""]
+        for method, part in ours.groupby("method"):
+            seconds.append(f"{method} {part.train_seconds.mean():.0f} s ({len(part)} seeds)")
+        out += [f"**{dataset}** (Matryoshka training: {', '.join(seconds)})", "",
+                pd.DataFrame(rows).to_markdown(index=False), ""]
     return out
 
 
@@ -180,8 +200,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--methods", default=",".join(OBJECTIVES))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    parser.add_argument("--protocols", default="refit,authors",
-                        help="refit: every configuration; authors: MF MRL-M's authors'-protocol runs")
+    parser.add_argument("--protocols", default="refit,authors,tuned",
+                        help="refit: every configuration with the paper's settings; authors: MF MRL-M's "
+                             "authors'-protocol runs; tuned: MF with each tuned recipe (mrl-train's defaults)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     root = Path(args.runs)
@@ -196,6 +217,9 @@ def main(argv=None) -> int:
                 if "refit" in protocols:
                     jobs += [(dataset, model, method, seed, "refit", args.data_dir, str(root))
                              for model in args.models.split(",") for method in args.methods.split(",")]
+                if "tuned" in protocols and "mf" in args.models.split(","):
+                    jobs += [(dataset, "mf", method, seed, "tuned", args.data_dir, str(root))
+                             for method in args.methods.split(",") if method in RECIPES]
         with ProcessPoolExecutor(args.workers) as pool:
             for line in pool.map(run_one, jobs):
                 print(line, flush=True)
