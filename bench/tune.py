@@ -87,6 +87,8 @@ def search(args, out: Path, worker: int) -> None:
         result = _train(config, dataset)
         trial.set_user_attr("best_epoch", result["best_epoch"])
         trial.set_user_attr("train_seconds", result["wall_seconds"])
+        print(f"trial {trial.number}: validation recall@20 {result['valid']['recall@20']:.4f} "
+              f"(epoch {result['best_epoch']}) with {trial.params}", flush=True)
         return result["valid"]["recall@20"]
 
     # each worker its own sampling seed; workers added with --search-only draw theirs at random
@@ -94,8 +96,6 @@ def search(args, out: Path, worker: int) -> None:
     started = time.perf_counter()
     while time.perf_counter() - started < args.budget and (args.trials is None or len(study.trials) < args.trials):
         study.optimize(objective, n_trials=1, catch=(ValueError,))
-        last = study.trials[-1]
-        print(f"trial {last.number}: validation recall@20 {last.value} with {last.params}", flush=True)
         table = study.trials_dataframe()
         atomic_write(out / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
 
