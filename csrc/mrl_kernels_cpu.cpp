@@ -315,13 +315,16 @@ std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss_backward(const Tensor& grad, con
 
 // ----------------------------------------------------------- mrl_softmax_loss
 // Matryoshka sampled softmax. Each candidate row is read once: its prefix
-// scores are accumulated segment by segment, and every level it serves keeps an
-// online log-sum-exp (running maximum, and the sum of exp(score - maximum))
-// started from the positive's score. Ids < 0 are padding. The backward
-// recomputes the scores, turns them into softmax weights with the saved lse, and
-// writes per candidate the coefficient of each column segment; a second pass
-// adds the candidates' gradients into the item gradient with each thread owning
-// a range of item ids (no races, batch order whatever the thread count).
+// scores (and, for cosine scores, its prefix norms) are accumulated segment by
+// segment, and every level it serves keeps an online log-sum-exp (running
+// maximum, and the sum of exp(score - maximum)) started from the positive's
+// score. Ids < 0 are padding. The backward recomputes the scores, turns them
+// into softmax weights with the saved lse, and writes per candidate the
+// coefficients of its column segments; a second pass adds the candidates'
+// gradients into the item gradient with each thread owning a range of item ids
+// (no races, batch order whatever the thread count).
+
+constexpr double kCosineEps = 1e-12;  // prefix norms are clamped here (reference.COSINE_EPS)
 
 // The pools of a (B, M) or (B, L, M) candidate tensor and the levels they serve.
 struct Pools {
@@ -336,28 +339,59 @@ Pools pools_of(const Tensor& candidates, int64_t L) {
   return {candidates.data_ptr<int64_t>(), candidates.dim() == 3 ? L : 1, candidates.size(-1)};
 }
 
-// Scores of one candidate row at levels [first, last] into out[first..last]
+// Inner products of u and row at levels [first, last] into dots[first..last]
+// and, unless norms is null, the row's clamped prefix norms into norms[...]
 // (a per-level pool row is read up to its level's width only).
 template <typename T>
 inline void served_scores(const T* u, const T* row, const std::vector<int64_t>& dims, int64_t first, int64_t last,
-                          T* out) {
+                          T* dots, T* norms) {
+  const T eps = static_cast<T>(kCosineEps);
   if (first == last) {
-    out[first] = dot(u, row, dims[first]);
+    dots[first] = dot(u, row, dims[first]);
+    if (norms) norms[first] = std::max(std::sqrt(dot(row, row, dims[first])), eps);
     return;
   }
-  T running = 0;
+  T running = 0, running_sq = 0;
   int64_t start = 0;
   for (int64_t l = 0; l <= last; ++l) {
     running += dot(u + start, row + start, dims[l] - start);
+    if (norms) running_sq += dot(row + start, row + start, dims[l] - start);
     start = dims[l];
-    out[l] = running;
+    dots[l] = running;
+    if (norms) norms[l] = std::max(std::sqrt(running_sq), eps);
+  }
+}
+
+// The user's clamped prefix norms (cosine scores), or ones.
+template <typename T>
+inline void user_norms(const T* u, const std::vector<int64_t>& dims, bool cosine, T* out) {
+  if (!cosine) {
+    std::fill(out, out + dims.size(), T(1));
+    return;
+  }
+  served_scores(u, u, dims, 0, static_cast<int64_t>(dims.size()) - 1, out, static_cast<T*>(nullptr));  // |u_l|^2
+  for (size_t l = 0; l < dims.size(); ++l) out[l] = std::max(std::sqrt(out[l]), static_cast<T>(kCosineEps));
+}
+
+// A row's scores (cosine: divided by both prefix norms) at levels [first, last];
+// its norms (ones for inner products) into norms.
+template <typename T>
+inline void row_scores(const T* u, const T* row, const std::vector<int64_t>& dims, int64_t first, int64_t last,
+                       bool cosine, const T* u_norms, T* scores, T* norms) {
+  served_scores(u, row, dims, first, last, scores, cosine ? norms : nullptr);
+  for (int64_t l = first; l <= last; ++l) {
+    if (cosine) {
+      scores[l] /= u_norms[l] * norms[l];
+    } else {
+      norms[l] = 1;
+    }
   }
 }
 
 template <typename T>
 void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weight, const Tensor& candidates,
-                          const std::vector<int64_t>& dims, const Tensor& weights, double temperature, Tensor& loss,
-                          Tensor& lse) {
+                          const std::vector<int64_t>& dims, const Tensor& weights, double temperature, bool cosine,
+                          Tensor& loss, Tensor& lse) {
   const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
   const Rows<T> U = rows_of<T>(user), P = rows_of<T>(pos), I = rows_of<T>(item_weight);
   const Pools pools = pools_of(candidates, L);
@@ -366,10 +400,11 @@ void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& i
   T* loss_out = loss.data_ptr<T>();
   T* lse_out = lse.data_ptr<T>();
   at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> top(L), total(L), pos_scores(L), scores(L);
+    std::vector<T> top(L), total(L), pos_scores(L), scores(L), norms(L), u_norms(L);
     for (int64_t b = begin; b < end; ++b) {
       const T* u = U[b];
-      prefix_scores(u, P[b], dims, pos_scores.data());
+      user_norms(u, dims, cosine, u_norms.data());
+      row_scores(u, P[b], dims, 0, L - 1, cosine, u_norms.data(), pos_scores.data(), norms.data());
       for (int64_t l = 0; l < L; ++l) {
         top[l] = pos_scores[l] * inv_t;
         total[l] = 1;
@@ -380,7 +415,7 @@ void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& i
         for (int64_t m = 0; m < pools.M; ++m) {
           if (m + kPrefetch < pools.M && ids[m + kPrefetch] >= 0) prefetch_row(I[ids[m + kPrefetch]], dims[last]);
           if (ids[m] < 0) continue;
-          served_scores(u, I[ids[m]], dims, first, last, scores.data());
+          row_scores(u, I[ids[m]], dims, first, last, cosine, u_norms.data(), scores.data(), norms.data());
           for (int64_t l = first; l <= last; ++l) {
             const T x = scores[l] * inv_t;
             if (x > top[l]) {
@@ -425,11 +460,36 @@ inline void add_by_segment(T* out, const T* segment, const T* x, const std::vect
   }
 }
 
+// The gradient of one row's scores at levels [first, last] given dloss/dscore
+// `coef` (after the 1/t): with s the cosine, nu and ne the user's and the row's
+// prefix norms, d row += (coef / (nu ne)) u - (coef s / ne^2) row and
+// d user += (coef / (nu ne)) row - (coef s / nu^2) u (inner products: coef u and
+// coef row). Writes the segment coefficients of the row's gradient (`cross` for
+// u, `self` for the row; self is zero for inner products) and adds into gu.
+template <typename T>
+inline void score_gradient(const T* u, const T* row, const std::vector<int64_t>& dims, int64_t first, int64_t last,
+                           bool cosine, const T* scores, const T* u_norms, const T* norms, T* coef, T* gu, T* cross,
+                           T* self, T* scratch) {
+  const int64_t L = static_cast<int64_t>(dims.size());
+  for (int64_t l = first; l <= last; ++l) scratch[l] = coef[l] / (u_norms[l] * norms[l]);
+  segment_coefs(scratch, first, last, cross);
+  add_by_segment(gu, cross, row, dims, last);
+  if (!cosine) {
+    std::fill(self, self + L, T(0));
+    return;
+  }
+  for (int64_t l = first; l <= last; ++l) scratch[l] = -coef[l] * scores[l] / (u_norms[l] * u_norms[l]);
+  segment_coefs(scratch, first, last, scratch + L);
+  add_by_segment(gu, scratch + L, u, dims, last);
+  for (int64_t l = first; l <= last; ++l) scratch[l] = -coef[l] * scores[l] / (norms[l] * norms[l]);
+  segment_coefs(scratch, first, last, self);
+}
+
 template <typename T>
 void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor& pos, const Tensor& item_weight,
                            const Tensor& candidates, const Tensor& lse, const std::vector<int64_t>& dims,
-                           const Tensor& weights, double temperature, Tensor& grad_user, Tensor& grad_pos,
-                           Tensor& grad_items) {
+                           const Tensor& weights, double temperature, bool cosine, Tensor& grad_user,
+                           Tensor& grad_pos, Tensor& grad_items) {
   const int64_t B = user.size(0), D = user.size(1), L = static_cast<int64_t>(dims.size());
   const Rows<T> U = rows_of<T>(user), P = rows_of<T>(pos), I = rows_of<T>(item_weight);
   const Pools pools = pools_of(candidates, L);
@@ -439,10 +499,11 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
   const T* lse_data = lse.data_ptr<T>();
   T* gu = grad_user.data_ptr<T>();
   T* gp = grad_pos.data_ptr<T>();
-  // per (row, pool, candidate): the coefficients of its column segments
-  std::vector<T> segments(static_cast<size_t>(B * pools.P * pools.M * L));
+  // per (row, pool, candidate): the segment coefficients of its gradient, of u then of its own row
+  const int64_t stride = 2 * L;
+  std::vector<T> segments(static_cast<size_t>(B * pools.P * pools.M * stride));
   at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> scores(L), coef(L), pos_segment(L);
+    std::vector<T> scores(L), coef(L), norms(L), u_norms(L), scratch(2 * L), cross(L), self(L);
     for (int64_t b = begin; b < end; ++b) {
       const T* u = U[b];
       const T* p = P[b];
@@ -451,24 +512,26 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
       T* gp_b = gp + b * D;
       std::fill(gu_b, gu_b + D, T(0));
       std::fill(gp_b, gp_b + D, T(0));
-      prefix_scores(u, p, dims, scores.data());
+      user_norms(u, dims, cosine, u_norms.data());
+      row_scores(u, p, dims, 0, L - 1, cosine, u_norms.data(), scores.data(), norms.data());
       for (int64_t l = 0; l < L; ++l)
         coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t * (std::exp(scores[l] * inv_t - row_lse[l]) - 1);
-      segment_coefs(coef.data(), 0, L - 1, pos_segment.data());
-      add_by_segment(gu_b, pos_segment.data(), p, dims, L - 1);
-      add_by_segment(gp_b, pos_segment.data(), u, dims, L - 1);
+      score_gradient(u, p, dims, 0, L - 1, cosine, scores.data(), u_norms.data(), norms.data(), coef.data(), gu_b,
+                     cross.data(), self.data(), scratch.data());
+      add_by_segment(gp_b, cross.data(), u, dims, L - 1);
+      add_by_segment(gp_b, self.data(), p, dims, L - 1);
       for (int64_t q = 0; q < pools.P; ++q) {
         const int64_t first = pools.first(q), last = pools.last(q, L);
         const int64_t* ids = pools.of(b, q);
         for (int64_t m = 0; m < pools.M; ++m) {
-          T* segment = segments.data() + ((b * pools.P + q) * pools.M + m) * L;
           if (ids[m] < 0) continue;
+          T* segment = segments.data() + ((b * pools.P + q) * pools.M + m) * stride;
           const T* row = I[ids[m]];
-          served_scores(u, row, dims, first, last, scores.data());
+          row_scores(u, row, dims, first, last, cosine, u_norms.data(), scores.data(), norms.data());
           for (int64_t l = first; l <= last; ++l)
             coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t * std::exp(scores[l] * inv_t - row_lse[l]);
-          segment_coefs(coef.data(), first, last, segment);
-          add_by_segment(gu_b, segment, row, dims, last);
+          score_gradient(u, row, dims, first, last, cosine, scores.data(), u_norms.data(), norms.data(), coef.data(),
+                         gu_b, segment, segment + L, scratch.data());
         }
       }
     }
@@ -482,8 +545,9 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
         for (int64_t m = 0; m < pools.M; ++m) {
           const int64_t id = ids[m];
           if (id < lo || id >= hi) continue;  // padding (id < 0) included
-          const T* segment = segments.data() + ((b * pools.P + q) * pools.M + m) * L;
+          const T* segment = segments.data() + ((b * pools.P + q) * pools.M + m) * stride;
           add_by_segment(gi + id * D, segment, U[b], dims, pools.last(q, L));
+          if (cosine) add_by_segment(gi + id * D, segment + L, I[id], dims, pools.last(q, L));
         }
       }
     }
@@ -492,14 +556,14 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
 
 std::tuple<Tensor, Tensor> mrl_softmax_loss(const Tensor& user, const Tensor& pos, const Tensor& item_weight,
                                             const Tensor& candidates, at::IntArrayRef dims, const Tensor& weights,
-                                            double temperature) {
+                                            double temperature, bool cosine) {
   check_cpu_float(user, "user");
   const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
   const Tensor u = user.contiguous(), p = pos.contiguous(), table = rowwise(item_weight);
   const Tensor cand = candidates.to(at::kLong).contiguous(), w = weights.to(at::kFloat).contiguous();
   Tensor loss = at::empty({B}, user.options()), lse = at::empty({B, L}, user.options());
   AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_softmax_loss_cpu", [&] {
-    softmax_forward_impl<scalar_t>(u, p, table, cand, as_vector(dims), w, temperature, loss, lse);
+    softmax_forward_impl<scalar_t>(u, p, table, cand, as_vector(dims), w, temperature, cosine, loss, lse);
   });
   return {loss, lse};
 }
@@ -507,7 +571,7 @@ std::tuple<Tensor, Tensor> mrl_softmax_loss(const Tensor& user, const Tensor& po
 std::tuple<Tensor, Tensor, Tensor> mrl_softmax_loss_backward(const Tensor& grad, const Tensor& user, const Tensor& pos,
                                                              const Tensor& item_weight, const Tensor& candidates,
                                                              const Tensor& lse, at::IntArrayRef dims,
-                                                             const Tensor& weights, double temperature) {
+                                                             const Tensor& weights, double temperature, bool cosine) {
   check_cpu_float(user, "user");
   const Tensor u = user.contiguous(), p = pos.contiguous(), table = rowwise(item_weight);
   const Tensor cand = candidates.to(at::kLong).contiguous(), w = weights.to(at::kFloat).contiguous();
@@ -515,12 +579,11 @@ std::tuple<Tensor, Tensor, Tensor> mrl_softmax_loss_backward(const Tensor& grad,
   Tensor grad_user = at::empty(user.sizes(), user.options()), grad_pos = at::empty(pos.sizes(), pos.options());
   Tensor grad_items = at::zeros(item_weight.sizes(), item_weight.options());
   AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_softmax_loss_backward_cpu", [&] {
-    softmax_backward_impl<scalar_t>(g, u, p, table, cand, saved, as_vector(dims), w, temperature, grad_user, grad_pos,
-                                    grad_items);
+    softmax_backward_impl<scalar_t>(g, u, p, table, cand, saved, as_vector(dims), w, temperature, cosine, grad_user,
+                                    grad_pos, grad_items);
   });
   return {grad_user, grad_pos, grad_items};
 }
-
 
 // ---------------------------------------------------------------- prefix_topk
 // Adaptive retrieval without a (B, N) score matrix. Blocks of queries run in
@@ -703,10 +766,10 @@ TORCH_LIBRARY_FRAGMENT(mrl_kernels, m) {
       "Tensor exclude_offsets, Tensor exclude_ids) -> (Tensor scores, Tensor ids)");
   m.def(
       "mrl_softmax_loss_cpp(Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, int[] dims, "
-      "Tensor weights, float temperature) -> (Tensor loss, Tensor lse)");
+      "Tensor weights, float temperature, bool cosine) -> (Tensor loss, Tensor lse)");
   m.def(
       "mrl_softmax_loss_backward_cpp(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, "
-      "Tensor lse, int[] dims, Tensor weights, float temperature) "
+      "Tensor lse, int[] dims, Tensor weights, float temperature, bool cosine) "
       "-> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)");
   // not an operator of the spec: the row-sparse Adam step of mrl_kernels.optim.LazyAdam
   m.def(

@@ -31,7 +31,7 @@ def _dims(text: str) -> tuple[int, ...]:
 def _defaults(name: str, methods=tuple(OBJECTIVES)) -> str:
     """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
     tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER[name]]
-    common = f"{PAPER[name]}" + (", the paper's" if name != "temperature" else "")
+    common = f"{PAPER[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
     return "; ".join(([common] if len(tuned) < len(methods) else []) + tuned)
 
 
@@ -71,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"L2 weight on the batch's rows (default: {_defaults('l2')})")
     p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
                    help=f"mrl-s: the softmax temperature (default: {_defaults('temperature', ('mrl-s',))})")
+    p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help=f"mrl-s: cosine scores of the prefixes (default: {_defaults('cosine', ('mrl-s',))})")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation evaluations")
     p.add_argument("--patience", type=int, default=d.patience,
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=args.layers, method=args.method, dims=args.dims,
         epochs=args.epochs, seed=args.seed, eval_every=args.eval_every,
         # the method's defaults where not given (their flags default to SUPPRESS)
-        **{name: getattr(args, name, None) for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature")},
+        **{name: getattr(args, name, None)
+           for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine")},
         patience=args.patience,
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, refit=not args.no_refit, sparse=args.sparse,

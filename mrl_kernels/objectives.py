@@ -75,10 +75,10 @@ class Objective:
         return self.selector.scored and self.selector.per_level == self.loss.per_level
 
     def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
-                 backend: str = "auto", temperature: float = 1.0) -> Tensor:
+                 backend: str = "auto", temperature: float = 1.0, cosine: bool = False) -> Tensor:
         """The training loss of one batch: the ranking loss plus the authors' L2
         term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows.
-        (``temperature`` is for the softmax objectives; BPR losses have none.)"""
+        (``temperature`` and ``cosine`` are the softmax objectives'; BPR losses have none.)"""
         if self.fused and not batch.sparse:  # the fused operator's item gradient is dense
             loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates,
                                            self.selector.widths(dims), backend=backend)
@@ -98,15 +98,16 @@ class SampledSoftmax:
         return (candidates,) if layout == "shared" else (num_levels, candidates)
 
     def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
-                 backend: str = "auto", temperature: float = 1.0) -> Tensor:
-        """:func:`mrl_softmax_loss` plus the L2 term
+                 backend: str = "auto", temperature: float = 1.0, cosine: bool = False) -> Tensor:
+        """:func:`mrl_softmax_loss` (inner-product or ``cosine`` scores) plus the L2 term
         ``l2 * (|u|^2 + |i|^2 + mean_j |e_j|^2) / 2 / B`` on the batch's users,
         positives and candidates (each row's candidates weigh as one negative)."""
         items, ids = batch.items, candidates
         if batch.sparse:  # the operator's item gradient is dense: hand it the pool's rows only
             unique, inverse = candidates.unique(return_inverse=True)
             items, ids = batch.negative_rows(unique), inverse
-        loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, dims, temperature=temperature, backend=backend)
+        loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, dims, temperature=temperature, cosine=cosine,
+                                backend=backend)
         per_row = candidates[0].numel()
         candidate_norms = lookup(batch.reg_items, candidates, batch.sparse).square().sum() / per_row
         return loss + l2 * (batch.squared_norms() + candidate_norms) / 2 / batch.user.shape[0]

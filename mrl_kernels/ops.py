@@ -254,6 +254,7 @@ def mrl_softmax_loss(
     temperature: float = 1.0,
     reduction: str = "mean",
     *,
+    cosine: bool = False,
     pos_ids: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
@@ -261,7 +262,9 @@ def mrl_softmax_loss(
     the positive and a pool of candidates, each candidate's row read once.
 
     Per row ``sum_l weights[l] * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)``
-    with ``s_j = <user[:d_l], e_j[:d_l]>`` and ``t = temperature``: every candidate
+    with ``s_j = <user[:d_l], e_j[:d_l]>`` (``cosine=True``: divided by
+    ``|user[:d_l]| |e_j[:d_l]|``, each prefix normalised on its own) and
+    ``t = temperature``: every candidate
     of the pool counts (where :func:`mns_bpr_loss` keeps the hardest only), at the
     same memory traffic.
 
@@ -275,6 +278,7 @@ def mrl_softmax_loss(
         weights: L non-negative weights, default ``1/L`` each.
         temperature: the softmax temperature, a positive float.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B,)``).
+        cosine: score by the cosine of the prefixes instead of their inner product.
         pos_ids: optional ``(B,)`` ids of the positives: candidates equal to
             their row's positive are masked (an accidental hit is not a negative).
 
@@ -294,8 +298,10 @@ def mrl_softmax_loss(
                              f"got {tuple(pos_ids.shape)}")
         row_pos = pos_ids.view(-1, *[1] * (candidates.dim() - 1))
         candidates = candidates.masked_fill(candidates == row_pos, -1)
+    if not isinstance(cosine, bool):
+        raise TypeError(f"cosine must be a bool, got {type(cosine).__name__}")
     loss, _ = _backend(backend, user)["mrl_softmax_loss"](user, pos, item_weight, candidates, dims, w,
-                                                          float(temperature))
+                                                          float(temperature), cosine)
     return _reduce(loss, reduction)
 
 

@@ -154,23 +154,25 @@ def mrl_bpr_loss_backward(
 
 
 
-def _softmax_levels(
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    item_weight: torch.Tensor,
-    candidates: torch.Tensor,
-    dims: Sequence[int],
-    temperature: float,
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per level l: ``(pool, valid, rows, pos score (B,), candidate scores (B, M))``:
-    the pool's ids, which are not padding (id < 0), their ``(B, M, D)`` rows, and
-    the width-d_l scores divided by ``temperature``, ``-inf`` at padding. Differentiable."""
+COSINE_EPS = 1e-12  # prefix norms are clamped here, as in F.normalize
+
+
+def _prefix_norm(x: torch.Tensor, d: int) -> torch.Tensor:
+    return _acc(x[..., :d]).square().sum(-1).sqrt().clamp_min(COSINE_EPS)
+
+
+def _softmax_levels(user, pos, item_weight, candidates, dims, temperature, cosine):
+    """Per level l: ``(positive's score (B,), the pool's scores (B, M))`` at width
+    d_l over ``temperature`` (cosine: divided by both prefix norms too), ``-inf``
+    at padding (ids < 0). Differentiable."""
     out = []
     for d, pool in zip(dims, _pools(candidates, len(dims))):
-        valid = pool >= 0
         rows = item_weight[pool.clamp(min=0)]
-        scores = (prefix_scores(user[:, None, :], rows, d) / temperature).masked_fill(~valid, -torch.inf)
-        out.append((pool, valid, rows, prefix_scores(user, pos, d) / temperature, scores))
+        scores, pos_score = prefix_scores(user[:, None, :], rows, d), prefix_scores(user, pos, d)
+        if cosine:
+            scores = scores / (_prefix_norm(user, d)[:, None] * _prefix_norm(rows, d))
+            pos_score = pos_score / (_prefix_norm(user, d) * _prefix_norm(pos, d))
+        out.append((pos_score / temperature, (scores / temperature).masked_fill(pool < 0, -torch.inf)))
     return out
 
 
@@ -182,22 +184,24 @@ def mrl_softmax_loss(
     dims: Sequence[int],
     weights: Sequence[float] | torch.Tensor,
     temperature: float,
+    cosine: bool = False,
 ) -> torch.Tensor:
     """Per-row Matryoshka sampled softmax
     ``sum_l w_l * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)`` with
-    ``s_j = <u[:d_l], e_j[:d_l]>`` and pool l the ``(B, M)`` candidates (shared by
-    every level) or ``candidates[:, l]``; shape ``(B,)`` in ``user``'s dtype. Pool
-    ids < 0 are padding and take no part. Differentiable by autograd."""
-    return mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature)[0]
+    ``s_j = <u[:d_l], e_j[:d_l]>`` (``cosine``: divided by ``|u[:d_l]| |e_j[:d_l]|``,
+    norms clamped at ``COSINE_EPS``) and pool l the ``(B, M)`` candidates (shared
+    by every level) or ``candidates[:, l]``; shape ``(B,)`` in ``user``'s dtype.
+    Pool ids < 0 are padding and take no part. Differentiable by autograd."""
+    return mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature, cosine)[0]
 
 
-def mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature):
+def mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature, cosine=False):
     """``(loss, lse)``: :func:`mrl_softmax_loss` and ``lse[b, l]``, the log-sum-exp of
     the positive's and pool l's width-d_l scores over ``temperature`` (``(B, L)``,
-    accumulation dtype), all that the backward needs from the forward."""
-    levels = _softmax_levels(user, pos, item_weight, candidates, dims, temperature)
-    lse = torch.stack([torch.cat([sp[:, None], s], 1).logsumexp(1) for *_, sp, s in levels], dim=1)
-    pos_scores = torch.stack([sp for *_, sp, _ in levels], dim=1)
+    accumulation dtype), all that the fused backwards need from the forward."""
+    levels = _softmax_levels(user, pos, item_weight, candidates, dims, temperature, cosine)
+    lse = torch.stack([torch.cat([sp[:, None], s], 1).logsumexp(1) for sp, s in levels], dim=1)
+    pos_scores = torch.stack([sp for sp, _ in levels], dim=1)
     w = torch.as_tensor(weights, dtype=lse.dtype, device=lse.device)
     return (w * (lse - pos_scores)).sum(1).to(user.dtype), lse
 
@@ -212,27 +216,45 @@ def mrl_softmax_loss_backward(
     dims: Sequence[int],
     weights: Sequence[float] | torch.Tensor,
     temperature: float,
+    cosine: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The explicit gradient of :func:`mrl_softmax_loss` from the saved ``lse``.
-    With ``p_j = exp(s_j / t - lse_l)`` (the softmax over the positive and pool
-    l at width d_l) and ``g_l = grad * w_l / t``:
-
-    - ``d e_j[:d_l]  += g_l * p_j * user[:d_l]`` (pool rows, repeated ids summed)
-    - ``d pos[:d_l]  += g_l * (p_pos - 1) * user[:d_l]``
-    - ``d user[:d_l] += g_l * (sum_j p_j e_j + (p_pos - 1) pos)[:d_l]``
-    """
+    At level l, with ``p_j = exp(s_j / t - lse_l)`` the softmax over the positive
+    and pool l, ``c_j = grad * w_l / t * (p_j - [j = pos])`` is the gradient of
+    the loss in score ``s_j``. For inner products ``d e_j += c_j u`` and
+    ``d u += c_j e_j`` (over ``[:d_l]``); for cosines ``s_j = <u, e_j> / (|u| |e_j|)``,
+    ``d e_j += c_j (u / (|u| |e_j|) - s_j e_j / |e_j|^2)`` and
+    ``d u += c_j (e_j / (|u| |e_j|) - s_j u / |u|^2)``. Repeated ids sum."""
     u, p, table = _acc(user), _acc(pos), _acc(item_weight)
     w = torch.as_tensor(weights, dtype=lse.dtype, device=lse.device)
     g = grad.to(lse.dtype)[:, None] * w / temperature  # (B, L)
     grad_user, grad_pos, grad_items = u.new_zeros(u.shape), p.new_zeros(p.shape), table.new_zeros(table.shape)
-    levels = _softmax_levels(u, p, table, candidates, dims, temperature)
-    for level, (d, (pool, valid, rows, pos_score, scores)) in enumerate(zip(dims, levels)):
-        c = g[:, level, None] * torch.exp(scores - lse[:, level, None])  # 0 at padding
-        c_pos = g[:, level] * (torch.exp(pos_score - lse[:, level]) - 1)
-        grad_user[:, :d] += (c[..., None] * rows[..., :d]).sum(1) + c_pos[:, None] * p[:, :d]
-        grad_pos[:, :d] += c_pos[:, None] * u[:, :d]
+    ones = torch.ones((), dtype=lse.dtype, device=lse.device)
+
+    def pieces(c, dots, u_norm, e_norm):
+        """(coefficient of u in d e, of e in d e, of u in d u); that of e in d u is the first."""
+        if not cosine:
+            return c, torch.zeros_like(c), torch.zeros_like(c)
+        cosines = dots / (u_norm * e_norm)
+        return c / (u_norm * e_norm), -c * cosines / e_norm ** 2, -c * cosines / u_norm ** 2
+
+    for level, (d, pool) in enumerate(zip(dims, _pools(candidates, len(dims)))):
+        valid = pool >= 0
+        rows = table[pool.clamp(min=0)]
+        u_norm = _prefix_norm(u, d) if cosine else ones
+        p_norm, e_norm = (_prefix_norm(p, d), _prefix_norm(rows, d)) if cosine else (ones, ones)
+        dots, pos_dots = prefix_scores(u[:, None, :], rows, d), prefix_scores(u, p, d)
+        scale = (u_norm[:, None] * e_norm) if cosine else ones
+        probs = torch.where(valid, torch.exp(dots / scale / temperature - lse[:, level, None]), 0.0)
+        cross, own, user_own = pieces(g[:, level, None] * probs, dots, u_norm[:, None] if cosine else ones, e_norm)
+        pos_scale = (u_norm * p_norm) if cosine else ones
+        c_pos = g[:, level] * (torch.exp(pos_dots / pos_scale / temperature - lse[:, level]) - 1)
+        p_cross, p_own, p_user_own = pieces(c_pos, pos_dots, u_norm, p_norm)
+        grad_user[:, :d] += ((cross[..., None] * rows[..., :d]).sum(1) + user_own.sum(1, keepdim=True) * u[:, :d]
+                             + p_cross[:, None] * p[:, :d] + p_user_own[:, None] * u[:, :d])
+        grad_pos[:, :d] += p_cross[:, None] * u[:, :d] + p_own[:, None] * p[:, :d]
         rows_grad = torch.zeros_like(rows)
-        rows_grad[..., :d] = c[..., None] * u[:, None, :d]
+        rows_grad[..., :d] = cross[..., None] * u[:, None, :d] + own[..., None] * rows[..., :d]
         grad_items.index_add_(0, pool[valid], rows_grad[valid])
     return grad_user.to(user.dtype), grad_pos.to(pos.dtype), grad_items.to(item_weight.dtype)
 

@@ -12,10 +12,10 @@ table (:mod:`mrl_kernels.library`); a backend only supplies implementations.
                             -> (d user, d pos, d item_weight)``
 ``prefix_topk``             ``(query, narrow, item_weight, k, shortlist, exclude_offsets,
                             exclude_ids) -> (scores (B, k), ids (B, k))``
-``mrl_softmax_loss``        ``(user, pos, item_weight, candidates, dims, weights, temperature)
-                            -> (loss (B,), lse (B, L))``
+``mrl_softmax_loss``        ``(user, pos, item_weight, candidates, dims, weights, temperature,
+                            cosine) -> (loss (B,), lse (B, L))``
 ``mrl_softmax_loss_backward`` ``(grad, user, pos, item_weight, candidates, lse, dims, weights,
-                            temperature) -> (d user, d pos, d item_weight)``
+                            temperature, cosine) -> (d user, d pos, d item_weight)``
 ==========================  ==============================================================
 
 ``coef[b, l] = w_l * sigmoid(margin_l)`` is what a BPR loss's forward saves for
@@ -90,7 +90,7 @@ def _fake_prefix_topk(query, narrow, item_weight, k, shortlist, exclude_offsets,
             query.new_empty((query.shape[0], k), dtype=torch.int64))
 
 
-def _fake_mrl_softmax_loss(user, pos, item_weight, candidates, dims, weights, temperature):
+def _fake_mrl_softmax_loss(user, pos, item_weight, candidates, dims, weights, temperature, cosine):
     return _fake_mrl_bpr_loss(user, pos, None, dims, weights)
 
 
@@ -125,10 +125,11 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
            _fake_prefix_topk),
     OpSpec("mrl_softmax_loss",
            "(Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, int[] dims, Tensor weights, "
-           "float temperature) -> (Tensor loss, Tensor lse)",
+           "float temperature, bool cosine) -> (Tensor loss, Tensor lse)",
            _fake_mrl_softmax_loss, backward="mrl_softmax_loss_backward", grads=("user", "pos", "item_weight")),
     OpSpec("mrl_softmax_loss_backward",
            "(Tensor grad, Tensor user, Tensor pos, Tensor item_weight, Tensor candidates, Tensor lse, int[] dims, "
-           "Tensor weights, float temperature) -> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)",
+           "Tensor weights, float temperature, bool cosine)"
+           " -> (Tensor grad_user, Tensor grad_pos, Tensor grad_item_weight)",
            _fake_gradients),
 )}

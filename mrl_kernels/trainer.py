@@ -59,7 +59,8 @@ MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a ne
 
 # The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
 # one pool per level): every method's default unless RECIPES says otherwise.
-PAPER = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4, "temperature": 1.0}
+PAPER = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4, "temperature": 1.0,
+         "cosine": False}
 # Per-method defaults chosen on the validation split of tool by python -m bench.tune
 # (docs/reproduction.md, "Tuned recipes"); the same for every dataset.
 RECIPES: dict[str, dict] = {}
@@ -73,7 +74,7 @@ def recipe(method: str) -> dict:
 @dataclass
 class TrainConfig:
     """A training run. The settings left None (candidates, layout, batch size, lr,
-    L2, temperature) take the method's defaults, :func:`recipe`."""
+    L2, temperature, cosine) take the method's defaults, :func:`recipe`."""
 
     dataset: str = "synthetic"
     data_dir: str | None = None
@@ -89,6 +90,7 @@ class TrainConfig:
     lr: float | None = None
     l2: float | None = None
     temperature: float | None = None  # the softmax objectives' (mrl-s)
+    cosine: bool | None = None  # mrl-s: cosine scores instead of inner products
     seed: int = 0
     eval_every: int = 5
     patience: int = 10
@@ -364,7 +366,7 @@ class _Fit:
         users, pos = self.users[rows], self.items[rows]
         cand = sample_candidates(users, math.prod(per_row), self.interactions.n_cols, self.interactions, self.sampler)
         loss = objective(self.step_model(users, pos), cand.view(len(rows), *per_row), dims, config.l2, config.backend,
-                         config.temperature)
+                         config.temperature, config.cosine)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -211,7 +211,7 @@ def test_non_finite_inputs_pick_from_the_pool_and_propagate_nan_like_the_referen
 
 
 # ------------------------------------------------------------------ mrl_softmax_loss
-def check_softmax(backend, x, dims, dtype, weights=None, temperature=0.7, pos_ids=None):
+def check_softmax(backend, x, dims, dtype, weights=None, temperature=0.7, pos_ids=None, cosine=False):
     """The fused sampled softmax against the reference's autograd in float64: the
     per-row loss and the gradients of user, pos and item_weight. Rounding errors
     of the scores grow by 1/temperature in the exponent: so do the tolerances."""
@@ -222,12 +222,12 @@ def check_softmax(backend, x, dims, dtype, weights=None, temperature=0.7, pos_id
     if pos_ids is not None:
         cand = cand.masked_fill(cand == pos_ids.cpu().view(-1, *[1] * (cand.dim() - 1)), -1)
     ref_l = leaves(r, ("user", "pos", "item_weight"))
-    ref_loss = reference.mrl_softmax_loss(*ref_l, cand, dims, w, temperature)
+    ref_loss = reference.mrl_softmax_loss(*ref_l, cand, dims, w, temperature, cosine)
     g = torch.randn(ref_loss.shape, dtype=torch.float64)
     ref_grads = torch.autograd.grad(ref_loss, ref_l, g)
     fast_l = leaves(x, ("user", "pos", "item_weight"))
     loss = mk.mrl_softmax_loss(*fast_l, x["candidates"], dims, weights, temperature, reduction="none",
-                               pos_ids=pos_ids, backend=backend)
+                               cosine=cosine, pos_ids=pos_ids, backend=backend)
     assert loss.dtype == dtype
     grads = torch.autograd.grad(loss, fast_l, g.to(loss))
     assert_close(loss, ref_loss, atol, rtol, "loss")
@@ -248,12 +248,13 @@ def _with_padding(x, seed):
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-D{}-N{}-M{}".format(*s[:4]))
 @pytest.mark.parametrize("layout", ["shared", "per-level"])
-def test_mrl_softmax_loss_matches_reference(backend, shape, layout):
+@pytest.mark.parametrize("cosine", [False, True], ids=["inner", "cosine"])
+def test_mrl_softmax_loss_matches_reference(backend, shape, layout, cosine):
     B, D, N, M, dims = shape
     for seed in range(2):
         x = make(*shape, layout, torch.float32, seed)
-        check_softmax(backend, x, list(dims), torch.float32, weights=torch.rand(len(dims)).tolist())
-        check_softmax(backend, _with_padding(x, seed), list(dims), torch.float32, temperature=0.1)
+        check_softmax(backend, x, list(dims), torch.float32, weights=torch.rand(len(dims)).tolist(), cosine=cosine)
+        check_softmax(backend, _with_padding(x, seed), list(dims), torch.float32, temperature=0.1, cosine=cosine)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -276,13 +277,13 @@ def test_softmax_masks_the_positive_and_sums_repeated_candidates(backend, layout
 @pytest.mark.parametrize("backend", FAST)
 def test_softmax_float64_gradcheck(backend):
     dims = [2, 3, 5]
-    for layout in ("shared", "per-level"):
+    for layout, cosine in [(layout, cosine) for layout in ("shared", "per-level") for cosine in (False, True)]:
         x = _with_padding(make(4, 5, 6, 3, dims, layout, torch.float64, seed=8), seed=1)
         x["candidates"][..., 1] = x["candidates"][..., 2]
         args = leaves(x, ("user", "pos", "item_weight"))
         assert torch.autograd.gradcheck(
             lambda u, p, i: mk.mrl_softmax_loss(u, p, i, x["candidates"], dims, [0.2, 0.3, 0.5], 0.5, "sum",
-                                                backend=backend), args)
+                                                cosine=cosine, backend=backend), args)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -293,6 +294,8 @@ def test_softmax_half_precision_inputs(backend, dtype):
     dims = [4, 8, 16, 32, 64]
     B, N, M = (300, 500, 64) if DEVICE == "cuda" else (30, 50, 4)
     check_softmax(backend, make(B, 64, N, M, dims, "shared", dtype, seed=7), dims, dtype, temperature=4.0)
+    check_softmax(backend, make(B, 64, N, M, dims, "per-level", dtype, seed=7), dims, dtype, temperature=1.0,
+                  cosine=True)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -325,4 +328,4 @@ def test_softmax_nan_propagates_to_its_row_only(backend):
 def test_softmax_random_problems_match_reference(backend, problem):
     B, D, N, M, dims, layout, seed = problem
     x = _with_padding(make(B, D, N, M, dims, layout, torch.float32, seed), seed)
-    check_softmax(backend, x, list(dims), torch.float32, temperature=0.3)
+    check_softmax(backend, x, list(dims), torch.float32, temperature=0.3, cosine=seed % 2 == 1)

@@ -126,16 +126,27 @@ def test_one_softmax_by_hand():
 
 
 @pytest.mark.parametrize("layout", ["shared", "per-level"])
-def test_explicit_softmax_backward_matches_autograd_of_reference(layout):
+@pytest.mark.parametrize("cosine", [False, True], ids=["inner", "cosine"])
+def test_explicit_softmax_backward_matches_autograd_of_reference(layout, cosine):
     torch.manual_seed(5)
     dims = [4, 8, 16]
     leaves = [torch.randn(32, 16, dtype=torch.float64, requires_grad=True) for _ in range(2)] + \
         [torch.randn(50, 16, dtype=torch.float64, requires_grad=True)]
     cand = torch.randint(-1, 50, (32, 5) if layout == "shared" else (32, 3, 5))
     w = [0.5, 0.3, 0.2]
-    expected = torch.autograd.grad(reference.mrl_softmax_loss(*leaves, cand, dims, w, 0.3).sum(), leaves)
-    _, lse = reference.mrl_softmax_loss_lse(*leaves, cand, dims, w, 0.3)
+    expected = torch.autograd.grad(reference.mrl_softmax_loss(*leaves, cand, dims, w, 0.3, cosine).sum(), leaves)
+    _, lse = reference.mrl_softmax_loss_lse(*leaves, cand, dims, w, 0.3, cosine)
     actual = reference.mrl_softmax_loss_backward(torch.ones(32, dtype=torch.float64), *leaves, cand, lse, dims, w,
-                                                 0.3)
+                                                 0.3, cosine)
     for a, e, name in zip(actual, expected, ("user", "pos", "item_weight")):
         assert_close(a, e, 1e-12, 1e-10, name)
+
+
+def test_cosine_scores_ignore_the_norms():
+    torch.manual_seed(6)
+    u, p, items = torch.randn(5, 8), torch.randn(5, 8), torch.randn(20, 8)
+    cand = torch.randint(0, 20, (5, 6))
+    scale = torch.rand(20, 1) + 0.5  # rescale every item (and the positives) by its own factor
+    a = mk.mrl_softmax_loss(u, p, items, cand, [8], cosine=True, backend="torch")
+    b = mk.mrl_softmax_loss(u * 3, p * 2, items * scale, cand, [8], cosine=True, backend="torch")
+    assert_close(a, b, 1e-5, 1e-5, "loss")

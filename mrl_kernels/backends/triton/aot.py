@@ -41,10 +41,10 @@ VARIANTS = [
     ("mrl_bpr_loss", kernels._mrl_forward_kernel, dict(GATHER=False, PER_LEVEL=True, COMPUTE_LOSS=True)),
     ("mns_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=True)),
     ("mrl_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=False)),
-    ("mrl_softmax_loss.shared", kernels._softmax_forward_kernel, dict(PER_LEVEL=False)),
-    ("mrl_softmax_loss.per_level", kernels._softmax_forward_kernel, dict(PER_LEVEL=True)),
-    ("mrl_softmax_loss.backward.shared", kernels._softmax_backward_kernel, dict(PER_LEVEL=False)),
-    ("mrl_softmax_loss.backward.per_level", kernels._softmax_backward_kernel, dict(PER_LEVEL=True)),
+    *((f"mrl_softmax_loss{part}.{layout}{'.cosine' * cosine}", kernel, dict(PER_LEVEL=layout == "per_level",
+                                                                               COSINE=cosine))
+      for part, kernel in (("", kernels._softmax_forward_kernel), (".backward", kernels._softmax_backward_kernel))
+      for layout in ("shared", "per_level") for cosine in (False, True)),
 ]
 # kernels with one fixed tile (not the launchers' per-width configs): name, kernel, constexprs
 FIXED = [

@@ -36,6 +36,8 @@ import triton.language as tl
 from ...reference import acc_dtype, excluded_mask, shortlist_rerank
 from . import interpreting
 
+COSINE_EPS: tl.constexpr = tl.constexpr(1e-12)  # prefix norms are clamped here (reference.COSINE_EPS)
+
 
 @triton.jit
 def _level_scores(prod, cols, lvl, DIMS: tl.constexpr, L: tl.constexpr):
@@ -200,11 +202,27 @@ def _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, level, m, width,
 
 
 @triton.jit
+def _norms(x, cols, lvl, DIMS: tl.constexpr, L: tl.constexpr, COSINE: tl.constexpr):
+    """The clamped prefix norms ``(BLOCK_B, BLOCK_L)`` of rows ``x`` (cosine), or ones."""
+    if COSINE:
+        return tl.maximum(tl.sqrt(_level_scores(x * x, cols, lvl, DIMS, L)), COSINE_EPS)
+    return tl.full((x.shape[0], lvl.shape[0]), 1.0, x.dtype)
+
+
+@triton.jit
+def _scaled(dots, u_norms, norms, inv_t, COSINE: tl.constexpr):
+    """Scores over the temperature: inner products, or cosines."""
+    if COSINE:
+        return dots / (u_norms * norms) * inv_t
+    return dots * inv_t
+
+
+@triton.jit
 def _softmax_forward_kernel(
     user_ptr, pos_ptr, item_ptr, cand_ptr, weight_ptr, loss_ptr, lse_ptr,
     B, M, D, inv_t,
     stride_ub, stride_ud, stride_pb, stride_pd, stride_in, stride_id, stride_cb, stride_cl, stride_cm,
-    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, PER_LEVEL: tl.constexpr,
+    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, PER_LEVEL: tl.constexpr, COSINE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Online log-sum-exp per level (running maximum and rescaled sum, as in
@@ -214,7 +232,9 @@ def _softmax_forward_kernel(
     rows, row_ok, cols, lvl, mask = _row_block(B, D, BLOCK_B, BLOCK_D, BLOCK_L)
     u = _load_rows(user_ptr, rows, cols, stride_ub, stride_ud, mask, ACC)
     p = _load_rows(pos_ptr, rows, cols, stride_pb, stride_pd, mask, ACC)
-    pos_scores = _level_scores(u * p, cols, lvl, DIMS, L) * inv_t
+    u_norms = _norms(u, cols, lvl, DIMS, L, COSINE)
+    pos_scores = _scaled(_level_scores(u * p, cols, lvl, DIMS, L), u_norms, _norms(p, cols, lvl, DIMS, L, COSINE),
+                         inv_t, COSINE)
     top = pos_scores
     total = tl.full((BLOCK_B, BLOCK_L), 1.0, ACC)
     for m in range(M):
@@ -223,12 +243,17 @@ def _softmax_forward_kernel(
             for level in tl.static_range(L):
                 ids, e, _ = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, level, m, DIMS[level],
                                       stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
-                s = tl.where(ids >= 0, tl.sum(u * e, axis=1) * inv_t, float("-inf"))
+                s = tl.sum(u * e, axis=1)
+                if COSINE:
+                    s = s / (_column(u_norms, lvl, level) * tl.maximum(tl.sqrt(tl.sum(e * e, axis=1)), COSINE_EPS))
+                s = tl.where(ids >= 0, s * inv_t, float("-inf"))
                 x = tl.where(lvl[None, :] == level, s[:, None], x)
         else:
             ids, e, _ = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, 0, m, D,
                                   stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
-            x = tl.where((ids >= 0)[:, None], _level_scores(u * e, cols, lvl, DIMS, L) * inv_t, float("-inf"))
+            x = _scaled(_level_scores(u * e, cols, lvl, DIMS, L), u_norms, _norms(e, cols, lvl, DIMS, L, COSINE),
+                        inv_t, COSINE)
+            x = tl.where((ids >= 0)[:, None], x, float("-inf"))
         new_top = tl.maximum(top, x)
         total = total * tl.exp(top - new_top) + tl.exp(x - new_top)  # NaN propagates
         top = new_top
@@ -241,12 +266,26 @@ def _softmax_forward_kernel(
 
 
 @triton.jit
+def _score_gradient(coef, x, u_norms, norms, inv_t, COSINE: tl.constexpr):
+    """From dloss/dscore ``coef`` (after the 1/t) and the scaled scores ``x``: the
+    coefficients of the row's gradient on u (``cross``) and on the row itself
+    (``self``), and of the user's gradient on u (``user_self``); the user's
+    gradient on the row is ``cross`` too. Cosine: ``cross = coef / (nu ne)``,
+    ``self = -coef s / ne^2``, ``user_self = -coef s / nu^2``; inner products:
+    ``cross = coef``, the others zero."""
+    if COSINE:
+        cosines = x / inv_t
+        return coef / (u_norms * norms), -coef * cosines / (norms * norms), -coef * cosines / (u_norms * u_norms)
+    return coef, 0.0 * coef, 0.0 * coef
+
+
+@triton.jit
 def _softmax_backward_kernel(
     grad_ptr, user_ptr, pos_ptr, item_ptr, cand_ptr, lse_ptr, weight_ptr,
     grad_user_ptr, grad_pos_ptr, grad_item_ptr,
     B, M, D, inv_t,
     stride_ub, stride_ud, stride_pb, stride_pd, stride_in, stride_id, stride_cb, stride_cl, stride_cm,
-    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, PER_LEVEL: tl.constexpr,
+    DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, PER_LEVEL: tl.constexpr, COSINE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Recomputes every candidate's scores, weighs them by the softmax
@@ -261,30 +300,42 @@ def _softmax_backward_kernel(
     grad = tl.load(grad_ptr + rows, mask=row_ok, other=0.0).to(ACC)
     w = tl.load(weight_ptr + lvl, mask=lvl < L, other=0.0).to(ACC)
     g2d = tl.where(level_ok, grad[:, None] * w[None, :] * inv_t, 0.0)  # (BLOCK_B, BLOCK_L)
+    u_norms = _norms(u, cols, lvl, DIMS, L, COSINE)
 
-    pos_coef = g2d * (tl.exp(_level_scores(u * p, cols, lvl, DIMS, L) * inv_t - lse) - 1.0)
-    pos_cols = tl.where(mask, _segment_columns(pos_coef, cols, lvl, DIMS, L), 0.0)
-    grad_u = pos_cols * p
+    p_norms = _norms(p, cols, lvl, DIMS, L, COSINE)
+    x = _scaled(_level_scores(u * p, cols, lvl, DIMS, L), u_norms, p_norms, inv_t, COSINE)
+    cross, own, user_own = _score_gradient(g2d * (tl.exp(x - lse) - 1.0), x, u_norms, p_norms, inv_t, COSINE)
+    cross_cols = tl.where(mask, _segment_columns(cross, cols, lvl, DIMS, L), 0.0)
+    grad_u = cross_cols * p + _segment_columns(user_own, cols, lvl, DIMS, L) * u
+    grad_p = cross_cols * u + _segment_columns(own, cols, lvl, DIMS, L) * p
     for m in range(M):
         if PER_LEVEL:
             for level in tl.static_range(L):
                 ids, e, read = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, level, m, DIMS[level],
                                          stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
-                s = tl.sum(u * e, axis=1) * inv_t
+                un = _column(u_norms, lvl, level)
+                en = un  # unused for inner products
+                if COSINE:
+                    en = tl.maximum(tl.sqrt(tl.sum(e * e, axis=1)), COSINE_EPS)
+                s = _scaled(tl.sum(u * e, axis=1), un, en, inv_t, COSINE)
                 c = _column(g2d, lvl, level) * tl.exp(s - _column(lse, lvl, level))
-                c_cols = tl.where(read, c[:, None], 0.0)
-                grad_u += c_cols * e
-                tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :], c_cols * u, mask=read)
+                c_cross, c_own, c_user_own = _score_gradient(c, s, un, en, inv_t, COSINE)
+                grad_u += tl.where(read, c_cross[:, None] * e + c_user_own[:, None] * u, 0.0)
+                tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :],
+                              c_cross[:, None] * u + c_own[:, None] * e, mask=read)
         else:
             ids, e, read = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, 0, m, D,
                                      stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
-            coef = g2d * tl.exp(_level_scores(u * e, cols, lvl, DIMS, L) * inv_t - lse)
-            c_cols = tl.where(read, _segment_columns(coef, cols, lvl, DIMS, L), 0.0)
-            grad_u += c_cols * e
-            tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :], c_cols * u, mask=read)
+            e_norms = _norms(e, cols, lvl, DIMS, L, COSINE)
+            x = _scaled(_level_scores(u * e, cols, lvl, DIMS, L), u_norms, e_norms, inv_t, COSINE)
+            cross, own, user_own = _score_gradient(g2d * tl.exp(x - lse), x, u_norms, e_norms, inv_t, COSINE)
+            cross_cols = _segment_columns(cross, cols, lvl, DIMS, L)
+            grad_u += tl.where(read, cross_cols * e + _segment_columns(user_own, cols, lvl, DIMS, L) * u, 0.0)
+            tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :],
+                          cross_cols * u + _segment_columns(own, cols, lvl, DIMS, L) * e, mask=read)
     out = rows[:, None] * D + cols[None, :]
     tl.store(grad_user_ptr + out, grad_u.to(grad_user_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_pos_ptr + out, (pos_cols * u).to(grad_pos_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_pos_ptr + out, grad_p.to(grad_pos_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -409,19 +460,19 @@ def backward(grad, user, pos, item_weight, negatives, neg, coef, dims):
     return grad_user, grad_pos, grad_neg
 
 
-def _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature):
+def _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature, cosine):
     """The arguments the two softmax kernels share, after their outputs/gradients."""
     batch, width, grid, meta = _common(user, dims)
     per_level = candidates.dim() == 3
     cand_strides = (candidates.stride(0), candidates.stride(1) if per_level else 0, candidates.stride(-1))
     args = (batch, candidates.shape[-1], width, 1.0 / temperature,
             *user.stride(), *pos.stride(), *item_weight.stride(), *cand_strides)
-    return grid, args, dict(PER_LEVEL=per_level, **meta)
+    return grid, args, dict(PER_LEVEL=per_level, COSINE=bool(cosine), **meta)
 
 
-def softmax_forward(user, pos, item_weight, candidates, dims, weights, temperature):
+def softmax_forward(user, pos, item_weight, candidates, dims, weights, temperature, cosine):
     """Launch the softmax forward kernel: ``(loss (B,), lse (B, L))``."""
-    grid, args, meta = _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature)
+    grid, args, meta = _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature, cosine)
     loss = user.new_empty((user.shape[0],))
     lse = user.new_empty((user.shape[0], len(dims)), dtype=acc_dtype(user.dtype))
     _launch(_softmax_forward_kernel)[grid](user, pos, item_weight, candidates, weights.contiguous(), loss, lse,
@@ -429,9 +480,9 @@ def softmax_forward(user, pos, item_weight, candidates, dims, weights, temperatu
     return loss, lse
 
 
-def softmax_backward(grad, user, pos, item_weight, candidates, lse, dims, weights, temperature):
+def softmax_backward(grad, user, pos, item_weight, candidates, lse, dims, weights, temperature, cosine):
     """Launch the softmax backward kernel: ``(d user, d pos, d item_weight)``."""
-    grid, args, meta = _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature)
+    grid, args, meta = _softmax_args(user, pos, item_weight, candidates, dims, weights, temperature, cosine)
     grad_user, grad_pos = user.new_empty(user.shape), pos.new_empty(pos.shape)  # contiguous
     # float32 atomics for half tables, cast once at the end
     grad_table = torch.zeros(item_weight.shape, dtype=lse.dtype, device=item_weight.device)
