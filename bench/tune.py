@@ -2,12 +2,12 @@
 
 ``python -m bench.tune --dataset tool --data-dir ../shared/datasets --method mrl-s --budget 3600``
 runs Optuna's TPE sampler over the trainer's settings (lr, L2, batch size,
-candidates per pool, pool layout, and the softmax temperature for ``mrl-s``)
+candidates per pool, pool layout, and the softmax temperature and scores for ``mrl-s``)
 within a time budget, in ``--workers`` processes sharing one study. Every trial trains with the validation split held out and
 early stopping, and scores its best validation Recall@20; the test set is never
 looked at during the search. The study lives in ``<out>/study.db`` (SQLite), so an
 interrupted search continues where it stopped, and ``<out>/trials.csv`` records
-every trial. Then the best setting is trained under the refit protocol
+every trial; the method's current defaults are the first trial. Then the best setting is trained under the refit protocol
 (selection on validation, a fresh model on train + validation for the selected
 epochs) for each ``--seeds`` (in parallel), and ``<out>/best.json`` holds the setting, its test
 metrics at every prefix width, and the training seconds.
@@ -33,7 +33,7 @@ from mrl_kernels import data
 from mrl_kernels._io import atomic_write
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.sampling import LAYOUTS
-from mrl_kernels.trainer import CHECKPOINT, TrainConfig, train
+from mrl_kernels.trainer import CHECKPOINT, TrainConfig, recipe, train
 
 SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before a trial stops
 
@@ -52,7 +52,8 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
     if method == "mrl-s":
         settings["candidates"] = trial.suggest_categorical("candidates", [16, 64, 256])
         settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
-        settings["temperature"] = trial.suggest_float("temperature", 0.1, 4.0, log=True)
+        settings["temperature"] = trial.suggest_float("temperature", 0.05, 4.0, log=True)
+        settings["cosine"] = trial.suggest_categorical("cosine", [False, True])
     elif method != "bpr":  # plain BPR draws one negative
         settings["candidates"] = trial.suggest_categorical("candidates", [8, 16, 32, 64])
         settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
@@ -129,7 +130,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out or f"runs/tune/{args.dataset}-{args.model}-{args.method}")
     out.mkdir(parents=True, exist_ok=True)
-    _study(out, args.seed)  # created once, before the workers open it
+    study = _study(out, args.seed)  # created once, before the workers open it
+    if not study.trials:  # the method's current defaults come first: the search can only improve on them
+        defaults = recipe(args.method)
+        study.enqueue_trial({name: defaults[name] for name in suggest(optuna.trial.FixedTrial(defaults), args.method)})
     with ProcessPoolExecutor(args.workers) as pool:
         list(pool.map(search, [args] * args.workers, [out] * args.workers, range(args.workers)))
         if args.search_only:
