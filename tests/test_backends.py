@@ -214,9 +214,15 @@ def test_non_finite_inputs_pick_from_the_pool_and_propagate_nan_like_the_referen
 def check_softmax(backend, x, dims, dtype, weights=None, temperature=0.7, pos_ids=None, cosine=False):
     """The fused sampled softmax against the reference's autograd in float64: the
     per-row loss and the gradients of user, pos and item_weight. Rounding errors
-    of the scores grow by 1/temperature in the exponent: so do the tolerances."""
-    atol, rtol = (tol * max(1.0, 1 / temperature) for tol in TOL[dtype])
+    of the scores grow by 1/temperature in the exponent, and cosine gradients
+    (differences of terms of size 1/|x| for a prefix x) by 1/|x|: so do the
+    tolerances."""
     r = ref_inputs(x)
+    scale = 1 / temperature
+    if cosine:
+        shortest = min(float(r[k][..., :dims[0]].norm(dim=-1).min()) for k in ("user", "pos", "item_weight"))
+        scale /= min(1.0, shortest)
+    atol, rtol = (tol * max(1.0, scale) for tol in TOL[dtype])
     w = weights if weights is not None else [1 / len(dims)] * len(dims)
     cand = r["candidates"]
     if pos_ids is not None:
