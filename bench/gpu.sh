@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine (under 8 minutes): the Triton tests (MNS, losses,
+# One command for a CUDA machine (under 8 minutes): the Triton tests (MNS, the BPR and
+# sampled-softmax losses,
 # prefix_topk, the LightGCN step) compiled on
 # the GPU against the reference, then the kernel benchmark. Results go to
 # ${1:-bench/results} (markdown + JSON), to be committed.
