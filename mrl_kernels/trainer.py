@@ -246,19 +246,22 @@ def train(config: TrainConfig, log: Callable[[str], None] = tqdm.write,
             log(ds.summary())
         out = group.broadcast(_run_folder(config, ds, resume) if group.writer else None)
         if not group.writer:  # rank 0 reads, writes and reports; the others train their shards
-            return _train(config, ds, device, out, lambda _: None, resume, group)
-        out.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(out / ".lock", timeout=0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise RuntimeError(f"another mrl-train run is writing to {out}; wait for it to end, or use another "
-                               "--out") from None
-        try:
-            remove_stale_temporaries(out)
-            return _train(config, ds, device, out, log, resume, group)
-        finally:
-            lock.release()
+            result = _train(config, ds, device, out, lambda _: None, resume, group)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(out / ".lock", timeout=0)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                raise RuntimeError(f"another mrl-train run is writing to {out}; wait for it to end, or use another "
+                                   "--out") from None
+            try:
+                remove_stale_temporaries(out)
+                result = _train(config, ds, device, out, log, resume, group)
+            finally:
+                lock.release()
+        group.barrier()  # every rank done before any tears the process group down
+        return result
     finally:
         group.stop()
 
@@ -298,6 +301,12 @@ class _Group:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def gather(self, value) -> list:
         """Every rank's ``value``, in rank order (on every rank)."""
