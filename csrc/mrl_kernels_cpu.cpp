@@ -499,8 +499,8 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
   const T* lse_data = lse.data_ptr<T>();
   T* gu = grad_user.data_ptr<T>();
   T* gp = grad_pos.data_ptr<T>();
-  // per (row, pool, candidate): the segment coefficients of its gradient, of u then of its own row
-  const int64_t stride = 2 * L;
+  // per (row, pool, candidate): the segment coefficients of its gradient, of u then (cosine) of its own row
+  const int64_t stride = cosine ? 2 * L : L;
   std::vector<T> segments(static_cast<size_t>(B * pools.P * pools.M * stride));
   at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> scores(L), coef(L), norms(L), u_norms(L), scratch(2 * L), cross(L), self(L);
@@ -531,7 +531,7 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
           for (int64_t l = first; l <= last; ++l)
             coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t * std::exp(scores[l] * inv_t - row_lse[l]);
           score_gradient(u, row, dims, first, last, cosine, scores.data(), u_norms.data(), norms.data(), coef.data(),
-                         gu_b, segment, segment + L, scratch.data());
+                         gu_b, segment, cosine ? segment + L : self.data(), scratch.data());
         }
       }
     }

@@ -266,17 +266,32 @@ def _softmax_forward_kernel(
 
 
 @triton.jit
-def _score_gradient(coef, x, u_norms, norms, inv_t, COSINE: tl.constexpr):
-    """From dloss/dscore ``coef`` (after the 1/t) and the scaled scores ``x``: the
-    coefficients of the row's gradient on u (``cross``) and on the row itself
-    (``self``), and of the user's gradient on u (``user_self``); the user's
-    gradient on the row is ``cross`` too. Cosine: ``cross = coef / (nu ne)``,
-    ``self = -coef s / ne^2``, ``user_self = -coef s / nu^2``; inner products:
-    ``cross = coef``, the others zero."""
+def _pool_gradients(coef, x, u_norms, norms, u, row, cols, lvl, inv_t,
+                    DIMS: tl.constexpr, L: tl.constexpr, COSINE: tl.constexpr):
+    """``(d user, d row)`` tiles from the per-level gradients ``coef`` (BLOCK_B,
+    BLOCK_L) of the scaled scores ``x`` of ``row`` (a shared-pool candidate or the
+    positive): inner products ``coef u`` and ``coef row`` over each level's
+    columns; cosines ``s = x t`` add ``-coef s / nu^2 u`` and ``-coef s / ne^2 row``
+    and divide the cross terms by ``nu ne``."""
     if COSINE:
         cosines = x / inv_t
-        return coef / (u_norms * norms), -coef * cosines / (norms * norms), -coef * cosines / (u_norms * u_norms)
-    return coef, 0.0 * coef, 0.0 * coef
+        cross = _segment_columns(coef / (u_norms * norms), cols, lvl, DIMS, L)
+        return (cross * row - _segment_columns(coef * cosines / (u_norms * u_norms), cols, lvl, DIMS, L) * u,
+                cross * u - _segment_columns(coef * cosines / (norms * norms), cols, lvl, DIMS, L) * row)
+    cross = _segment_columns(coef, cols, lvl, DIMS, L)
+    return cross * row, cross * u
+
+
+@triton.jit
+def _level_gradients(c, s, un, en, u, row, inv_t, COSINE: tl.constexpr):
+    """:func:`_pool_gradients` for one level's row (``c``, ``s``, norms: (BLOCK_B,));
+    the caller masks the columns past the level's width."""
+    if COSINE:
+        cosines = s / inv_t
+        cross = (c / (un * en))[:, None]
+        return (cross * row - (c * cosines / (un * un))[:, None] * u,
+                cross * u - (c * cosines / (en * en))[:, None] * row)
+    return c[:, None] * row, c[:, None] * u
 
 
 @triton.jit
@@ -304,10 +319,9 @@ def _softmax_backward_kernel(
 
     p_norms = _norms(p, cols, lvl, DIMS, L, COSINE)
     x = _scaled(_level_scores(u * p, cols, lvl, DIMS, L), u_norms, p_norms, inv_t, COSINE)
-    cross, own, user_own = _score_gradient(g2d * (tl.exp(x - lse) - 1.0), x, u_norms, p_norms, inv_t, COSINE)
-    cross_cols = tl.where(mask, _segment_columns(cross, cols, lvl, DIMS, L), 0.0)
-    grad_u = cross_cols * p + _segment_columns(user_own, cols, lvl, DIMS, L) * u
-    grad_p = cross_cols * u + _segment_columns(own, cols, lvl, DIMS, L) * p
+    grad_u, grad_p = _pool_gradients(g2d * (tl.exp(x - lse) - 1.0), x, u_norms, p_norms, u, p, cols, lvl, inv_t,
+                                     DIMS, L, COSINE)
+    grad_u, grad_p = tl.where(mask, grad_u, 0.0), tl.where(mask, grad_p, 0.0)
     for m in range(M):
         if PER_LEVEL:
             for level in tl.static_range(L):
@@ -319,20 +333,18 @@ def _softmax_backward_kernel(
                     en = tl.maximum(tl.sqrt(tl.sum(e * e, axis=1)), COSINE_EPS)
                 s = _scaled(tl.sum(u * e, axis=1), un, en, inv_t, COSINE)
                 c = _column(g2d, lvl, level) * tl.exp(s - _column(lse, lvl, level))
-                c_cross, c_own, c_user_own = _score_gradient(c, s, un, en, inv_t, COSINE)
-                grad_u += tl.where(read, c_cross[:, None] * e + c_user_own[:, None] * u, 0.0)
-                tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :],
-                              c_cross[:, None] * u + c_own[:, None] * e, mask=read)
+                user_grad, row_grad = _level_gradients(c, s, un, en, u, e, inv_t, COSINE)
+                grad_u += tl.where(read, user_grad, 0.0)
+                tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :], row_grad, mask=read)
         else:
             ids, e, read = _pool_row(item_ptr, cand_ptr, rows, row_ok, cols, mask, 0, m, D,
                                      stride_in, stride_id, stride_cb, stride_cl, stride_cm, ACC)
             e_norms = _norms(e, cols, lvl, DIMS, L, COSINE)
             x = _scaled(_level_scores(u * e, cols, lvl, DIMS, L), u_norms, e_norms, inv_t, COSINE)
-            cross, own, user_own = _score_gradient(g2d * tl.exp(x - lse), x, u_norms, e_norms, inv_t, COSINE)
-            cross_cols = _segment_columns(cross, cols, lvl, DIMS, L)
-            grad_u += tl.where(read, cross_cols * e + _segment_columns(user_own, cols, lvl, DIMS, L) * u, 0.0)
-            tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :],
-                          cross_cols * u + _segment_columns(own, cols, lvl, DIMS, L) * e, mask=read)
+            user_grad, row_grad = _pool_gradients(g2d * tl.exp(x - lse), x, u_norms, e_norms, u, e, cols, lvl, inv_t,
+                                                  DIMS, L, COSINE)
+            grad_u += tl.where(read, user_grad, 0.0)
+            tl.atomic_add(grad_item_ptr + ids[:, None] * D + cols[None, :], row_grad, mask=read)
     out = rows[:, None] * D + cols[None, :]
     tl.store(grad_user_ptr + out, grad_u.to(grad_user_ptr.dtype.element_ty), mask=mask)
     tl.store(grad_pos_ptr + out, grad_p.to(grad_pos_ptr.dtype.element_ty), mask=mask)
