@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from . import registry
-from .library import Operators
 
 __all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss", "prefix_topk"]
 
@@ -102,6 +101,13 @@ def check_weights(weights, num_levels: int, device: torch.device) -> Tensor:
     return w
 
 
+def check_temperature(temperature) -> float:
+    """``temperature`` as a float, which must be positive and finite."""
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 < temperature < float("inf"):
+        raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
+    return float(temperature)
+
+
 def _check_reduction(reduction: str) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -128,9 +134,9 @@ def _check_pos(pos, user: Tensor) -> None:
         raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
 
 
-def _backend(name: str, rows: Tensor) -> Operators:
-    """The operators for ``rows``' device, width and dtype (``rows``: user or query vectors)."""
-    return registry.resolve(name, rows.device, rows.shape[1], rows.dtype)
+def _operator(op: str, backend: str, rows: Tensor):
+    """Operator ``op`` of the backend for ``rows``' device, width and dtype (``rows``: user or query vectors)."""
+    return registry.operator(op, backend, rows.device, rows.shape[1], rows.dtype)
 
 
 def _check_sampling(user, item_weight, candidates, dims, padding: bool = False) -> tuple[Tensor, list[int]]:
@@ -177,7 +183,7 @@ def mns_sample(
         position in the pool. Not differentiable.
     """
     candidates, dims = _check_sampling(user, item_weight, candidates, dims)
-    return _backend(backend, user)["mns_sample"](user, item_weight, candidates, dims)
+    return _operator("mns_sample", backend, user)(user, item_weight, candidates, dims)
 
 
 def mrl_bpr_loss(
@@ -214,7 +220,7 @@ def mrl_bpr_loss(
         raise ValueError(f"neg must have L = len(dims) = {len(dims)} vectors per row, got {neg.shape[1]}")
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    loss, _ = _backend(backend, user)["mrl_bpr_loss"](user, pos, neg, dims, w)
+    loss, _ = _operator("mrl_bpr_loss", backend, user)(user, pos, neg, dims, w)
     return _reduce(loss, reduction)
 
 
@@ -240,7 +246,7 @@ def mns_bpr_loss(
     _check_pos(pos, user)
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    loss, negatives, _ = _backend(backend, user)["mns_bpr_loss"](user, pos, item_weight, candidates, dims, w)
+    loss, negatives, _ = _operator("mns_bpr_loss", backend, user)(user, pos, item_weight, candidates, dims, w)
     return _reduce(loss, reduction), negatives
 
 
@@ -289,8 +295,7 @@ def mrl_softmax_loss(
     _check_pos(pos, user)
     w = check_weights(weights, len(dims), user.device)
     reduction = _check_reduction(reduction)
-    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 < temperature < float("inf"):
-        raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
+    temperature = check_temperature(temperature)
     if pos_ids is not None:
         pos_ids = check_ids("pos_ids", pos_ids, item_weight.shape[0], user.device)
         if pos_ids.shape != (user.shape[0],):
@@ -300,8 +305,8 @@ def mrl_softmax_loss(
         candidates = candidates.masked_fill(candidates == row_pos, -1)
     if not isinstance(cosine, bool):
         raise TypeError(f"cosine must be a bool, got {type(cosine).__name__}")
-    loss, _ = _backend(backend, user)["mrl_softmax_loss"](user, pos, item_weight, candidates, dims, w,
-                                                          float(temperature), cosine)
+    loss, _ = _operator("mrl_softmax_loss", backend, user)(user, pos, item_weight, candidates, dims, w,
+                                                          temperature, cosine)
     return _reduce(loss, reduction)
 
 
@@ -386,4 +391,4 @@ def prefix_topk(
             raise ValueError(f"narrow must have shape ({item_weight.shape[0]}, {width}) (N, width), "
                              f"got {tuple(narrow.shape)}")
     offsets, ids = exclusion(exclude, batch, item_weight.shape[0], query.device)
-    return _backend(backend, query)["prefix_topk"](query, narrow, item_weight, k, shortlist, offsets, ids)
+    return _operator("prefix_topk", backend, query)(query, narrow, item_weight, k, shortlist, offsets, ids)

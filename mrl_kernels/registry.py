@@ -21,7 +21,7 @@ import torch
 from . import backends as _package
 from .library import Backend, Operators
 
-__all__ = ["declared", "names", "resolve", "available_backends"]
+__all__ = ["declared", "names", "resolve", "operator", "used", "available_backends"]
 
 
 def _discover() -> dict[str, Backend]:
@@ -68,17 +68,18 @@ def _fallback() -> Backend:
     return next(b for b in declared().values() if b.fallback)
 
 
-def resolve(backend: str, device: torch.device, width: int, dtype: torch.dtype) -> Operators:
-    """The operators that run ``width``-wide ``dtype`` tensors on ``device``
-    (``backend="auto"``: see the module's docstring)."""
+def _choose(backend: str, device: torch.device, width: int, dtype: torch.dtype) -> str:
+    """The name of the backend that runs ``width``-wide ``dtype`` tensors on
+    ``device`` (``backend="auto"``: see the module's docstring), loaded."""
     if backend == "auto":
         for found in declared().values():
             if device.type in found.preferred_on and found.runs_on(device.type):
                 if _load(found.name) is None:
                     _warn_fallback(found.name)
                 elif found.misfit(width, dtype) is None:
-                    return _LOADED[found.name]
-        return _load(_fallback().name)
+                    return found.name
+        _load(_fallback().name)
+        return _fallback().name
     if backend not in declared():
         raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, names()))}; got {backend!r}")
     found = declared()[backend]
@@ -89,7 +90,29 @@ def resolve(backend: str, device: torch.device, width: int, dtype: torch.dtype) 
     misfit = found.misfit(width, dtype)
     if misfit is not None:
         raise ValueError(f"backend={backend!r} {misfit}")
-    return _LOADED[backend]
+    return backend
+
+
+def resolve(backend: str, device: torch.device, width: int, dtype: torch.dtype) -> Operators:
+    """The operators that run ``width``-wide ``dtype`` tensors on ``device``
+    (``backend="auto"``: see the module's docstring)."""
+    return _LOADED[_choose(backend, device, width, dtype)]
+
+
+_USED: dict[str, str] = {}
+
+
+def operator(op: str, backend: str, device: torch.device, width: int, dtype: torch.dtype):
+    """Operator ``op`` of the backend that runs these tensors, recording which
+    backend that was (:func:`used`)."""
+    name = _choose(backend, device, width, dtype)
+    _USED[op] = name
+    return _LOADED[name][op]
+
+
+def used() -> dict[str, str]:
+    """Each public operator called in this process -> the backend its latest call ran on."""
+    return dict(_USED)
 
 
 def _warn_fallback(name: str) -> None:
