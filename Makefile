@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 # torch first (and numpy, which its C++ extension build imports), so that
 # nothing later pulls another torch; --no-build-isolation builds the C++
 # kernels against that torch
-$(VENV)/.installed: pyproject.toml setup.py csrc/mrl_kernels_cpu.cpp
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard mrl_kernels/*/*_cpu.cpp mrl_kernels/*/*/*_cpu.cpp mrl_kernels/ops/common.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip setuptools
 	$(BIN)/pip install $(TORCH) numpy

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine (under 8 minutes): the Triton tests (MNS, the BPR and
-# sampled-softmax losses,
-# prefix_topk, the LightGCN step) compiled on
-# the GPU against the reference, then the kernel benchmark. Results go to
+# One command for a CUDA machine (under 8 minutes): every Triton kernel's tests (MNS,
+# the BPR and sampled-softmax losses, prefix_topk, the frozen-table backward, the
+# LightGCN step) compiled on the GPU against the reference, then the kernel benchmark. Results go to
 # ${1:-bench/results} (markdown + JSON), to be committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

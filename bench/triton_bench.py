@@ -35,7 +35,7 @@ import torch
 import triton
 
 import mrl_kernels as mk
-from mrl_kernels.backends.triton import kernels
+from mrl_kernels.ops import triton_common
 from mrl_kernels.testing import make_inputs
 
 from . import costs
@@ -134,8 +134,8 @@ def main(argv=None) -> int:
             case = Case(65536, M, D, layout, torch.float32)
             for tile in (512, 1024, 2048):
                 for warps in (4, 8):
-                    # the launchers look kernels.config up at each launch
-                    with mock.patch.object(kernels, "config", functools.partial(kernels.config, tile=tile,
+                    # the launchers look triton_common.config up at each launch
+                    with mock.patch.object(triton_common, "config", functools.partial(triton_common.config, tile=tile,
                                                                                 warps=warps)):
                         ms = bench(graphed(case.step("triton")))
                         fwd = bench(graphed(case.step("triton", backward=False)))

@@ -3,9 +3,11 @@ operators from the spec table (:mod:`mrl_kernels.spec`).
 
 A backend module in :mod:`mrl_kernels.backends` sets ``BACKEND = Backend(...)``:
 its name, where it runs, what it takes, and a ``load`` function that registers
-its operators (with :func:`define` for Python implementations, or
-:func:`register` for operators a compiled library defined) and returns them.
-Importing a backend module must stay cheap: heavy imports go inside ``load``.
+its operators and returns them: :func:`define` for Python implementations
+(gathered from one module of every operator folder by :func:`implementations`),
+or :func:`define_schemas` then :func:`register` for a compiled library that only
+implements them (``TORCH_LIBRARY_IMPL``). Every schema is written once, in the
+spec. Importing a backend module must stay cheap: heavy imports go inside ``load``.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from typing import Callable, Collection, Mapping
 import torch
 from torch import Tensor
 
-from .spec import OPS, OpSpec, qualified_name
+from .ops.spec import NAMESPACE, OPS, OpSpec, package_modules, qualified_name
 
-__all__ = ["Backend", "Operators", "define", "register", "check_schemas"]
+__all__ = ["Backend", "Operators", "implementations", "define", "define_schemas", "register"]
 
 Operators = Mapping[str, "torch._ops.OpOverload"]  # op name -> this backend's operator
 
@@ -46,6 +48,15 @@ class Backend:
         return None
 
 
+def implementations(module: str) -> dict[str, Callable]:
+    """Op name -> function, from ``IMPLEMENTATIONS`` of ``mrl_kernels.ops.<folder>.<module>``
+    of every operator folder (``module``: ``"reference"``, ``"triton"``, ...)."""
+    found = {}
+    for imported in package_modules(module):
+        found.update(imported.IMPLEMENTATIONS)
+    return found
+
+
 def define(backend: str, implementations: Mapping[str, Callable], decorator=torch.library.custom_op,
            with_fake: bool = True) -> Operators:
     """Define every operator of the spec for ``backend`` from ``implementations``
@@ -61,25 +72,23 @@ def define(backend: str, implementations: Mapping[str, Callable], decorator=torc
     return register(backend, with_fake=with_fake)
 
 
-def check_schemas(backend: str) -> None:
-    """Raise RuntimeError if an operator ``backend`` defines differs from the spec."""
+_SCHEMAS = torch.library.Library(NAMESPACE, "FRAGMENT")  # the definitions of compiled backends' operators
+
+
+def define_schemas(backend: str) -> None:
+    """Define ``backend``'s operators from the spec, for a compiled library that
+    implements them (``TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m)``, no ``m.def``):
+    the dispatcher refuses a kernel whose C++ signature differs from its schema."""
     for spec in OPS.values():
-        name = qualified_name(spec.name, backend)
-        expected = torch._C.parse_schema(f"{name}{spec.schema}")
-        try:
-            found = getattr(torch.ops.mrl_kernels, f"{spec.name}_{backend}").default._schema
-        except AttributeError:
-            raise RuntimeError(f"backend {backend!r} defines no operator {name}") from None
-        if str(found) != str(expected):
-            raise RuntimeError(f"backend {backend!r} defines {found}, but the operator spec "
-                               f"(mrl_kernels/spec.py) says {expected}")
+        name = f"{spec.name}_{backend}"
+        if not hasattr(torch.ops.mrl_kernels, name):
+            _SCHEMAS.define(f"{name}{spec.schema}")
 
 
 def register(backend: str, with_fake: bool = True) -> Operators:
-    """Check the schemas of ``backend``'s operators (already defined, in Python by
-    :func:`define` or in C++) against the spec, register their fakes (unless
-    ``with_fake`` is False) and autograd, and return them."""
-    check_schemas(backend)
+    """Register the fakes (unless ``with_fake`` is False) and autograd of
+    ``backend``'s operators (defined by :func:`define` or :func:`define_schemas`)
+    and return them."""
     ops = {name: getattr(torch.ops.mrl_kernels, f"{name}_{backend}").default for name in OPS}
     for spec in OPS.values():
         if with_fake:
@@ -91,8 +100,11 @@ def register(backend: str, with_fake: bool = True) -> Operators:
 
 def _register_autograd(spec: OpSpec, backend: str, backward) -> None:
     """Autograd of ``spec`` by its backward operator: save, by name, the forward
-    inputs and outputs the backward takes; route its results to ``spec.grads``."""
-    needed = OPS[spec.backward].inputs[1:]  # after the incoming gradient
+    inputs and outputs the backward takes; route its results to ``spec.grads``.
+    Its ``output_mask`` says which of them autograd needs (``needs_input_grad``):
+    a frozen table gets no gradient buffer."""
+    needed = OPS[spec.backward].inputs[1:-1]  # after the incoming gradient, before output_mask
+    positions = [spec.inputs.index(name) for name in spec.grads]
 
     def setup_context(ctx, inputs, output):
         outputs = output if isinstance(output, tuple) else (output,)
@@ -103,7 +115,9 @@ def _register_autograd(spec: OpSpec, backend: str, backward) -> None:
 
     def grad(ctx, grad_output, *_unused):
         values = {**dict(zip(ctx.tensor_names, ctx.saved_tensors)), **ctx.others}
-        grads = dict(zip(spec.grads, backward(grad_output.contiguous(), *(values[name] for name in needed))))
+        mask = [ctx.needs_input_grad[i] for i in positions]
+        computed = backward(grad_output.contiguous(), *(values[name] for name in needed), mask)
+        grads = {name: g for name, g, wanted in zip(spec.grads, computed, mask) if wanted}
         return tuple(grads.get(name) for name in spec.inputs)
 
     torch.library.register_autograd(qualified_name(spec.name, backend), grad, setup_context=setup_context)

@@ -6,7 +6,7 @@ import torch
 from mrl_kernels import registry
 from mrl_kernels.backbones import MF
 from mrl_kernels.objectives import OBJECTIVES
-from mrl_kernels.spec import OPS
+from mrl_kernels.ops.spec import OPS
 from mrl_kernels.testing import make_inputs
 
 from conftest import DEVICE
@@ -26,16 +26,16 @@ def _samples(requires_grad):
         "mns_bpr_loss": (x["user"], x["pos"], x["item_weight"], x["candidates"], x["dims"],
                          torch.tensor([0.2, 0.3, 0.5], device=DEVICE)),
         "mrl_bpr_loss_backward": (torch.randn(6, generator=g).to(DEVICE), plain["user"], plain["pos"], plain["neg"],
-                                  torch.rand(6, 3, generator=g).to(DEVICE), x["dims"]),
+                                  torch.rand(6, 3, generator=g).to(DEVICE), x["dims"], [True, True, True]),
         "mns_bpr_loss_backward": (torch.randn(6, generator=g).to(DEVICE), plain["user"], plain["pos"],
                                   plain["item_weight"], plain["candidates"][:, :, 0],
-                                  torch.rand(6, 3, generator=g).to(DEVICE), x["dims"]),
+                                  torch.rand(6, 3, generator=g).to(DEVICE), x["dims"], [True, False, False]),
         "mrl_softmax_loss": (x["user"], x["pos"], x["item_weight"], x["candidates"], x["dims"],
                              torch.tensor([0.2, 0.3, 0.5], device=DEVICE), 0.5, True),
         "mrl_softmax_loss_backward": (torch.randn(6, generator=g).to(DEVICE), plain["user"], plain["pos"],
                                       plain["item_weight"], plain["candidates"],
                                       torch.rand(6, 3, generator=g).to(DEVICE) + 2, x["dims"],
-                                      torch.tensor([0.2, 0.3, 0.5], device=DEVICE), 0.5, False),
+                                      torch.tensor([0.2, 0.3, 0.5], device=DEVICE), 0.5, False, [False, True, True]),
         "prefix_topk": (plain["user"], plain["item_weight"][:, :5], plain["item_weight"], 3, 7,
                         torch.tensor([0, 2, 2, 3, 3, 3, 4], device=DEVICE),
                         torch.tensor([1, 5, 0, 11], device=DEVICE)),

@@ -8,26 +8,53 @@ import pytest
 import torch
 
 import mrl_kernels as mk
-from mrl_kernels import library, registry
-from mrl_kernels.spec import OPS
+from mrl_kernels import registry
+from mrl_kernels.backends import cpp
+from mrl_kernels.ops.spec import OPS
 from mrl_kernels.testing import make_inputs
 
 
-def test_the_cpp_backend_loads_and_its_schemas_match_the_spec():
-    # loading checks every C++ schema against mrl_kernels/spec.py
+def test_the_cpp_backend_loads_with_every_operator_of_the_spec():
     assert "cpp" in mk.available_backends("cpu"), registry._UNAVAILABLE.get("cpp")
-
-
-def test_a_schema_that_differs_from_the_spec_is_refused():
-    lib = torch.library.Library("mrl_kernels", "FRAGMENT")  # noqa: F841 - keeps the definitions alive
     for spec in OPS.values():
-        schema = spec.schema.replace("int[] dims", "int[] widths") if spec.name == "mns_sample" else spec.schema
-        lib.define(f"{spec.name}_mismatched{schema}")
-    with pytest.raises(RuntimeError, match=r"backend 'mismatched' defines .*mns_sample_mismatched.* int\[\] widths"
-                                           r".* but the operator spec"):
-        library.check_schemas("mismatched")
-    with pytest.raises(RuntimeError, match="backend 'absent' defines no operator mrl_kernels::mns_sample_absent"):
-        library.check_schemas("absent")
+        assert str(getattr(torch.ops.mrl_kernels, f"{spec.name}_cpp").default._schema) == \
+            str(torch._C.parse_schema(f"mrl_kernels::{spec.name}_cpp{spec.schema}"))
+
+
+def test_the_cpp_sources_define_no_schema_of_their_own():
+    # every schema is written once, in the spec: the C++ only implements (TORCH_LIBRARY_IMPL)
+    sources = cpp.sources()
+    assert {p.name for p in sources} >= {"mns_cpu.cpp", "softmax_cpu.cpp", "prefix_topk_cpu.cpp", "lazy_adam_cpu.cpp"}
+    for path in sources:
+        text = path.read_text()
+        assert "TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m)" in text and "m.def(" not in text, path
+        assert "TORCH_LIBRARY(" not in text and "TORCH_LIBRARY_FRAGMENT(" not in text, path
+
+
+MISMATCHED = """
+#include <torch/library.h>
+// takes one argument fewer than the spec's mns_sample
+at::Tensor mns_sample(const at::Tensor& user, const at::Tensor& item_weight, const at::Tensor& candidates) {
+  return candidates;
+}
+TORCH_LIBRARY_IMPL(mrl_kernels, CPU, m) { m.impl("mns_sample_mismatched", &mns_sample); }
+"""
+
+
+@pytest.mark.slow
+def test_a_cpp_kernel_whose_signature_differs_from_the_spec_is_refused(tmp_path):
+    # the schemas come from the spec (library.define_schemas); the dispatcher checks the C++ signature against them
+    run = _python(f"""
+        import torch
+        from torch.utils import cpp_extension
+        from mrl_kernels import library
+        library.define_schemas("mismatched")
+        try:
+            cpp_extension.load_inline("mismatched", cpp_sources=[{MISMATCHED!r}], is_python_module=False)
+        except Exception as e:
+            print("refused:", e)
+    """, tmp_path)
+    assert "refused:" in run.stdout and "mns_sample_mismatched" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
 
 
 def _run(threads):

@@ -1,11 +1,15 @@
-"""The ``"cpp"`` backend: fused CPU kernels from ``csrc/``, float32 and float64.
+"""The ``"cpp"`` backend: fused CPU kernels, float32 and float64, from one C++
+source per operator folder (``mrl_kernels/ops/<operator>/*_cpu.cpp``, sharing
+``mrl_kernels/ops/common.h``) and :class:`~mrl_kernels.optim.LazyAdam`'s row pass
+(``mrl_kernels/optim/lazy_adam_cpu.cpp``).
 
 The library is built with the package (``setup.py``, as ``mrl_kernels._C``) when
 torch is importable at install time; otherwise it is compiled on first use with
 ``torch.utils.cpp_extension.load`` (ninja, cached under
-``$TORCH_EXTENSIONS_DIR``). Its ``TORCH_LIBRARY_FRAGMENT`` defines the operators;
-loading checks their schemas against :mod:`mrl_kernels.spec` and adds the fake
-and autograd functions.
+``$TORCH_EXTENSIONS_DIR``). The sources only implement operators
+(``TORCH_LIBRARY_IMPL``); their schemas are defined here from
+:mod:`mrl_kernels.ops.spec`, so each is written once, and the dispatcher
+refuses a kernel whose C++ signature does not match its schema.
 """
 from __future__ import annotations
 
@@ -16,8 +20,13 @@ import torch
 
 from .. import library
 
-SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "mrl_kernels_cpu.cpp"
+PACKAGE = Path(__file__).resolve().parents[1]
 CFLAGS = ["-O3", "-fopenmp"]  # at::parallel_for runs on OpenMP: without it, one thread
+
+
+def sources() -> list[Path]:
+    """The C++ sources of the library: every ``*_cpu.cpp`` of the package."""
+    return sorted(PACKAGE.glob("**/*_cpu.cpp"))
 
 
 def _load_library() -> None:
@@ -25,15 +34,19 @@ def _load_library() -> None:
     if built is not None and built.origin:
         torch.ops.load_library(built.origin)
         return
-    if not SOURCE.is_file():
-        raise ImportError(f"the C++ kernels were not built with the package and {SOURCE} is missing")
+    found = sources()
+    if not found:
+        raise ImportError(f"the C++ kernels were not built with the package and no *_cpu.cpp source is in {PACKAGE}")
     from torch.utils import cpp_extension
 
-    cpp_extension.load(name="mrl_kernels_cpu", sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
-                       is_python_module=False, verbose=False)
+    cpp_extension.load(name="mrl_kernels_cpu", sources=[str(p) for p in found], extra_cflags=CFLAGS,
+                       extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
 
 
 def _load() -> library.Operators:
+    library.define_schemas("cpp")
+    from .. import optim  # noqa: F401 - defines the schema of LazyAdam's row pass, which the library implements
+
     _load_library()
     return library.register("cpp")
 

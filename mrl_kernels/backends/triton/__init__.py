@@ -1,4 +1,6 @@
-"""The ``"triton"`` backend: fused MNS + MRL-loss kernels (:mod:`.kernels`).
+"""The ``"triton"`` backend: fused Triton kernels, one ``triton.py`` per operator
+folder (``mrl_kernels/ops/<operator>/triton.py``, sharing
+``mrl_kernels/ops/triton_common.py``).
 
 On CUDA tensors; on CPU tensors too under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, for tests without a GPU). Triton itself is imported only when the
@@ -6,6 +8,8 @@ backend is loaded, so the package works without it. On a GPU the operators are
 ``triton_op``\\ s whose launchers use ``wrap_triton``, so ``torch.compile`` traces
 into them; ``wrap_triton`` refuses interpreted kernels, so under the interpreter
 the same launchers are registered as plain ``custom_op``\\ s with the spec's fakes.
+``python -m mrl_kernels.backends.triton.aot`` compiles every kernel the
+launchers can start for GPUs without one (:mod:`.aot`).
 """
 from __future__ import annotations
 
@@ -28,23 +32,7 @@ def _devices() -> tuple[str, ...]:
 
 
 def _load() -> library.Operators:
-    from . import kernels
-
-    implementations = {
-        "mns_sample": lambda user, item_weight, candidates, dims: kernels.forward(
-            user, None, item_weight, candidates, None, dims, None, compute_loss=False)[1],
-        "mrl_bpr_loss": lambda user, pos, neg, dims, weights: kernels.forward(
-            user, pos, None, None, neg, dims, weights, compute_loss=True)[::2],
-        "mrl_bpr_loss_backward": lambda grad, user, pos, neg, coef, dims: kernels.backward(
-            grad, user, pos, None, None, neg, coef, dims),
-        "mns_bpr_loss": lambda user, pos, item_weight, candidates, dims, weights: kernels.forward(
-            user, pos, item_weight, candidates, None, dims, weights, compute_loss=True),
-        "mns_bpr_loss_backward": lambda grad, user, pos, item_weight, negatives, coef, dims: kernels.backward(
-            grad, user, pos, item_weight, negatives, None, coef, dims),
-        "prefix_topk": kernels.prefix_topk,
-        "mrl_softmax_loss": kernels.softmax_forward,
-        "mrl_softmax_loss_backward": kernels.softmax_backward,
-    }
+    implementations = library.implementations("triton")
     if interpreting():
         return library.define("triton", implementations)
     return library.define("triton", implementations, decorator=torch.library.triton_op, with_fake=False)

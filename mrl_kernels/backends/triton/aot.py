@@ -1,11 +1,17 @@
 """Compile-only check of the Triton kernels, no GPU needed.
 
-``python -m mrl_kernels.backends.triton.aot`` compiles every kernel variant, for
-every block configuration the launchers can pick and for float32 and bfloat16
-inputs, for ``GPUTarget("cuda", 80, 32)`` (A100) and ``("cuda", 90, 32)`` (H100),
-reads each cubin's resource usage (``cuobjdump``), prints a table (kernel,
+``python -m mrl_kernels.backends.triton.aot`` calls every operator's Triton
+launcher (the backend's ``IMPLEMENTATIONS``, every spec entry, each candidate
+layout and score where the operator has them) for float32 and bfloat16 inputs
+at one width per block configuration the launchers can pick, inside
+:func:`~mrl_kernels.ops.triton_common.captured_launches`: nothing runs, and each
+recorded launch gives its kernel, signature and constants exactly as the
+launcher passes them. Each distinct launch is compiled for
+``GPUTarget("cuda", 80, 32)`` (A100) and ``("cuda", 90, 32)`` (H100); the check
+reads each cubin's resource usage (``cuobjdump``), prints a table (case, kernel,
 config, arch, registers, spilled bytes, shared memory) and exits non-zero if a
 compile fails or anything spills beyond its allowance (``SPILL_ALLOWANCE``).
+``--quick``: one width, float32, sm_90: every kernel variant once.
 
 Written for the Triton version in ``TRITON_VERSION``, which the ``test`` extra
 pins (``ASTSource`` and ``triton.compile``'s arguments change between releases);
@@ -14,6 +20,8 @@ on another version it says so and still tries.
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import os
 import re
 import subprocess
@@ -22,77 +30,106 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
+import torch
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import kernels
+from ... import library
+from ...ops.common import LAYOUTS, acc_dtype
+from ...ops.spec import OPS
+from ...ops.triton_common import captured_launches, configs
+from ...testing import make_inputs
 
 TRITON_VERSION = "3.9"
 ARCHS = (80, 90)
-DTYPES = {"fp32": "*fp32", "bf16": "*bf16"}
-
-# (kernel name, kernel, its constexpr flags)
-VARIANTS = [
-    ("mns_bpr_loss.shared", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=False, COMPUTE_LOSS=True)),
-    ("mns_bpr_loss.per_level", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=True, COMPUTE_LOSS=True)),
-    ("mns_sample.shared", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=False, COMPUTE_LOSS=False)),
-    ("mns_sample.per_level", kernels._mrl_forward_kernel, dict(GATHER=True, PER_LEVEL=True, COMPUTE_LOSS=False)),
-    ("mrl_bpr_loss", kernels._mrl_forward_kernel, dict(GATHER=False, PER_LEVEL=True, COMPUTE_LOSS=True)),
-    ("mns_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=True)),
-    ("mrl_bpr_loss.backward", kernels._mrl_backward_kernel, dict(GATHER=False)),
-    *((f"mrl_softmax_loss{part}.{layout}{'.cosine' * cosine}", kernel, dict(PER_LEVEL=layout == "per_level",
-                                                                               COSINE=cosine))
-      for part, kernel in (("", kernels._softmax_forward_kernel), (".backward", kernels._softmax_backward_kernel))
-      for layout in ("shared", "per_level") for cosine in (False, True)),
-]
-# Stack bytes a kernel may use (the others: none). The softmax kernels keep 8 to 32
-# bytes of stack in 9 to 15 of their 224 configurations, about as often with 128- to
-# 512-element tiles and 1 to 8 warps (measured with this check).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float64: "*fp64",
+                 torch.int64: "*i64", torch.int32: "*i32"}
+# Stack bytes the kernels of an operator may use (the others: none), by name prefix. The
+# softmax kernels keep 8 to 32 bytes of stack in 9 to 15 of their 224 configurations,
+# about as often with 128- to 512-element tiles and 1 to 8 warps (measured with this check).
 SPILL_ALLOWANCE = {"mrl_softmax_loss": 32}
-
-# kernels with one fixed tile (not the launchers' per-width configs): name, kernel, constexprs
-FIXED = [
-    ("prefix_topk.scores", kernels._prefix_score_kernel,
-     dict(FP64=False, BLOCK_B=kernels.TOPK_BLOCK_B, BLOCK_N=kernels.TOPK_BLOCK_N, stride_qd=1, stride_nd=1)),
-]
+QUICK_WIDTH = 64
 
 
-def _example_dims(width: int) -> tuple[int, ...]:
+def cases() -> list[tuple[str, str, str | None, bool | None]]:
+    """``(case name, op, layout, cosine)`` for every operator of the spec, each
+    candidate layout and score it takes."""
+    found = []
+    for spec in OPS.values():
+        layouts = LAYOUTS if "candidates" in spec.inputs else (None,)
+        scores = (False, True) if "cosine" in spec.inputs else (None,)
+        for layout in layouts:
+            for cosine in scores:
+                name = spec.name + (f".{layout}" if layout else "") + (".cosine" if cosine else "")
+                found.append((name, spec.name, layout, cosine))
+    return found
+
+
+def _example_dims(width: int) -> list[int]:
     """Five nested widths ending at ``width`` (fewer for narrow rows)."""
-    return tuple(sorted({max(1, width >> shift) for shift in (4, 3, 2, 1, 0)}))
+    return sorted({max(1, width >> shift) for shift in (4, 3, 2, 1, 0)})
 
 
-def _signature(fn, dtype: str, constexprs: dict) -> dict:
-    """The argument types the launchers (``kernels.forward`` / ``kernels.backward``
-    and the softmax ones) pass with ``dtype`` inputs: float tensors, the loss and
-    its incoming gradient in ``dtype``; ids int64; weights, coef, lse and the
-    gathered item gradient in float32; the inverse temperature a float; an unused
-    pointer gets the tensor the launcher passes in its place (the backward of
-    ``mrl_bpr_loss`` passes coef for the negatives)."""
-    gather = constexprs.get("GATHER", fn is kernels._softmax_backward_kernel)
-    acc = "*fp32"
-    pointers = {
-        "cand_ptr": "*i64",
-        "negatives_ptr": "*i64" if gather or fn is kernels._mrl_forward_kernel else acc,
-        "weight_ptr": acc,
-        "coef_ptr": acc,
-        "lse_ptr": acc,
-        "grad_item_ptr": acc if gather else dtype,
-        "grad_neg_ptr": acc if gather else dtype,
-        "out_ptr": acc,
-    }
-    types = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            types[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            types[name] = pointers.get(name, dtype)
-        elif name == "inv_t":
-            types[name] = "fp32"
+def example_arguments(op: str, width: int, dtype: torch.dtype, layout: str | None, cosine: bool | None) -> list:
+    """Arguments of ``op`` (by the spec's argument names) at ``width`` in ``dtype``:
+    small, well-formed, never read (the launches are only captured)."""
+    dims = _example_dims(width)
+    x = make_inputs(4, width, 20, 3, dims, layout or "per-level", dtype=dtype)
+    levels, acc = len(dims), acc_dtype(dtype)
+    values = {**x, "grad": torch.ones(4, dtype=dtype), "weights": torch.ones(levels),
+              "coef": torch.ones(4, levels, dtype=acc), "lse": torch.ones(4, levels, dtype=acc),
+              "negatives": torch.zeros(4, levels, dtype=torch.int64), "temperature": 1.0, "cosine": cosine,
+              "output_mask": [True, True, True], "query": x["user"], "narrow": x["item_weight"][:, :dims[0]],
+              "k": 2, "shortlist": 5, "exclude_offsets": torch.zeros(5, dtype=torch.int64),
+              "exclude_ids": torch.zeros(0, dtype=torch.int64)}
+    return [values[name] for name in OPS[op].inputs]
+
+
+def _signature(kernel, arguments: dict) -> tuple[dict, dict]:
+    """The ``(signature, constexprs)`` Triton's JIT would specialise ``kernel`` to
+    for these launch ``arguments``: constexpr parameters and ints equal to 1 are
+    constants, tensors pointers of their dtype, other ints i32 (i64 if large),
+    floats fp32."""
+    signature, constexprs = {}, {}
+    for name, param in inspect.signature(kernel.fn).parameters.items():
+        value = arguments[name]
+        declared = param.annotation in (tl.constexpr, "tl.constexpr")  # a string under postponed annotations
+        if declared or (isinstance(value, int) and not isinstance(value, bool) and value == 1):
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = POINTER_TYPES[value.dtype]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
         else:
-            types[name] = "i32"
-    return types
+            signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+    return signature, constexprs
+
+
+def launches(quick: bool = False) -> list[dict]:
+    """Every distinct kernel launch of the launchers, as compile jobs."""
+    implementations = library.implementations("triton")
+    widths = [QUICK_WIDTH] if quick else [cfg["BLOCK_D"] for cfg in configs()]
+    dtypes = {"fp32": DTYPES["fp32"]} if quick else DTYPES
+    jobs, seen = [], set()
+    for name, op, layout, cosine in cases():
+        for dtype_name, dtype in dtypes.items():
+            for width in widths:
+                with captured_launches() as captured:
+                    implementations[op](*example_arguments(op, width, dtype, layout, cosine))
+                for kernel, arguments in captured:
+                    signature, constexprs = _signature(kernel, arguments)
+                    key = (kernel.fn.__name__, tuple(signature.items()), tuple(constexprs.items()),
+                           arguments["num_warps"] if "num_warps" in arguments else None)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    jobs.append(dict(case=name, kernel=(kernel.fn.__module__, kernel.fn.__name__), dtype=dtype_name,
+                                     signature=signature,
+                                     constexprs=constexprs, num_warps=arguments.get("num_warps", 4)))
+    return jobs
 
 
 def _resource_usage(cubin: bytes) -> dict:
@@ -109,57 +146,48 @@ def _resource_usage(cubin: bytes) -> dict:
     return {"registers": usage["REG"], "spills": usage["STACK"] + usage["LOCAL"]}
 
 
-def compile_one(job: tuple) -> dict:
-    name, dtype, cfg, arch = job
-    fixed = {n: (f, c) for n, f, c in FIXED}
-    if name in fixed:
-        fn, constexprs = fixed[name]
-        width = constexprs["BLOCK_N"]
-    else:
-        fn, flags = next((f, fl) for n, f, fl in VARIANTS if n == name)
-        width = cfg["BLOCK_D"]
-        dims = _example_dims(width)
-        constexprs = dict(flags, DIMS=dims, L=len(dims), FP64=False, BLOCK_B=cfg["BLOCK_B"], BLOCK_D=width,
-                          BLOCK_L=max(2, triton.next_power_of_2(len(dims))), stride_ud=1, stride_pd=1,
-                          stride_id=1, stride_nd=1)
-        constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
-    row = {"kernel": name, "dtype": dtype, "BLOCK_B": constexprs["BLOCK_B"], "BLOCK_D": width,
-           "num_warps": cfg["num_warps"], "arch": f"sm_{arch}"}
+def compile_one(job: dict) -> dict:
+    module, name = job["kernel"]
+    kernel = getattr(importlib.import_module(module), name)
+    constexprs = job["constexprs"]
+    row = {"case": job["case"], "kernel": name, "dtype": job["dtype"],
+           "BLOCK_B": constexprs.get("BLOCK_B"), "BLOCK_D": constexprs.get("BLOCK_D", constexprs.get("BLOCK_N")),
+           "num_warps": job["num_warps"], "arch": f"sm_{job['arch']}"}
     try:
-        src = ASTSource(fn=fn, signature=_signature(fn, DTYPES[dtype], constexprs), constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": cfg["num_warps"]})
+        src = ASTSource(fn=kernel, signature=job["signature"], constexprs=constexprs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32),
+                                  options={"num_warps": job["num_warps"]})
         row.update(_resource_usage(compiled.asm["cubin"]), shared=compiled.metadata.shared, error="")
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row.update(registers=-1, spills=-1, shared=-1, error=f"{type(exc).__name__}: {str(exc)[:200]}")
     return row
 
 
-def jobs() -> list[tuple]:
-    tiled = [(name, dtype, cfg, arch) for name, _, _ in VARIANTS for dtype in DTYPES
-             for cfg in kernels.configs() for arch in ARCHS]
-    return tiled + [(name, dtype, {"num_warps": kernels.WARPS}, arch) for name, _, _ in FIXED for dtype in DTYPES
-                    for arch in ARCHS]
+def jobs(quick: bool = False) -> list[dict]:
+    archs = (90,) if quick else ARCHS
+    return [dict(launch, arch=arch) for launch in launches(quick) for arch in archs]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mrl_kernels.backends.triton.aot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mrl_kernels.backends.triton.aot",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--quick", action="store_true", help="one width, float32, sm_90: every kernel variant once")
     args = parser.parse_args(argv)
     if not triton.__version__.startswith(TRITON_VERSION):
         print(f"note: written for Triton {TRITON_VERSION}.x, running {triton.__version__}", file=sys.stderr)
     with ProcessPoolExecutor(args.workers) as pool:
-        table = pd.DataFrame(list(pool.map(compile_one, jobs())))
+        table = pd.DataFrame(list(pool.map(compile_one, jobs(args.quick))))
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
         print(table.drop(columns="error").to_string(index=False))
-    allowed = table.kernel.map(lambda name: SPILL_ALLOWANCE.get(name.split(".")[0], 0))
+    allowed = table.case.map(lambda case: next((b for p, b in SPILL_ALLOWANCE.items() if case.startswith(p)), 0))
     failed, spilled = table[table.error != ""], table[table.spills > allowed]
     for _, row in failed.iterrows():
-        print(f"FAILED {row.kernel} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.error}", file=sys.stderr)
+        print(f"FAILED {row.case} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.error}", file=sys.stderr)
     for _, row in spilled.iterrows():
-        print(f"SPILLS {row.kernel} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.spills} bytes", file=sys.stderr)
-    print(f"{len(table)} compiles, {len(failed)} failed, {len(spilled)} spilled (beyond allowances: "
-          f"{int((table.spills > 0).sum())} use some stack); max registers {table.registers.max()}")
+        print(f"SPILLS {row.case} {row.dtype} BLOCK_D={row.BLOCK_D} {row.arch}: {row.spills} bytes", file=sys.stderr)
+    print(f"{len(table)} compiles of {table.case.nunique()} cases, {len(failed)} failed, {len(spilled)} spilled "
+          f"(beyond allowances: {int((table.spills > 0).sum())} use some stack); max registers {table.registers.max()}")
     return 1 if len(failed) or len(spilled) else 0
 
 

@@ -17,9 +17,14 @@ import math
 import torch
 from torch import Tensor
 
-from . import registry
+from .. import registry
 
 __all__ = ["LazyAdam"]
+
+# the schema of the C++ row pass (lazy_adam_cpu.cpp implements it); not an operator of the spec
+_LIBRARY = torch.library.Library("mrl_kernels", "FRAGMENT")
+_LIBRARY.define("lazy_adam_cpp(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor indices, "
+                "Tensor values, float beta1, float beta2, float eps, float step_size) -> ()")
 
 
 def _fused_available(param: Tensor) -> bool:

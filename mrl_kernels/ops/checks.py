@@ -1,0 +1,170 @@
+"""What every public operator checks before it runs, once: argument types,
+shapes, devices, dtypes, ids, nested widths, level weights, scalars; the
+choice of backend (:mod:`mrl_kernels.registry`); the reduction. Errors name
+the argument and what was expected."""
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import registry
+
+__all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_matrix", "check_float", "can_read_values", "check_ids", "check_dims",
+           "check_weights", "check_temperature", "check_reduction", "check_batch", "check_rows", "check_pos",
+           "check_sampling", "check_positive", "backend_operator", "reduce"]
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_matrix(name: str, t, ndim: int) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_float(name: str, t, ndim: int, like: tuple[str, Tensor] | None = None) -> Tensor:
+    check_matrix(name, t, ndim)
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if like is not None:
+        other_name, other = like
+        if t.device != other.device:
+            raise ValueError(f"{name} is on {t.device} but {other_name} is on {other.device}")
+        if t.dtype != other.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {other_name} has {other.dtype}")
+    return t
+
+
+def can_read_values(t: Tensor) -> bool:
+    """Whether value checks may read ``t`` back: not for meta tensors (shapes
+    only), not while ``torch.compile`` traces, nor while a CUDA graph is being
+    captured."""
+    if t.is_meta or torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def check_ids(name: str, ids, n: int, device: torch.device, padding: bool = False) -> Tensor:
+    """Integer ids on ``device``, inside ``[0, n)`` (below ``n`` if ``padding``:
+    negative ids then mark padding), as int64. The range check reads the ids back
+    (one synchronisation); it is skipped while compiling or capturing a CUDA graph."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
+    if ids.device != device:
+        raise ValueError(f"{name} is on {ids.device} but the embeddings are on {device}")
+    if ids.numel() and can_read_values(ids) and bool((((ids < 0) & (not padding)) | (ids >= n)).any()):
+        expected = f"be < {n} (the rows of item_weight; ids < 0 are padding)" if padding else \
+            f"lie in [0, {n}) (the rows of item_weight)"
+        raise ValueError(f"{name} must {expected}; got ids in [{int(ids.min())}, {int(ids.max())}]")
+    return ids.long()
+
+
+def check_dims(dims, width: int) -> list[int]:
+    """``dims`` (a sequence, or a 1-D array or tensor, of ints) as a list of
+    strictly increasing positive ints ending at ``width``."""
+    integer_tensor = isinstance(dims, Tensor) and not (dims.is_floating_point() or dims.is_complex())
+    integer_array = isinstance(dims, np.ndarray) and np.issubdtype(dims.dtype, np.integer)
+    if (integer_tensor or integer_array) and dims.ndim == 1:
+        dims = dims.tolist()
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) == 0:
+        raise ValueError(f"dims must be a non-empty sequence of ints, got {dims!r}")
+    if not all(isinstance(d, Integral) and not isinstance(d, bool) for d in dims):
+        raise ValueError(f"dims must hold ints, got {dims!r}")
+    dims = [int(d) for d in dims]
+    if dims[0] <= 0 or any(b <= a for a, b in zip(dims, dims[1:])):
+        raise ValueError(f"dims must be strictly increasing positive ints, got {dims}")
+    if dims[-1] != width:
+        raise ValueError(f"dims[-1] must equal the embedding width {width}, got dims={dims}")
+    return dims
+
+
+def check_weights(weights, num_levels: int, device: torch.device) -> Tensor:
+    """The per-level loss weights as a float32 tensor of length L (default 1/L)."""
+    if weights is None:
+        return torch.full((num_levels,), 1.0 / num_levels, dtype=torch.float32, device=device)
+    w = torch.as_tensor(weights, dtype=torch.float32).to(device)
+    if w.dim() != 1 or w.shape[0] != num_levels:
+        raise ValueError(f"weights must have one entry per level ({num_levels}), got shape {tuple(w.shape)}")
+    if can_read_values(w) and not bool(((w >= 0) & torch.isfinite(w)).all()):
+        raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+    return w
+
+
+def check_temperature(temperature) -> float:
+    """``temperature`` as a float, which must be positive and finite."""
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not 0 < temperature < float("inf"):
+        raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
+    return float(temperature)
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_batch(name: str, t: Tensor, batch: int) -> None:
+    if t.shape[0] != batch:
+        raise ValueError(f"{name} has {t.shape[0]} rows but user has {batch}")
+
+
+def check_rows(name: str, t) -> tuple[int, int]:
+    """``(B, D)`` of a non-empty float matrix ``t``."""
+    check_float(name, t, 2)
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row")
+    return t.shape
+
+
+def check_pos(pos, user: Tensor) -> None:
+    check_float("pos", pos, 2, like=("user", user))
+    check_batch("pos", pos, user.shape[0])
+    if pos.shape[1] != user.shape[1]:
+        raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
+
+
+def backend_operator(op: str, backend: str, rows: Tensor):
+    """Operator ``op`` of the backend for ``rows``' device, width and dtype (``rows``: user or query vectors)."""
+    return registry.operator(op, backend, rows.device, rows.shape[1], rows.dtype)
+
+
+def check_sampling(user, item_weight, candidates, dims, padding: bool = False) -> tuple[Tensor, list[int]]:
+    batch, width = check_rows("user", user)
+    check_float("item_weight", item_weight, 2, like=("user", user))
+    if item_weight.shape[1] != width:
+        raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
+    dims = check_dims(dims, width)
+    if not isinstance(candidates, Tensor) or candidates.dim() not in (2, 3):
+        shape = tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates).__name__
+        raise ValueError(f"candidates must be a (B, M) or (B, L, M) tensor of item ids, got {shape}")
+    check_batch("candidates", candidates, batch)
+    if candidates.dim() == 3 and candidates.shape[1] != len(dims):
+        raise ValueError(f"candidates of shape (B, L, M) must have L = len(dims) = {len(dims)} pools, "
+                         f"got {candidates.shape[1]}")
+    if candidates.shape[-1] == 0:
+        raise ValueError("candidates must hold at least one candidate per pool (M >= 1)")
+    return check_ids("candidates", candidates, item_weight.shape[0], user.device, padding), dims
+
+
+def reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def check_positive(name: str, value) -> int:
+    """``value`` as an int, which must be a positive integer (numpy integers too)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)

@@ -1,0 +1,100 @@
+"""MNS and the MRL loss: :func:`mns_sample`, :func:`mrl_bpr_loss` and the two
+fused in :func:`mns_bpr_loss`. This folder holds their spec (``spec.py``),
+reference (``reference.py``), Triton kernels (``triton.py``) and C++ kernels
+(``mns_cpu.cpp``). Every function takes ``backend="auto" | "torch" | "triton" |
+"cpp"`` (:mod:`mrl_kernels.registry`)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor
+
+from .. import checks  # a module import: the package and the registry import each other
+
+__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss"]
+
+
+def mns_sample(
+    user: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int], *, backend: str = "auto"
+) -> Tensor:
+    """Matryoshka negative sampling.
+
+    Args:
+        user: ``(B, D)`` user vectors.
+        item_weight: ``(N, D)`` item table.
+        candidates: ``(B, M)`` item ids (one pool for every level) or ``(B, L, M)``
+            (pool l for level l).
+        dims: the nested widths ``d_1 < ... < d_L = D``.
+
+    Returns:
+        int64 ``(B, L)``: ``out[b, l]`` is the candidate with the largest prefix
+        score ``<user[b, :d_l], item_weight[c, :d_l]>``, ties to the lowest
+        position in the pool. Not differentiable.
+    """
+    candidates, dims = checks.check_sampling(user, item_weight, candidates, dims)
+    return checks.backend_operator("mns_sample", backend, user)(user, item_weight, candidates, dims)
+
+
+def mrl_bpr_loss(
+    user: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """The MRL loss for given negative vectors.
+
+    Per row ``sum_l weights[l] * softplus(<u[:d_l], neg[:, l, :d_l]> - <u[:d_l], pos[:d_l]>)``.
+
+    Args:
+        user, pos: ``(B, D)``.
+        neg: ``(B, L, D)``, the negative vector of each level.
+        dims: the nested widths ``d_1 < ... < d_L = D``.
+        weights: L non-negative weights, default ``1/L`` each.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B,)``).
+
+    Differentiable in ``user``, ``pos`` and ``neg``.
+    """
+    batch, width = checks.check_rows("user", user)
+    checks.check_pos(pos, user)
+    checks.check_float("neg", neg, 3, like=("user", user))
+    dims = checks.check_dims(dims, width)
+    checks.check_batch("neg", neg, batch)
+    if neg.shape[2] != width:
+        raise ValueError(f"neg must have width {width} like user, got {neg.shape[2]}")
+    if neg.shape[1] != len(dims):
+        raise ValueError(f"neg must have L = len(dims) = {len(dims)} vectors per row, got {neg.shape[1]}")
+    w = checks.check_weights(weights, len(dims), user.device)
+    reduction = checks.check_reduction(reduction)
+    loss, _ = checks.backend_operator("mrl_bpr_loss", backend, user)(user, pos, neg, dims, w)
+    return checks.reduce(loss, reduction)
+
+
+def mns_bpr_loss(
+    user: Tensor,
+    pos: Tensor,
+    item_weight: Tensor,
+    candidates: Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """MNS and the MRL loss fused: ``(loss, negatives)``.
+
+    Equals ``mrl_bpr_loss(user, pos, item_weight[mns_sample(...)], dims, ...)``
+    with the negatives of :func:`mns_sample` (returned as the second value).
+    Differentiable in ``user``, ``pos`` and ``item_weight`` (whose gradient is
+    non-zero only in the chosen rows; an id chosen several times sums).
+    """
+    candidates, dims = checks.check_sampling(user, item_weight, candidates, dims)
+    checks.check_pos(pos, user)
+    w = checks.check_weights(weights, len(dims), user.device)
+    reduction = checks.check_reduction(reduction)
+    fused = checks.backend_operator("mns_bpr_loss", backend, user)
+    loss, negatives, _ = fused(user, pos, item_weight, candidates, dims, w)
+    return checks.reduce(loss, reduction), negatives

@@ -1,0 +1,72 @@
+"""The Matryoshka sampled softmax, :func:`mrl_softmax_loss`. This folder holds
+its spec (``spec.py``), reference (``reference.py``), Triton kernels
+(``triton.py``) and C++ kernels (``softmax_cpu.cpp``)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor
+
+from .. import checks  # a module import: the package and the registry import each other
+
+__all__ = ["mrl_softmax_loss"]
+
+
+def mrl_softmax_loss(
+    user: Tensor,
+    pos: Tensor,
+    item_weight: Tensor,
+    candidates: Tensor,
+    dims: Sequence[int],
+    weights: Sequence[float] | Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    *,
+    cosine: bool = False,
+    pos_ids: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Matryoshka sampled softmax, fused: at every nested width, a softmax over
+    the positive and a pool of candidates, each candidate's row read once.
+
+    Per row ``sum_l weights[l] * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)``
+    with ``s_j = <user[:d_l], e_j[:d_l]>`` (``cosine=True``: divided by
+    ``|user[:d_l]| |e_j[:d_l]|``, each prefix normalised on its own) and
+    ``t = temperature``: every candidate
+    of the pool counts (where :func:`mns_bpr_loss` keeps the hardest only), at the
+    same memory traffic.
+
+    Args:
+        user, pos: ``(B, D)`` user and positive item vectors.
+        item_weight: ``(N, D)`` item table the candidates index.
+        candidates: ``(B, M)`` item ids (one pool for every level) or ``(B, L, M)``
+            (pool l for level l); ids < 0 are padding and take no part (e.g. to
+            mask a user's own items among in-batch candidates).
+        dims: the nested widths ``d_1 < ... < d_L = D``.
+        weights: L non-negative weights, default ``1/L`` each.
+        temperature: the softmax temperature, a positive float.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B,)``).
+        cosine: score by the cosine of the prefixes instead of their inner product.
+        pos_ids: optional ``(B,)`` ids of the positives: candidates equal to
+            their row's positive are masked (an accidental hit is not a negative).
+
+    Differentiable in ``user``, ``pos`` and ``item_weight`` (non-zero in the
+    candidates' rows only; repeated ids sum).
+    """
+    candidates, dims = checks.check_sampling(user, item_weight, candidates, dims, padding=True)
+    checks.check_pos(pos, user)
+    w = checks.check_weights(weights, len(dims), user.device)
+    reduction = checks.check_reduction(reduction)
+    temperature = checks.check_temperature(temperature)
+    if pos_ids is not None:
+        pos_ids = checks.check_ids("pos_ids", pos_ids, item_weight.shape[0], user.device)
+        if pos_ids.shape != (user.shape[0],):
+            raise ValueError(f"pos_ids must have shape ({user.shape[0]},) (one id per row), "
+                             f"got {tuple(pos_ids.shape)}")
+        row_pos = pos_ids.view(-1, *[1] * (candidates.dim() - 1))
+        candidates = candidates.masked_fill(candidates == row_pos, -1)
+    if not isinstance(cosine, bool):
+        raise TypeError(f"cosine must be a bool, got {type(cosine).__name__}")
+    loss, _ = checks.backend_operator("mrl_softmax_loss", backend, user)(user, pos, item_weight, candidates, dims, w,
+                                                          temperature, cosine)
+    return checks.reduce(loss, reduction)
