@@ -36,6 +36,10 @@ class MatryoshkaIndex:
     always uses the full table in its own dtype."""
 
     def __init__(self, item_weight: Tensor, widths: Iterable[int], shortlist_dtype: torch.dtype | None = None):
+        if not isinstance(item_weight, Tensor) or item_weight.dim() != 2 or not item_weight.is_floating_point():
+            what = f"shape {tuple(item_weight.shape)} {item_weight.dtype}" if isinstance(item_weight, Tensor) \
+                else type(item_weight).__name__
+            raise ValueError(f"item_weight must be an (N, D) float table, got {what}")
         self.items = item_weight.detach().contiguous()
         dim = self.items.shape[1]
         self.widths = sorted({int(w) for w in widths})
@@ -74,8 +78,23 @@ class MatryoshkaIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "MatryoshkaIndex":
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(state["items"], state["widths"], getattr(torch, state["shortlist_dtype"].replace("torch.", "")))
+        """The index :meth:`save` wrote; ValueError naming the file if it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist or is not a file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: empty, truncated, garbage
+            raise ValueError(f"{path} is not an index written by MatryoshkaIndex.save "
+                             f"({type(exc).__name__})") from None
+        dtype = getattr(torch, str(state.get("shortlist_dtype", "")).replace("torch.", ""), None) \
+            if isinstance(state, dict) else None
+        if not isinstance(dtype, torch.dtype) or not isinstance(state.get("items"), Tensor) \
+                or not isinstance(state.get("widths"), list):
+            keys = f" with keys {', '.join(map(str, state))}" if isinstance(state, dict) else ""
+            raise ValueError(f"{path} is not an index written by MatryoshkaIndex.save (it holds a "
+                             f"{type(state).__name__}{keys})")
+        return cls(state["items"], state["widths"], dtype)
 
 
 def save_model(path: Path, user_table: Tensor, item_table: Tensor, dims: Sequence[int], seen: CSR,

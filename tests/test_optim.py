@@ -65,3 +65,32 @@ def test_dense_gradients_and_bad_settings_are_refused():
                           (dict(eps=0), "eps must be > 0")):
         with pytest.raises(ValueError, match=words):
             LazyAdam([table], **kwargs)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bad_row", [53, -2])
+def test_rows_outside_the_table_are_refused_before_anything_moves(monkeypatch, path, bad_row):
+    monkeypatch.setattr(optim, "_fused_available", lambda p: path == "cpp")
+    table, dense = torch.nn.Parameter(torch.randn(50, 4)), torch.nn.Parameter(torch.randn(3))
+    before = table.detach().clone()
+    opt = LazyAdam([table])
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1, bad_row]]), torch.ones(2, 4), (50, 4))
+    with pytest.raises(IndexError, match=r"rows must lie in \[0, 50\)"):
+        opt.step()
+    assert torch.equal(table.detach(), before) and not opt.state
+    # a dense gradient anywhere is refused before the sparse table beside it moves
+    both = LazyAdam([table, dense])
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1, 2]]), torch.ones(2, 4), (50, 4))
+    dense.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match="row-sparse gradients"):
+        both.step()
+    assert torch.equal(table.detach(), before) and not both.state
+
+
+def test_non_finite_and_malformed_settings_are_refused():
+    table = torch.nn.Parameter(torch.randn(5, 3))
+    for kwargs, words in ((dict(lr=float("inf")), "lr must be > 0 and finite"),
+                          (dict(lr=float("nan")), "lr must be > 0"), (dict(betas=(0.9,)), "betas must be two floats"),
+                          (dict(betas=(0.9, float("nan"))), "betas"), (dict(eps=float("inf")), "eps must be > 0")):
+        with pytest.raises(ValueError, match=words):
+            LazyAdam([table], **kwargs)

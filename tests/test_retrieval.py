@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import mrl_kernels as mk
+import mrl_kernels.data
 from mrl_kernels import cli, reference
 from mrl_kernels.trainer import TrainConfig, train
 
@@ -64,6 +65,46 @@ def test_k_beyond_the_items_left_pads_with_minus_one(backend):
     assert torch.isneginf(scores[0, 3]) and torch.isneginf(scores[1]).all()
 
 
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("width, shortlist", [(32, 2000), (8, 2000), (3, 50)])
+def test_nan_item_rows_rank_as_in_the_reference(backend, width, shortlist):
+    # the reference's rule on every backend: NaN scores rank first (lower id first), then the right items
+    torch.manual_seed(0)
+    query, items = torch.randn(64, 32), torch.randn(2000, 32)
+    items[[0, 1, 5, 9, 100, 1500], :3] = float("nan")  # the rows of nan_rows below
+    expected = mk.prefix_topk(query, items, 10, width, shortlist, backend="torch")
+    actual = mk.prefix_topk(query.to(DEVICE), items.to(DEVICE), 10, width, shortlist, backend=backend)
+    assert torch.equal(actual[1].cpu(), expected[1])
+    torch.testing.assert_close(actual[0].cpu(), expected[0], equal_nan=True)
+    nan_rows = [0, 1, 5, 9, 100, 1500]
+    clean = mk.prefix_topk(query, items.nan_to_num(0.0), 4, 32, 2000, [nan_rows] * 64, backend="torch")[1]
+    if width == 32:  # exact search: the NaN rows, then the true top items of the others
+        assert torch.equal(expected[1][:, :6], torch.tensor([nan_rows] * 64))
+        assert torch.equal(expected[1][:, 6:], clean)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("indptr, words", [([0, 2, 9], "end at len"), ([0, 3, 2], "decreasing"),
+                                           ([1, 2, 4], "start at 0")])
+def test_a_malformed_csr_exclude_is_refused(backend, indptr, words):
+    query, items = torch.randn(2, 8, device=DEVICE), torch.randn(10, 8, device=DEVICE)
+    bad = mk.data.CSR(torch.tensor(indptr), torch.tensor([1, 2, 3, 4]), 10)
+    with pytest.raises(ValueError, match=f"exclude is not a well-formed CSR.*{words}"):
+        mk.prefix_topk(query, items, 2, 4, 5, bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_beyond_every_item_pads_exact_and_narrow_search(backend):
+    items = torch.randn(50, 8, device=DEVICE)
+    index = mk.MatryoshkaIndex(items, [4])
+    query = torch.randn(3, 8, device=DEVICE)
+    for width in (None, 4):
+        scores, ids = index.search(query, 80, width, exclude=[[0, 1], [], [7]], backend=backend)
+        assert ids.shape == (3, 80) and (ids >= 0).sum(1).tolist() == [48, 50, 49]
+        assert sorted(ids[1, :50].tolist()) == list(range(50)) and (ids[2, 49:] == -1).all()
+        assert torch.isneginf(scores[ids < 0]).all() and not torch.isneginf(scores[ids >= 0]).any()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float_inputs_and_a_bfloat16_shortlist(backend):
     g = torch.Generator().manual_seed(3)
@@ -101,6 +142,24 @@ def test_index_save_and_load(tmp_path):
     query = torch.randn(3, 8)
     for a, b in zip(index.search(query, 5, 4, 20), again.search(query, 5, 4, 20)):
         assert torch.equal(a, b)
+
+
+def test_bad_index_files_and_tables_are_one_clear_error(tmp_path):
+    good = tmp_path / "index.pt"
+    mk.MatryoshkaIndex(torch.randn(20, 8), [4]).save(good)
+    blob = good.read_bytes()
+    files = {"truncated": blob[:len(blob) // 2], "garbage": b"\x00not an index" * 10, "empty": b""}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save({"something": 1}, tmp_path / "wrong")
+    torch.save(torch.randn(3), tmp_path / "bare")
+    for name in (*files, "wrong", "bare"):
+        with pytest.raises(ValueError, match=f"{name} is not an index written by MatryoshkaIndex.save"):
+            mk.MatryoshkaIndex.load(tmp_path / name)
+    with pytest.raises(ValueError, match="does not exist"):
+        mk.MatryoshkaIndex.load(tmp_path / "absent")
+    with pytest.raises(ValueError, match=r"item_weight must be an \(N, D\) float table, got shape \(5,\)"):
+        mk.MatryoshkaIndex(torch.randn(5), [4])
 
 
 @pytest.fixture(scope="module")

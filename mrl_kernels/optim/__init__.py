@@ -13,6 +13,8 @@ the batch cost, whatever the table's size.
 from __future__ import annotations
 
 import math
+from numbers import Real
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -55,22 +57,21 @@ class LazyAdam(torch.optim.Optimizer):
     gradients are refused."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0; got {lr}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must lie in [0, 1); got {betas}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0; got {eps}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        if isinstance(lr, bool) or not isinstance(lr, Real) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be > 0 and finite; got {lr!r}")
+        if (isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2
+                or not all(isinstance(b, Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas must be two floats in [0, 1); got {betas!r}")
+        if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps < math.inf:
+            raise ValueError(f"eps must be > 0 and finite; got {eps!r}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _gradients(self) -> list[tuple[dict, Tensor, Tensor]]:
+        """``(group, param, coalesced gradient)`` of every parameter with a
+        gradient, each checked before any parameter moves: row-sparse, shaped like
+        its table, its row ids inside the table."""
+        found = []
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -78,18 +79,37 @@ class LazyAdam(torch.optim.Optimizer):
                     raise RuntimeError("LazyAdam takes row-sparse gradients (sparse=True lookups); "
                                        "use torch.optim.Adam for dense ones")
                 grad = param.grad.coalesce()
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
-                state["step"] += 1
-                t = state["step"]
-                step_size = group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-                args = (param, state["exp_avg"], state["exp_avg_sq"], grad.indices()[0], grad.values(),
-                        beta1, beta2, group["eps"], step_size)
-                if _fused_available(param):
-                    torch.ops.mrl_kernels.lazy_adam_cpp(*args)
-                else:
-                    adam_rows(*args)
+                if grad.shape != param.shape or grad.sparse_dim() != 1:
+                    raise ValueError(f"LazyAdam: a gradient of shape {tuple(grad.shape)} with {grad.sparse_dim()} "
+                                     f"sparse dimensions for a table of shape {tuple(param.shape)}; expected "
+                                     "row-sparse gradients of the table's shape")
+                rows = grad.indices()[0]
+                if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= param.shape[0]):
+                    raise IndexError(f"LazyAdam: gradient rows must lie in [0, {param.shape[0]}) (the table's "
+                                     f"rows); got rows in [{int(rows.min())}, {int(rows.max())}]")
+                found.append((group, param, grad))
+        return found
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, param, grad in self._gradients():
+            beta1, beta2 = group["betas"]
+            state = self.state[param]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+            state["step"] += 1
+            t = state["step"]
+            step_size = group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+            args = (param, state["exp_avg"], state["exp_avg_sq"], grad.indices()[0], grad.values(),
+                    beta1, beta2, group["eps"], step_size)
+            if _fused_available(param):
+                torch.ops.mrl_kernels.lazy_adam_cpp(*args)
+            else:
+                adam_rows(*args)
         return loss

@@ -5,9 +5,10 @@
 // Adaptive retrieval without a (B, N) score matrix. Blocks of queries run in
 // parallel; for each block of items the narrow scores come from one small
 // matrix product (BLAS), and each query keeps a running top-`shortlist` (a heap
-// ordered by score, ties to the lower id) that most items leave at one
-// comparison with its worst entry. Excluded items are skipped by a cursor into
-// each query's sorted exclusions (items are visited in ascending id order). The
+// in the reference's order: NaN first, then by score, ties to the lower id) that
+// most items leave at one comparison with its worst entry. Excluded items are
+// skipped by a cursor into each query's sorted exclusions (items are visited in
+// ascending id order). The
 // shortlist is then reranked by full-width inner products and the best k kept.
 // Scores accumulate in T (float32 or float64); a float16 / bfloat16 narrow table
 // is converted block by block.
@@ -31,9 +32,14 @@ struct Scored {
   int64_t id;
 };
 
-// a ranks before b: higher score, ties to the lower id
+// a ranks before b: the reference's order (torch.sort, descending, stable):
+// NaN above every number, else the higher score; ties, NaN with NaN too, to
+// the lower id. A strict weak order even with NaN scores, as the heap needs.
 inline bool ranks_before(const Scored& a, const Scored& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
+  const bool a_nan = std::isnan(a.score), b_nan = std::isnan(b.score);
+  if (a_nan != b_nan) return a_nan;
+  if (!a_nan && a.score != b.score) return a.score > b.score;
+  return a.id < b.id;
 }
 
 constexpr int64_t kQueryBlock = 16, kItemBlock = 4096;
@@ -68,24 +74,21 @@ void prefix_topk_impl(const Tensor& query, const Tensor& narrow, const Tensor& i
         const T* S = block_scores.data_ptr<T>();
         for (int64_t r = 0; r < nq; ++r) {
           std::vector<Scored>& heap = heaps[r];  // front: the worst kept
-          const bool full_first = static_cast<int64_t>(heap.size()) >= shortlist;
-          double worst = full_first ? heap.front().score : -std::numeric_limits<double>::infinity();
           for (int64_t j = 0; j < nj; ++j) {
-            const double s = static_cast<double>(S[r * nj + j]);
+            const Scored candidate{static_cast<double>(S[r * nj + j]), j0 + j};
             const bool full = static_cast<int64_t>(heap.size()) >= shortlist;
-            // ids rise during the scan: an equal score never beats the worst kept
-            if (full && !(s > worst)) continue;
-            const int64_t id = j0 + j;
+            // most items stop here, at one comparison with the worst kept
+            if (full && !ranks_before(candidate, heap.front())) continue;
+            const int64_t id = candidate.id;
             while (cursor[r] < skip[r].size() && skip[r][cursor[r]] < id) ++cursor[r];
             if (cursor[r] < skip[r].size() && skip[r][cursor[r]] == id) continue;
             if (full) {
               std::pop_heap(heap.begin(), heap.end(), ranks_before);
-              heap.back() = {s, id};
+              heap.back() = candidate;
             } else {
-              heap.push_back({s, id});
+              heap.push_back(candidate);
             }
             std::push_heap(heap.begin(), heap.end(), ranks_before);
-            if (static_cast<int64_t>(heap.size()) >= shortlist) worst = heap.front().score;
           }
         }
       }
