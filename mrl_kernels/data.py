@@ -212,14 +212,27 @@ def read_authors(directory, valid_fraction: float = 0.1, seed: int = 0, name: st
     return _with_validation(name or directory.name, train, test, n_users, n_items, valid_fraction, seed)
 
 
+def _text_ids(column: pd.Series) -> pd.Series:
+    """Ids read as text: int64 where every one is a plain integer ("7", "-3", not
+    "007" or "+7", which would not read back as written), else the text as is."""
+    if column.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all():
+        return column.astype("int64")
+    return column
+
+
 def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """A CSV or Parquet table with columns ``user`` and ``item`` (any hashable ids,
-    remapped to 0..n-1; the maps are kept in ``user_ids`` / ``item_ids``). The test
+    remapped to 0..n-1; the maps are kept in ``user_ids`` / ``item_ids``; a CSV
+    column's ids are its text, or ints where all are plain integers, so every id
+    reads back as written). The test
     split is a seeded ``test_fraction`` of each user's interactions, then the
     validation split a ``valid_fraction`` of what is left."""
     path = Path(path)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
     try:
-        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        # CSV ids are read as text (only an empty cell is missing), so "007" and "7" stay two ids
+        frame = pd.read_parquet(path) if parquet else pd.read_csv(path, dtype=str, keep_default_na=False,
+                                                                  na_values=[""])
     except UnicodeDecodeError:
         data = path.read_bytes()
         try:
@@ -233,6 +246,9 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
     missing = {"user", "item"} - set(frame.columns)
     if missing:
         raise DataError(f"{path} needs columns 'user' and 'item'; missing {sorted(missing)}")
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas took the first of too many fields as the index
+        raise DataError(f"{path}: its rows have more fields than its header ({', '.join(map(str, frame.columns))});"
+                        " quote ids that contain commas")
     if frame.empty:
         raise DataError(f"{path} holds no interactions")
     for column in ("user", "item"):
@@ -241,6 +257,8 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
             row = int(np.flatnonzero(absent)[0])
             raise DataError(f"{path}: row {row + 1} of the table (counting from 1, header excluded) has no {column} "
                             f"id ({int(absent.sum())} such rows); remove or fill them")
+    if not parquet:
+        frame = frame.assign(user=_text_ids(frame["user"]), item=_text_ids(frame["item"]))
     users, user_ids = pd.factorize(frame["user"], sort=True)
     items, item_ids = pd.factorize(frame["item"], sort=True)
     n_users, n_items = len(user_ids), len(item_ids)

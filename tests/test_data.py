@@ -71,6 +71,25 @@ def test_tables_are_remapped(tmp_path, suffix):
     assert all((ds.user_ids[r], ds.item_ids[c]) in original for r, c in zip(rows, cols))
 
 
+def test_csv_ids_read_back_exactly_as_written(tmp_path):
+    # "1", "01" and "001" are three users; "007" stays "007"; all-plain integers are ints
+    path = tmp_path / "t.csv"
+    path.write_text("user,item\n1,7\n01,7\n001,8\n007,9\nNA,9\n")
+    ds = data.read_table(path)
+    assert ds.n_users == 5 and sorted(ds.user_ids) == ["001", "007", "01", "1", "NA"]
+    assert list(ds.item_ids) == [7, 8, 9] and all(isinstance(i, (int, np.integer)) for i in ds.item_ids)
+    rows, cols = data.CSR.union(ds.train, ds.valid, ds.test).pairs()
+    assert sorted(zip(ds.user_ids[rows], ds.item_ids[cols])) == sorted(
+        [("1", 7), ("01", 7), ("001", 8), ("007", 9), ("NA", 9)])
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("user,item\nalice,book,a,b\nbob,pen,c,d\n")  # unquoted commas shift every column
+    with pytest.raises(data.DataError, match="rows have more fields than its header .*quote ids"):
+        data.read_table(path)
+
+
 def test_table_without_columns(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n")
     with pytest.raises(data.DataError, match="needs columns 'user' and 'item'"):
