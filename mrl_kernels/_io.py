@@ -6,7 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-TEMP_SUFFIX = ".tmp"
+# the temporaries of atomic_write: ".<name>.<random>.mrl-partial", a name no user file has by chance,
+# so that clearing what an interrupted write left never touches anything else
+TEMP_SUFFIX = ".mrl-partial"
 
 
 def _umask() -> int:
@@ -52,8 +54,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporaries that an interrupted :func:`atomic_write` left in
-    ``folder`` (a process killed mid-write cannot clean up); call it only while
-    no other writer uses the folder. Returns what was removed."""
+    ``folder`` (a process killed mid-write cannot clean up), recognised by
+    :data:`TEMP_SUFFIX`, and nothing else; call it only while no other writer
+    uses the folder. Returns what was removed."""
     stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
     for p in stale:
         p.unlink()
