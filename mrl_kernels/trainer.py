@@ -39,12 +39,14 @@ from ._io import atomic_write, atomic_write_bytes, atomic_write_text, remove_sta
 from .backbones import BACKBONES
 from .metrics import evaluate, hierarchy_purity, prefix_evaluate
 from .objectives import OBJECTIVES
+from .ops import check_dims, check_temperature
 from .optim import LazyAdam
 from .registry import names as backend_names
 from .sampling import LAYOUTS, sample_candidates
 from .serving import MODEL_FILE, save_model
 
-__all__ = ["TrainConfig", "PAPER", "RECIPES", "recipe", "train", "Interrupted", "request_stop", "CHECKPOINT", "RUNS"]
+__all__ = ["TrainConfig", "PAPER_RECIPE", "RECIPES", "recipe", "train", "Interrupted", "request_stop", "CHECKPOINT",
+           "RUNS"]
 
 CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.json", "history.csv", CHECKPOINT, "model.pt")  # a folder holding any of these holds a run
@@ -59,8 +61,8 @@ MAGIC = b"mrl-train checkpoint 1\n"  # then the payload's SHA-256 (hex) and a ne
 
 # The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
 # one pool per level): every method's default unless RECIPES says otherwise.
-PAPER = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4, "temperature": 1.0,
-         "cosine": False}
+PAPER_RECIPE = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4,
+                "temperature": 1.0, "cosine": False}
 # Per-method defaults chosen on the validation split of tool by python -m bench.tune
 # (runs/tune, docs/reproduction.md); the same for every dataset. mrl-m: L2 1e-2 (the
 # paper's 1e-4 under-regularises: validation Recall@20 0.0788 against 0.0676, best of
@@ -70,7 +72,7 @@ RECIPES: dict[str, dict] = {"mrl-m": {"l2": 1e-2}}
 
 def recipe(method: str) -> dict:
     """The default settings of ``method``: the paper's, with its tuned ones over them."""
-    return {**PAPER, **RECIPES.get(method, {})}
+    return {**PAPER_RECIPE, **RECIPES.get(method, {})}
 
 
 @dataclass
@@ -117,16 +119,13 @@ class TrainConfig:
                               ("backend", ("auto", *backend_names()))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        dims = list(self.dims)
-        if not dims or dims[0] <= 0 or any(b <= a for a, b in zip(dims, dims[1:])):
-            raise ValueError(f"dims must be strictly increasing positive ints; got {dims}")
+        check_dims(self.dims, self.dims[-1] if self.dims else 0)  # the last width is the embedding's
         for name in ("candidates", "epochs", "batch_size", "eval_every", "patience", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
-        if not 0 < self.temperature < float("inf"):
-            raise ValueError(f"temperature must be a positive finite float; got {self.temperature}")
+        check_temperature(self.temperature)
         if not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0; got {self.l2}")
         try:

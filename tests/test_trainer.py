@@ -296,7 +296,7 @@ def test_unset_settings_take_the_method_recipe_and_given_ones_win(monkeypatch):
     monkeypatch.setitem(trainer.RECIPES, "mrl-s", {"l2": 0.5, "temperature": 0.2})
     assert TrainConfig(method="mrl-s").l2 == 0.5 and TrainConfig(method="mrl-s").temperature == 0.2
     assert TrainConfig(method="mrl-s", l2=0.01).l2 == 0.01
-    assert TrainConfig(method="bpr").l2 == trainer.PAPER["l2"]
+    assert TrainConfig(method="bpr").l2 == trainer.PAPER_RECIPE["l2"]
     assert "mrl-s: 0.5" in " ".join(cli.parser().format_help().split())
     args = cli.parser().parse_args(["--method", "mrl-s", "--lr", "0.01"])
     assert args.lr == 0.01 and not hasattr(args, "l2")  # an unset flag leaves the method's default
