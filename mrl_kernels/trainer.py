@@ -331,7 +331,7 @@ class _Group:
 
 
 class _Fit:
-    """A model, its optimizer and its sampling generator, trained on ``interactions``
+    """A model, its objective, optimizer and sampling generator, trained on ``interactions``
     (made afresh from the seed, so the selection run and the refit start alike)."""
 
     def __init__(self, config: TrainConfig, interactions: data_module.CSR, device: torch.device,
@@ -341,6 +341,7 @@ class _Fit:
         self.sparse = _sparse(config, interactions.n_cols)
         self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers, self.sparse).to(device)
         self.step_model = self.group.wrap(self.model)
+        self.objective = OBJECTIVES[config.method].build(config)
         if self.sparse:  # lazy Adam: moments and weights of the rows in the batch only
             self.optimizer = LazyAdam(self.model.parameters(), lr=config.lr)
         else:  # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one
@@ -370,13 +371,10 @@ class _Fit:
 
     def step(self, rows: Tensor) -> float:
         """One optimizer step on the interactions ``rows``; their mean loss."""
-        config, objective = self.config, OBJECTIVES[self.config.method]
-        dims = list(config.dims)
-        per_row = objective.candidate_shape(len(dims), config.candidates, config.layout)
+        per_row = self.objective.candidate_shape
         users, pos = self.users[rows], self.items[rows]
         cand = sample_candidates(users, math.prod(per_row), self.interactions.n_cols, self.interactions, self.sampler)
-        loss = objective(self.step_model(users, pos), cand.view(len(rows), *per_row), dims, config.l2, config.backend,
-                         config.temperature, config.cosine)
+        loss = self.objective(self.step_model(users, pos), cand.view(len(rows), *per_row))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -13,15 +13,15 @@ from conftest import DEVICE
 
 @pytest.mark.parametrize("method", list(OBJECTIVES))
 def test_sparse_lookups_give_the_dense_loss_and_gradients(method):
-    dims = [4, 8, 16]
-    objective = OBJECTIVES[method]
+    objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=6, layout="per-level",
+                                                     l2=1e-2))
     users, pos = torch.randint(0, 30, (24,)), torch.randint(0, 50, (24,))
-    cand = torch.randint(0, 50, (24, *objective.candidate_shape(len(dims), 6, "per-level")))
+    cand = torch.randint(0, 50, (24, *objective.candidate_shape))
     results = []
     for sparse in (False, True):
         torch.manual_seed(0)
         model = MF(30, 50, 16, sparse=sparse).to(DEVICE)
-        loss = objective(model(users.to(DEVICE), pos.to(DEVICE)), cand.to(DEVICE), dims, 1e-2)
+        loss = objective(model(users.to(DEVICE), pos.to(DEVICE)), cand.to(DEVICE))
         loss.backward()
         grads = [p.grad for p in model.parameters()]
         assert all(g.is_sparse == sparse for g in grads)
