@@ -34,7 +34,7 @@ import json, resource, sys, time
 import numpy as np, torch
 from mrl_kernels import data
 from mrl_kernels.metrics import evaluate
-from mrl_kernels.trainer import PAPER_RECIPE, TrainConfig, _Fit
+from mrl_kernels.trainer import PAPER_RECIPE, Fit, TrainConfig
 from bench.timing import median_ms
 
 n_items, sparse, repeats = int(sys.argv[1]), sys.argv[2] == "sparse", int(sys.argv[3])
@@ -42,7 +42,7 @@ torch.set_num_threads(1)
 rng = np.random.default_rng(0)
 users, items = rng.integers(0, {users}, {interactions}), rng.integers(0, n_items, {interactions})
 interactions = data.CSR.from_pairs(users, items, {users}, n_items)
-fit = _Fit(TrainConfig(**{{**PAPER_RECIPE, "batch_size": {batch}}}, sparse=sparse), interactions, torch.device("cpu"))
+fit = Fit(TrainConfig(**{{**PAPER_RECIPE, "batch_size": {batch}}}, sparse=sparse), interactions, torch.device("cpu"))
 g = torch.Generator().manual_seed(1)
 step_ms = median_ms(lambda: fit.step(torch.randint(0, interactions.nnz, ({batch},), generator=g)), "cpu", repeats)
 heldout = data.CSR.from_pairs(np.arange(1000), rng.integers(0, n_items, 1000), {users}, n_items)

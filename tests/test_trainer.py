@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mrl_kernels import cli, data, trainer
+from mrl_kernels.trainer import checkpoint
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.trainer import Interrupted, TrainConfig, train
 
@@ -71,7 +72,7 @@ def _refit_spy(monkeypatch, stop_at=None):
     """Record (interactions, epochs) of every fit; request a stop before epoch
     ``stop_at`` of the fit on train + validation."""
     fits = []
-    epoch = trainer._Fit.epoch
+    epoch = trainer.Fit.epoch
 
     def spied(fit):
         if not fits or fits[-1][0] is not fit:
@@ -80,7 +81,7 @@ def _refit_spy(monkeypatch, stop_at=None):
         if stop_at is not None and len(fits) == 2 and fits[-1][1] == stop_at:
             trainer.request_stop()
         return epoch(fit)
-    monkeypatch.setattr(trainer._Fit, "epoch", spied)
+    monkeypatch.setattr(trainer.Fit, "epoch", spied)
     return fits
 
 
@@ -130,7 +131,7 @@ def test_two_threads_give_the_same_bytes_and_resume_equals_an_uninterrupted_run(
     finally:
         torch.set_num_threads(before)
     assert _same_run(runs[0], runs[1]) and _same_run(runs[0], runs[2])
-    weights = [trainer._read_checkpoint(tmp_path / name / "checkpoint.pt", torch.device("cpu"))["model"]
+    weights = [checkpoint.read(tmp_path / name / "checkpoint.pt", torch.device("cpu"))["model"]
                for name in "abc"]
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0]), "the same seed gave other weights"
@@ -154,7 +155,7 @@ def test_a_run_folder_is_never_overwritten(tmp_path, small):
 
 
 def test_without_out_each_run_gets_a_new_folder_and_latest_points_at_it(tmp_path, small, monkeypatch):
-    monkeypatch.setattr(trainer, "RUNS", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
     config = {**SMALL, "epochs": 2}
     first = train(TrainConfig(**config), log=lambda _: None, dataset=small)
     second = train(TrainConfig(**config), log=lambda _: None, dataset=small)
@@ -209,7 +210,7 @@ def test_resume_on_changed_data_is_refused(tmp_path, small):
 def test_an_interrupt_before_any_checkpoint_says_nothing_is_kept(tmp_path, small, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(trainer, "sample_candidates", interrupt)
+    monkeypatch.setattr(trainer.fit, "sample_candidates", interrupt)
     with pytest.raises(Interrupted, match="no checkpoint was written yet"):
         train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
 
