@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 
-from ._io import atomic_write
+from .atomic import atomic_write
 from .backbones import BACKBONES
 from .data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 from .objectives import OBJECTIVES

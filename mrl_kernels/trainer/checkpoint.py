@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .config import TrainConfig
 
 __all__ = ["CHECKPOINT", "MAGIC", "settings", "write", "read", "save", "load"]

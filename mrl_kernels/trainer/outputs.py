@@ -18,7 +18,7 @@ from typing import Iterator
 import filelock
 import pandas as pd
 
-from .._io import atomic_write, atomic_write_text, remove_stale_temporaries
+from ..atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from ..serving import MODEL_FILE
 from .checkpoint import CHECKPOINT
 
