@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mrl_kernels import cli, data, trainer
+from mrl_kernels import cli, data, registry, trainer
 from mrl_kernels.trainer import checkpoint
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.trainer import Interrupted, TrainConfig, train
@@ -24,12 +24,21 @@ def small():
     return data.synthetic(seed=0, n_users=300, n_items=200)
 
 
+# the operators each method calls on dense tables
+OPERATORS = {"bpr": {"mrl_bpr_loss"}, "bpr-d": {"mns_bpr_loss"}, "bpr-m": {"mns_sample"},
+             "mrl-d": {"mns_sample", "mrl_bpr_loss"}, "mrl-m": {"mns_bpr_loss"}, "mrl-s": {"mrl_softmax_loss"}}
+
+
 @pytest.mark.parametrize("method", list(OBJECTIVES))
 def test_every_method_trains_and_writes_its_outputs(tmp_path, small, method):
     config = TrainConfig(method=method, epochs=4, out=str(tmp_path), **SMALL)
     result = train(config, log=lambda _: None, dataset=small)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
+    assert saved["config"]["world_size"] == 1
+    # the backend each operator ran on (this process's latest call of it: this run's)
+    assert OPERATORS[method] <= set(saved["backends"]) and saved["backends"] == registry.used()
+    assert set(saved["backends"].values()) <= set(registry.names())
     assert set(saved["prefix"]) == {"4", "8", "16"}
     assert {"recall@20", "ndcg@20", "recall@50"} <= set(saved["test"])
     assert saved["seconds_per_epoch"] > 0 and saved["wall_seconds"] > 0

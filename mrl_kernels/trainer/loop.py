@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as data_module
+from .. import registry
 from ..backbones import BACKBONES
 from ..metrics import evaluate, hierarchy_purity, prefix_evaluate
 from ..serving import MODEL_FILE, save_model
@@ -225,7 +226,7 @@ class _Run:
             "model": config.model,
             "method": config.method,
             "config": {**asdict(config), "dims": dims, "out": str(out), "threads": torch.get_num_threads(),
-                       "sparse": self.fit.sparse},
+                       "world_size": self.group.world, "sparse": self.fit.sparse},
             "versions": {"mrl_kernels": importlib.metadata.version("mrl_kernels"), "torch": torch.__version__,
                          "python": platform.python_version()},
             "test": prefix[str(dims[-1])],  # the full width
@@ -242,7 +243,8 @@ class _Run:
             result["hierarchy"] = {str(n): hierarchy_purity(item_table, ds.item_tree, n) for n in dims}
         wall = self._elapsed()
         result.update(seconds_per_epoch=state.train_seconds / max(state.epoch + state.refit_epoch, 1),
-                      wall_seconds=wall)
+                      wall_seconds=wall,
+                      backends=registry.used())  # each operator called in this process -> the backend it ran on
         outputs.write_history(out, state.history)
         save_model(out / MODEL_FILE, user_table, item_table, dims, data_module.CSR.union(ds.train, ds.valid, ds.test),
                    ds.user_ids, ds.item_ids, dataset=ds.name, method=config.method, model=config.model)
