@@ -32,7 +32,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mrl_kernels import data
-from mrl_kernels._io import atomic_write
+from mrl_kernels.atomic import atomic_write
 from mrl_kernels.metrics import evaluate
 
 WIDTHS = (4, 8, 16, 32, 64)

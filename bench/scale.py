@@ -20,43 +20,49 @@ import argparse
 import datetime as dt
 import json
 import platform
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
+
+from mrl_kernels import data
+from mrl_kernels.metrics import evaluate
+from mrl_kernels.trainer import PAPER_RECIPE, Fit, TrainConfig
+
+from .timing import median_ms
 
 SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
 USERS, INTERACTIONS, BATCH = 30_000, 300_000, 2048
 
-CHILD = """
-import json, resource, sys, time
-import numpy as np, torch
-from mrl_kernels import data
-from mrl_kernels.metrics import evaluate
-from mrl_kernels.trainer import PAPER, TrainConfig, _Fit
-from bench.timing import median_ms
 
-n_items, sparse, repeats = int(sys.argv[1]), sys.argv[2] == "sparse", int(sys.argv[3])
-torch.set_num_threads(1)
-rng = np.random.default_rng(0)
-users, items = rng.integers(0, {users}, {interactions}), rng.integers(0, n_items, {interactions})
-interactions = data.CSR.from_pairs(users, items, {users}, n_items)
-fit = _Fit(TrainConfig(**{{**PAPER, "batch_size": {batch}}}, sparse=sparse), interactions, torch.device("cpu"))
-g = torch.Generator().manual_seed(1)
-step_ms = median_ms(lambda: fit.step(torch.randint(0, interactions.nnz, ({batch},), generator=g)), "cpu", repeats)
-heldout = data.CSR.from_pairs(np.arange(1000), rng.integers(0, n_items, 1000), {users}, n_items)
-started = time.perf_counter()
-evaluate(*fit.model.tables(), heldout, [interactions])
-eval_s = time.perf_counter() - started
-print(json.dumps({{"step_ms": step_ms, "eval_1000_users_s": eval_s,
-                  "peak_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-""".format(users=USERS, interactions=INTERACTIONS, batch=BATCH)
+def one(n_items: int, sparse: bool, repeats: int) -> dict:
+    """In this process (its peak memory is the measurement's): the median step
+    time of the trainer's own :class:`~mrl_kernels.trainer.Fit` on ``n_items``
+    items, the time to evaluate 1,000 users, and the peak memory."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, USERS, INTERACTIONS), rng.integers(0, n_items, INTERACTIONS)
+    interactions = data.CSR.from_pairs(users, items, USERS, n_items)
+    fit = Fit(TrainConfig(**{**PAPER_RECIPE, "batch_size": BATCH}, sparse=sparse), interactions, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    step_ms = median_ms(lambda: fit.step(torch.randint(0, interactions.nnz, (BATCH,), generator=g)), "cpu", repeats)
+    heldout = data.CSR.from_pairs(np.arange(1000), rng.integers(0, n_items, 1000), USERS, n_items)
+    started = time.perf_counter()
+    evaluate(*fit.model.tables(), heldout, [interactions])
+    eval_s = time.perf_counter() - started
+    return {"step_ms": step_ms, "eval_1000_users_s": eval_s,
+            "peak_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def measure(n_items: int, path: str, repeats: int) -> dict:
-    run = subprocess.run([sys.executable, "-c", CHILD, str(n_items), path, str(repeats)], capture_output=True,
-                         text=True)
+    """:func:`one` in a process of its own."""
+    run = subprocess.run([sys.executable, "-m", "bench.scale", "--one", str(n_items), path, str(repeats)],
+                         capture_output=True, text=True)
     row = {"N": n_items, "path": path}
     if run.returncode != 0:
         killed = run.returncode < 0 or "MemoryError" in run.stderr or "DefaultCPUAllocator" in run.stderr
@@ -69,7 +75,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--one", nargs=3, metavar=("N", "PATH", "REPEATS"),
+                        help="measure one size and path (dense or sparse) in this process, print it as JSON")
     args = parser.parse_args(argv)
+    if args.one:
+        n_items, path, repeats = args.one
+        print(json.dumps(one(int(n_items), path == "sparse", int(repeats))))
+        return 0
     rows = []
     for n in map(int, args.sizes.split(",")):
         for path in ("dense", "sparse"):

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from mrl_kernels import data
-from mrl_kernels._io import atomic_write
+from mrl_kernels.atomic import atomic_write
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.sampling import LAYOUTS
 from mrl_kernels.trainer import CHECKPOINT, TrainConfig, recipe, train

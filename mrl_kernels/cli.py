@@ -12,13 +12,13 @@ import sys
 
 import pandas as pd
 
-from ._io import atomic_write
+from .atomic import atomic_write
 from .backbones import BACKBONES
 from .data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 from .objectives import OBJECTIVES
 from .registry import names as backend_names
 from .sampling import LAYOUTS
-from .trainer import PAPER, Interrupted, TrainConfig, recipe, request_stop, train
+from .trainer import PAPER_RECIPE, Interrupted, TrainConfig, recipe, request_stop, train
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -30,8 +30,8 @@ def _dims(text: str) -> tuple[int, ...]:
 
 def _defaults(name: str, methods=tuple(OBJECTIVES)) -> str:
     """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
-    tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER[name]]
-    common = f"{PAPER[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
+    tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER_RECIPE[name]]
+    common = f"{PAPER_RECIPE[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
     return "; ".join(([common] if len(tuned) < len(methods) else []) + tuned)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._io import atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 __all__ = ["CSR", "Dataset", "load", "read_authors", "read_table", "synthetic", "split_per_user",
            "dataset_dir", "download", "DataError"]

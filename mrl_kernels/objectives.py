@@ -14,13 +14,20 @@ a loss. The paper's five methods are entries of :data:`OBJECTIVES`:
 
 Where the selector picks at exactly the widths the loss scores at (MNS + MRL,
 DNS + BPR), selection and loss run fused in :func:`mrl_kernels.mns_bpr_loss`.
-Adding an objective = one entry here, with a new :class:`Loss` or
-:class:`~mrl_kernels.sampling.Selector` if needed.
+
+Each entry is a :class:`Method`: ``OBJECTIVES[name].build(settings)`` makes the
+:class:`Objective` of a run's settings (widths, L2, backend; temperature and
+scores for the softmax), which the trainer calls as ``objective(batch,
+candidates)`` on ``(B, *objective.candidate_shape)`` candidate ids. Adding an
+objective = one entry here: a :class:`Ranking` with a new :class:`Loss` or
+:class:`~mrl_kernels.sampling.Selector` if needed, or, for a loss over the whole
+candidate pool like :class:`SampledSoftmax`, a method of its own and the
+objective it builds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +37,8 @@ from .backbones import Batch, lookup
 from .ops import mns_bpr_loss, mrl_bpr_loss, mrl_softmax_loss
 from .sampling import DNS, MNS, UNIFORM, Selector
 
-__all__ = ["Loss", "BPR", "MRL", "Objective", "SampledSoftmax", "OBJECTIVES"]
+__all__ = ["Loss", "BPR", "MRL", "Settings", "Objective", "Method", "Ranking", "RankingObjective", "SampledSoftmax",
+           "SoftmaxObjective", "OBJECTIVES"]
 
 
 def _bpr(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int], backend: str) -> Tensor:
@@ -62,30 +70,75 @@ BPR = Loss("bpr", per_level=False, fn=_bpr)
 MRL = Loss("mrl", per_level=True, fn=_mrl)
 
 
+class Settings(Protocol):
+    """What building an objective reads; a :class:`mrl_kernels.trainer.TrainConfig` is one."""
+
+    dims: Sequence[int]  # nested widths, the last the embedding width
+    candidates: int  # candidates per pool
+    layout: str  # one of sampling.LAYOUTS
+    l2: float
+    backend: str  # the operators' backend
+    temperature: float  # the sampled softmax's only
+    cosine: bool  # the sampled softmax's only
+
+
+class Objective(Protocol):
+    """A training loss built for one run's settings (``OBJECTIVES[method].build(settings)``):
+    ``candidate_shape`` is the shape of the candidate ids to draw for each row of
+    a batch, and ``objective(batch, candidates (B, *candidate_shape))`` the
+    batch's scalar training loss."""
+
+    candidate_shape: tuple[int, ...]
+
+    def __call__(self, batch: Batch, candidates: Tensor) -> Tensor: ...
+
+
+class Method(Protocol):
+    """An entry of :data:`OBJECTIVES` (a ``--method``): what builds its objective."""
+
+    def build(self, settings: Settings) -> Objective: ...
+
+
 @dataclass(frozen=True)
-class Objective:
+class Ranking:
+    """A negative selector times a ranking loss (the paper's five methods)."""
+
     selector: Selector
     loss: Loss
 
-    def candidate_shape(self, num_levels: int, candidates: int, layout: str) -> tuple[int, ...]:
-        return self.selector.candidate_shape(num_levels, candidates, layout)
+    def build(self, settings: Settings) -> "RankingObjective":
+        dims = tuple(settings.dims)
+        return RankingObjective(self.selector, self.loss, dims,
+                                self.selector.candidate_shape(len(dims), settings.candidates, settings.layout),
+                                settings.l2, settings.backend)
+
+
+@dataclass(frozen=True)
+class RankingObjective:
+    """:class:`Ranking`'s objective for ``dims``, ``l2`` and ``backend``."""
+
+    selector: Selector
+    loss: Loss
+    dims: tuple[int, ...]
+    candidate_shape: tuple[int, ...]
+    l2: float
+    backend: str
 
     @property
     def fused(self) -> bool:
         return self.selector.scored and self.selector.per_level == self.loss.per_level
 
-    def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
-                 backend: str = "auto", temperature: float = 1.0, cosine: bool = False) -> Tensor:
+    def __call__(self, batch: Batch, candidates: Tensor) -> Tensor:
         """The training loss of one batch: the ranking loss plus the authors' L2
-        term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows.
-        (``temperature`` and ``cosine`` are the softmax objectives'; BPR losses have none.)"""
+        term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows."""
+        dims, backend = self.dims, self.backend
         if self.fused and not batch.sparse:  # the fused operator's item gradient is dense
             loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates,
                                            self.selector.widths(dims), backend=backend)
         else:
             negatives = self.selector.select(batch.user, batch.items, candidates, dims, backend)
             loss = self.loss.fn(batch.user, batch.pos, batch.negative_rows(negatives), dims, backend)
-        return loss + l2 * batch.squared_norms(negatives) / 2 / batch.user.shape[0]
+        return loss + self.l2 * batch.squared_norms(negatives) / 2 / batch.user.shape[0]
 
 
 @dataclass(frozen=True)
@@ -94,30 +147,44 @@ class SampledSoftmax:
     at every width it serves (one pool shared by all levels, ``layout="shared"``,
     or one per level), none is selected."""
 
-    def candidate_shape(self, num_levels: int, candidates: int, layout: str) -> tuple[int, ...]:
-        return (candidates,) if layout == "shared" else (num_levels, candidates)
+    def build(self, settings: Settings) -> "SoftmaxObjective":
+        dims = tuple(settings.dims)
+        shape = (settings.candidates,) if settings.layout == "shared" else (len(dims), settings.candidates)
+        return SoftmaxObjective(dims, shape, settings.l2, settings.backend, settings.temperature, settings.cosine)
 
-    def __call__(self, batch: Batch, candidates: Tensor, dims: Sequence[int], l2: float,
-                 backend: str = "auto", temperature: float = 1.0, cosine: bool = False) -> Tensor:
-        """:func:`mrl_softmax_loss` (inner-product or ``cosine`` scores) plus the L2 term
-        ``l2 * (|u|^2 + |i|^2 + mean_j |e_j|^2) / 2 / B`` on the batch's users,
-        positives and candidates (each row's candidates weigh as one negative)."""
+
+@dataclass(frozen=True)
+class SoftmaxObjective:
+    """:class:`SampledSoftmax`'s objective for ``dims``, ``l2``, ``backend``, the
+    softmax ``temperature`` and its scores (``cosine`` or inner products)."""
+
+    dims: tuple[int, ...]
+    candidate_shape: tuple[int, ...]
+    l2: float
+    backend: str
+    temperature: float
+    cosine: bool
+
+    def __call__(self, batch: Batch, candidates: Tensor) -> Tensor:
+        """:func:`mrl_softmax_loss` plus the L2 term ``l2 * (|u|^2 + |i|^2 + mean_j
+        |e_j|^2) / 2 / B`` on the batch's users, positives and candidates (each
+        row's candidates weigh as one negative)."""
         items, ids = batch.items, candidates
         if batch.sparse:  # the operator's item gradient is dense: hand it the pool's rows only
             unique, inverse = candidates.unique(return_inverse=True)
             items, ids = batch.negative_rows(unique), inverse
-        loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, dims, temperature=temperature, cosine=cosine,
-                                backend=backend)
+        loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, self.dims, temperature=self.temperature,
+                                cosine=self.cosine, backend=self.backend)
         per_row = candidates[0].numel()
         candidate_norms = lookup(batch.reg_items, candidates, batch.sparse).square().sum() / per_row
-        return loss + l2 * (batch.squared_norms() + candidate_norms) / 2 / batch.user.shape[0]
+        return loss + self.l2 * (batch.squared_norms() + candidate_norms) / 2 / batch.user.shape[0]
 
 
-OBJECTIVES = {
-    "bpr": Objective(UNIFORM, BPR),
-    "bpr-d": Objective(DNS, BPR),
-    "bpr-m": Objective(MNS, BPR),
-    "mrl-d": Objective(DNS, MRL),
-    "mrl-m": Objective(MNS, MRL),
+OBJECTIVES: dict[str, Method] = {
+    "bpr": Ranking(UNIFORM, BPR),
+    "bpr-d": Ranking(DNS, BPR),
+    "bpr-m": Ranking(MNS, BPR),
+    "mrl-d": Ranking(DNS, MRL),
+    "mrl-m": Ranking(MNS, MRL),
     "mrl-s": SampledSoftmax(),
 }

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ._io import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .data import CSR
 from .ops import prefix_topk
 

@@ -1,5 +1,7 @@
 """Backbones: LightGCN's propagation against a dense hand computation, every
 objective on LightGCN, and the operators on its propagated table."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -58,10 +60,11 @@ def test_every_objective_trains_on_lightgcn(tmp_path, method):
 def test_a_step_on_the_propagated_table_matches_every_backend_and_compiles(backend):
     torch._dynamo.reset()
     dims = [4, 8, 16]
-    objective = OBJECTIVES["mrl-m"]
+    config = TrainConfig(method="mrl-m", dims=tuple(dims), candidates=5, layout="per-level", l2=1e-4)
+    objectives = {name: OBJECTIVES["mrl-m"].build(replace(config, backend=name)) for name in {backend, "torch"}}
     ds = data.synthetic(seed=0, n_users=60, n_items=40)
     users, pos = torch.randint(0, 60, (16,)), torch.randint(0, 40, (16,))
-    cand = torch.randint(0, 40, (16, 3, 5))
+    cand = torch.randint(0, 40, (16, *objectives["torch"].candidate_shape))  # (16, 3, 5)
 
     def grads(step_of_batch):
         torch.manual_seed(0)
@@ -72,7 +75,7 @@ def test_a_step_on_the_propagated_table_matches_every_backend_and_compiles(backe
         return loss.detach(), [p.grad for p in model.parameters()]
 
     def loss_of(batch, backend=backend):
-        return objective(batch, cand.to(DEVICE), dims, 1e-4, backend)
+        return objectives[backend](batch, cand.to(DEVICE))
 
     def checked(batch):
         weights = torch.full((3,), 1 / 3, device=DEVICE)

@@ -5,6 +5,8 @@ import sys
 
 import pandas as pd
 
+from mrl_kernels import registry
+
 
 def test_two_processes_learn_and_write_their_outputs_once(tmp_path):
     common = ["--users", "400", "--items", "150", "--interactions", "12000", "--dims", "4,8,16", "--epochs", "6",
@@ -16,6 +18,8 @@ def test_two_processes_learn_and_write_their_outputs_once(tmp_path):
     assert run.stdout.count("test metrics of the refit model") == 1  # rank 0 alone reports
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result["config"]["world_size"] == 2
+    assert set(result["backends"]) == {"mns_bpr_loss"} and result["backends"]["mns_bpr_loss"] in registry.names()
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history.epoch.tolist() == [2, 4, 6]  # each evaluation once
     # it learns: well above the chance level of a random top-20 of 150 items

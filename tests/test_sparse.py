@@ -7,21 +7,22 @@ from mrl_kernels import data
 from mrl_kernels.backbones import MF
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.trainer import TrainConfig, train
+from mrl_kernels.trainer import config as trainer_config
 
 from conftest import DEVICE
 
 
 @pytest.mark.parametrize("method", list(OBJECTIVES))
 def test_sparse_lookups_give_the_dense_loss_and_gradients(method):
-    dims = [4, 8, 16]
-    objective = OBJECTIVES[method]
+    objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=6, layout="per-level",
+                                                     l2=1e-2))
     users, pos = torch.randint(0, 30, (24,)), torch.randint(0, 50, (24,))
-    cand = torch.randint(0, 50, (24, *objective.candidate_shape(len(dims), 6, "per-level")))
+    cand = torch.randint(0, 50, (24, *objective.candidate_shape))
     results = []
     for sparse in (False, True):
         torch.manual_seed(0)
         model = MF(30, 50, 16, sparse=sparse).to(DEVICE)
-        loss = objective(model(users.to(DEVICE), pos.to(DEVICE)), cand.to(DEVICE), dims, 1e-2)
+        loss = objective(model(users.to(DEVICE), pos.to(DEVICE)), cand.to(DEVICE))
         loss.backward()
         grads = [p.grad for p in model.parameters()]
         assert all(g.is_sparse == sparse for g in grads)
@@ -49,13 +50,11 @@ def test_sparse_lightgcn_is_refused(tmp_path):
 
 
 def test_mf_trains_sparse_by_default_from_the_documented_table_size(tmp_path, monkeypatch):
-    from mrl_kernels import trainer
-
     ds = data.synthetic(seed=0, n_users=200, n_items=150)
     config = dict(dims=(4, 8), epochs=1, eval_every=1, batch_size=256, progress=False)
-    monkeypatch.setattr(trainer, "SPARSE_FROM", 150)
+    monkeypatch.setattr(trainer_config, "SPARSE_FROM", 150)
     assert train(TrainConfig(out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=ds)["config"]["sparse"]
     assert not train(TrainConfig(model="lightgcn", out=str(tmp_path / "b"), **config), log=lambda _: None,
                      dataset=ds)["config"]["sparse"]
-    monkeypatch.setattr(trainer, "SPARSE_FROM", 151)
+    monkeypatch.setattr(trainer_config, "SPARSE_FROM", 151)
     assert not train(TrainConfig(out=str(tmp_path / "c"), **config), log=lambda _: None, dataset=ds)["config"]["sparse"]

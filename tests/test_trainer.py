@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mrl_kernels import cli, data, trainer
+from mrl_kernels import cli, data, registry, trainer
+from mrl_kernels.trainer import checkpoint
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.trainer import Interrupted, TrainConfig, train
 
@@ -23,12 +24,21 @@ def small():
     return data.synthetic(seed=0, n_users=300, n_items=200)
 
 
+# the operators each method calls on dense tables
+OPERATORS = {"bpr": {"mrl_bpr_loss"}, "bpr-d": {"mns_bpr_loss"}, "bpr-m": {"mns_sample"},
+             "mrl-d": {"mns_sample", "mrl_bpr_loss"}, "mrl-m": {"mns_bpr_loss"}, "mrl-s": {"mrl_softmax_loss"}}
+
+
 @pytest.mark.parametrize("method", list(OBJECTIVES))
 def test_every_method_trains_and_writes_its_outputs(tmp_path, small, method):
     config = TrainConfig(method=method, epochs=4, out=str(tmp_path), **SMALL)
     result = train(config, log=lambda _: None, dataset=small)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
+    assert saved["config"]["world_size"] == 1
+    # the backend each operator ran on (this process's latest call of it: this run's)
+    assert OPERATORS[method] <= set(saved["backends"]) and saved["backends"] == registry.used()
+    assert set(saved["backends"].values()) <= set(registry.names())
     assert set(saved["prefix"]) == {"4", "8", "16"}
     assert {"recall@20", "ndcg@20", "recall@50"} <= set(saved["test"])
     assert saved["seconds_per_epoch"] > 0 and saved["wall_seconds"] > 0
@@ -71,7 +81,7 @@ def _refit_spy(monkeypatch, stop_at=None):
     """Record (interactions, epochs) of every fit; request a stop before epoch
     ``stop_at`` of the fit on train + validation."""
     fits = []
-    epoch = trainer._Fit.epoch
+    epoch = trainer.Fit.epoch
 
     def spied(fit):
         if not fits or fits[-1][0] is not fit:
@@ -80,7 +90,7 @@ def _refit_spy(monkeypatch, stop_at=None):
         if stop_at is not None and len(fits) == 2 and fits[-1][1] == stop_at:
             trainer.request_stop()
         return epoch(fit)
-    monkeypatch.setattr(trainer._Fit, "epoch", spied)
+    monkeypatch.setattr(trainer.Fit, "epoch", spied)
     return fits
 
 
@@ -130,7 +140,7 @@ def test_two_threads_give_the_same_bytes_and_resume_equals_an_uninterrupted_run(
     finally:
         torch.set_num_threads(before)
     assert _same_run(runs[0], runs[1]) and _same_run(runs[0], runs[2])
-    weights = [trainer._read_checkpoint(tmp_path / name / "checkpoint.pt", torch.device("cpu"))["model"]
+    weights = [checkpoint.read(tmp_path / name / "checkpoint.pt", torch.device("cpu"))["model"]
                for name in "abc"]
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0]), "the same seed gave other weights"
@@ -154,7 +164,7 @@ def test_a_run_folder_is_never_overwritten(tmp_path, small):
 
 
 def test_without_out_each_run_gets_a_new_folder_and_latest_points_at_it(tmp_path, small, monkeypatch):
-    monkeypatch.setattr(trainer, "RUNS", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
     config = {**SMALL, "epochs": 2}
     first = train(TrainConfig(**config), log=lambda _: None, dataset=small)
     second = train(TrainConfig(**config), log=lambda _: None, dataset=small)
@@ -209,7 +219,7 @@ def test_resume_on_changed_data_is_refused(tmp_path, small):
 def test_an_interrupt_before_any_checkpoint_says_nothing_is_kept(tmp_path, small, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(trainer, "sample_candidates", interrupt)
+    monkeypatch.setattr(trainer.fit, "sample_candidates", interrupt)
     with pytest.raises(Interrupted, match="no checkpoint was written yet"):
         train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
 
@@ -296,7 +306,7 @@ def test_unset_settings_take_the_method_recipe_and_given_ones_win(monkeypatch):
     monkeypatch.setitem(trainer.RECIPES, "mrl-s", {"l2": 0.5, "temperature": 0.2})
     assert TrainConfig(method="mrl-s").l2 == 0.5 and TrainConfig(method="mrl-s").temperature == 0.2
     assert TrainConfig(method="mrl-s", l2=0.01).l2 == 0.01
-    assert TrainConfig(method="bpr").l2 == trainer.PAPER["l2"]
+    assert TrainConfig(method="bpr").l2 == trainer.PAPER_RECIPE["l2"]
     assert "mrl-s: 0.5" in " ".join(cli.parser().format_help().split())
     args = cli.parser().parse_args(["--method", "mrl-s", "--lr", "0.01"])
     assert args.lr == 0.01 and not hasattr(args, "l2")  # an unset flag leaves the method's default

@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
+
 # the temporaries of atomic_write: ".<name>.<random>.mrl-partial", a name no user file has by chance,
 # so that clearing what an interrupted write left never touches anything else
 TEMP_SUFFIX = ".mrl-partial"

@@ -1,0 +1,100 @@
+"""A run's settings (:class:`TrainConfig`), the per-method recipes that fill the
+ones left unset (:func:`recipe`), and their checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..backbones import BACKBONES
+from ..objectives import OBJECTIVES
+from ..ops import check_dims, check_temperature
+from ..registry import names as backend_names
+from ..sampling import LAYOUTS
+
+__all__ = ["PAPER_RECIPE", "RECIPES", "recipe", "TrainConfig", "SPARSE_FROM"]
+
+# The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
+# one pool per level): every method's default unless RECIPES says otherwise.
+PAPER_RECIPE = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4,
+                "temperature": 1.0, "cosine": False}
+# Per-method defaults chosen on the validation split of tool by python -m bench.tune
+# (runs/tune, docs/reproduction.md); the same for every dataset. mrl-m: L2 1e-2 (the
+# paper's 1e-4 under-regularises: validation Recall@20 0.0788 against 0.0676, best of
+# 45 trials over lr, L2, batch size, candidates and layout).
+RECIPES: dict[str, dict] = {"mrl-m": {"l2": 1e-2}}
+# items from which mf trains row-sparse by default: there a dense step took 421 ms and a
+# sparse one 29 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
+# quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 38 -> 25 ms)
+SPARSE_FROM = 1_000_000
+
+
+def recipe(method: str) -> dict:
+    """The default settings of ``method``: the paper's, with its tuned ones over them."""
+    return {**PAPER_RECIPE, **RECIPES.get(method, {})}
+
+
+@dataclass
+class TrainConfig:
+    """A training run. The settings left None (candidates, layout, batch size, lr,
+    L2, temperature, cosine) take the method's defaults, :func:`recipe`."""
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    synthetic_size: tuple[int, int, int] | None = None  # (users, items, interactions) of synthetic data
+    model: str = "mf"
+    layers: int = 1  # LightGCN's propagation layers
+    method: str = "mrl-m"
+    dims: tuple[int, ...] = (4, 8, 16, 32, 64)
+    candidates: int | None = None
+    layout: str | None = None
+    epochs: int = 300
+    batch_size: int | None = None
+    lr: float | None = None
+    l2: float | None = None
+    temperature: float | None = None  # the softmax objectives' (mrl-s)
+    cosine: bool | None = None  # mrl-s: cosine scores instead of inner products
+    seed: int = 0
+    eval_every: int = 5
+    patience: int = 10
+    device: str = "cpu"
+    backend: str = "auto"
+    out: str | None = None  # None: a new folder under runs/
+    progress: bool = True
+    track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
+    refit: bool = True  # after selection, train afresh on train + validation for the selected epochs
+    # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
+    # mf from SPARSE_FROM items
+    sparse: bool | None = None
+
+    def __post_init__(self):
+        for name, value in recipe(self.method).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        for name, allowed in (("model", BACKBONES), ("method", OBJECTIVES), ("layout", LAYOUTS),
+                              ("backend", ("auto", *backend_names()))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        check_dims(self.dims, self.dims[-1] if self.dims else 0)  # the last width is the embedding's
+        for name in ("candidates", "epochs", "batch_size", "eval_every", "patience", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr}")
+        check_temperature(self.temperature)
+        if not self.l2 >= 0:
+            raise ValueError(f"l2 must be >= 0; got {self.l2}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device!r} is not a torch device: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available here (torch {torch.__version__})")
+
+    def sparse_for(self, n_items: int) -> bool:
+        """Whether to train row-sparse on ``n_items`` items: as set, else mf from
+        :data:`SPARSE_FROM` items."""
+        return self.sparse if self.sparse is not None else self.model == "mf" and n_items >= SPARSE_FROM
