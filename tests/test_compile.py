@@ -8,6 +8,7 @@ from mrl_kernels.backbones import MF
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.ops.spec import OPS
 from mrl_kernels.testing import make_inputs
+from mrl_kernels.trainer import TrainConfig
 
 from conftest import DEVICE
 
@@ -55,8 +56,8 @@ def test_opcheck(backend, requires_grad):
 @pytest.mark.parametrize("method", list(OBJECTIVES))
 def test_compiled_training_step_matches_eager(backend, method):
     torch._dynamo.reset()
-    dims = [4, 8, 16]
-    objective = OBJECTIVES[method]
+    objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=5, layout="per-level",
+                                                     l2=1e-4, backend=backend))
 
     def make():
         torch.manual_seed(0)
@@ -64,10 +65,10 @@ def test_compiled_training_step_matches_eager(backend, method):
         return model, torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def loss_of(model, users, pos, cand):
-        return objective(model(users, pos), cand, dims, 1e-4, backend)
+        return objective(model(users, pos), cand)
 
     users, pos = torch.randint(0, 20, (16,), device=DEVICE), torch.randint(0, 40, (16,), device=DEVICE)
-    cand = torch.randint(0, 40, (16, *objective.candidate_shape(len(dims), 5, "per-level")), device=DEVICE)
+    cand = torch.randint(0, 40, (16, *objective.candidate_shape), device=DEVICE)
     eager_model, eager_opt = make()
     compiled_model, compiled_opt = make()
 
