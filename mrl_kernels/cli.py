@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -147,8 +148,12 @@ def recommend_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="shortlist prefix width (one of the run's dims)")
     p.add_argument("--shortlist", type=int, default=None, help="shortlist size (default max(200, k))")
     p.add_argument("--out", default=None, help="write the table to this .parquet or .csv file instead of printing it")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.add_argument("--batch-size", type=int, default=4096, help="users per search call")
     return p
+
+
+TABLE_FORMATS = (".parquet", ".csv")  # what --out writes, by its suffix
 
 
 def recommend_main(argv: list[str] | None = None) -> int:
@@ -158,6 +163,15 @@ def recommend_main(argv: list[str] | None = None) -> int:
     try:
         if args.all and args.out is None:
             raise ValueError("--all needs --out FILE (.parquet or .csv)")
+        for name in ("k", "batch_size"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if args.out is not None:
+            suffix = Path(args.out).suffix.lower()
+            if suffix not in TABLE_FORMATS:
+                raise ValueError(f"--out must end in .parquet or .csv (the format it is written in), got {args.out}")
+            if Path(args.out).exists() and not args.force:
+                raise ValueError(f"{args.out} exists; --force replaces it, or choose another --out")
         run = load_run(args.run)
         users = run.user_ids if args.all else [u for u in args.users.split(",") if u]
         if not users:
@@ -167,7 +181,7 @@ def recommend_main(argv: list[str] | None = None) -> int:
         table = pd.concat(tables, ignore_index=True)
         if args.out is None:
             print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        elif args.out.endswith(".parquet"):
+        elif suffix == ".parquet":
             atomic_write(args.out, lambda tmp: table.to_parquet(tmp, index=False))
         else:
             atomic_write(args.out, lambda tmp: table.to_csv(tmp, index=False))

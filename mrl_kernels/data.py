@@ -373,12 +373,16 @@ def load(name_or_path: str, data_dir=None, seed: int = 0, valid_fraction: float 
     ``synthetic_size``: ``(users, items, interactions)`` of the synthetic data,
     each None for its default (``SYNTHETIC_USERS`` users, ``SYNTHETIC_ITEMS``
     items, ``SYNTHETIC_PER_USER`` interactions a user)."""
+    if synthetic_size is not None and name_or_path != "synthetic":
+        raise DataError(f"synthetic sizes (--users, --items, --interactions) apply to the synthetic data only, "
+                        f"not to {name_or_path!r}")
     if name_or_path == "synthetic":
         if synthetic_size is None:
             return synthetic(seed=seed, valid_fraction=valid_fraction)
         users, items, interactions = synthetic_size
-        users, items = users or SYNTHETIC_USERS, items or SYNTHETIC_ITEMS
-        interactions = interactions or SYNTHETIC_PER_USER * users
+        users = SYNTHETIC_USERS if users is None else users
+        items = SYNTHETIC_ITEMS if items is None else items
+        interactions = SYNTHETIC_PER_USER * users if interactions is None else interactions
         if min(users, items, interactions) < 1:
             raise DataError(f"synthetic sizes must be positive, got users {users}, items {items}, "
                             f"interactions {interactions}")

@@ -173,3 +173,11 @@ def test_synthetic_is_seeded_and_keeps_its_hierarchy():
     rows, cols = a.train.pairs()
     inside = (a.item_tree[cols, 0] == a.user_path[rows, 0]).mean()
     assert inside > 0.8
+
+
+def test_synthetic_sizes_are_taken_as_given_and_only_for_synthetic_data():
+    with pytest.raises(data.DataError, match="synthetic sizes must be positive, got users 0"):
+        data.load("synthetic", synthetic_size=(0, None, None))
+    with pytest.raises(data.DataError, match="apply to the synthetic data only, not to 'ml100k'"):
+        data.load("ml100k", synthetic_size=(300, None, None))
+    assert data.load("synthetic", synthetic_size=(300, None, None)).n_users == 300

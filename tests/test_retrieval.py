@@ -190,6 +190,33 @@ def test_load_run_recommends_with_original_ids_and_excludes_seen_items(csv_run):
         run.recommend(["nobody"])
 
 
+def test_mrl_recommend_refuses_bad_sizes_formats_and_replacing_a_file(csv_run, capsys, tmp_path):
+    run = str(csv_run / "run")
+    existing = tmp_path / "mine.csv"
+    existing.write_text("the user's own table\n")
+    for argv, words in [([run, "--users", "user-3", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+                        ([run, "--users", "user-3", "--batch-size", "-1"], "--batch-size must be >= 1, got -1"),
+                        ([run, "--users", "user-3", "--k", "0"], "--k must be >= 1"),
+                        ([run, "--all", "--out", str(tmp_path / "x.txt")], "--out must end in .parquet or .csv"),
+                        ([run, "--all", "--out", str(existing)], "exists; --force replaces it")]:
+        assert cli.recommend_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mrl-recommend: error:") and words in err and "\n" not in err
+    assert existing.read_text() == "the user's own table\n"
+    assert cli.recommend_main([run, "--all", "--out", str(existing), "--force"]) == 0
+    assert pd.read_csv(existing).columns.tolist() == ["user", "rank", "item", "score"]
+    upper = tmp_path / "x.PARQUET"
+    assert cli.recommend_main([run, "--users", "user-3", "--out", str(upper)]) == 0
+    assert pd.read_parquet(upper).user.tolist() == ["user-3"] * 20
+    # k beyond the items left: every unseen item, exact or through a shortlist
+    for width in ([], ["--width", "8"]):
+        assert cli.recommend_main([run, "--users", "user-3", "--k", "1000", *width]) == 0
+        table = capsys.readouterr().out.splitlines()
+        seen = mk.load_run(run).seen
+        row = mk.load_run(run).rows(["user-3"])[0]
+        assert len(table) - 1 == 80 - int(seen.indptr[row + 1] - seen.indptr[row])
+
+
 def test_mrl_recommend_prints_writes_and_refuses(csv_run, capsys, tmp_path):
     assert cli.recommend_main([str(csv_run / "run"), "--users", "user-3,user-7", "--k", "3", "--width", "8"]) == 0
     out = capsys.readouterr().out
