@@ -2,6 +2,8 @@
 ones left unset (:func:`recipe`), and their checks."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -82,11 +84,11 @@ class TrainConfig:
         for name in ("candidates", "epochs", "batch_size", "eval_every", "patience", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0; got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be > 0 and finite; got {self.lr}")
         check_temperature(self.temperature)
-        if not self.l2 >= 0:
-            raise ValueError(f"l2 must be >= 0; got {self.l2}")
+        if not 0 <= self.l2 < math.inf:
+            raise ValueError(f"l2 must be >= 0 and finite; got {self.l2}")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:

@@ -17,17 +17,25 @@ from ..sampling import sample_candidates
 from .config import TrainConfig
 from .group import Group
 
-__all__ = ["Fit", "request_stop", "STOP"]
+__all__ = ["Fit", "Diverged", "Interrupted", "request_stop", "STOP"]
 
 STOP = threading.Event()  # set by request_stop: the epoch ends after the current step
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT / SIGTERM; the message says what was kept."""
+
+
+class Diverged(RuntimeError):
+    """The training loss is not finite: the weights are no longer a model."""
+
+
 def request_stop(signum=None, frame=None) -> None:
     """A signal handler: the training loop stops cleanly after the current step
-    (raising :class:`~mrl_kernels.trainer.Interrupted`); a second request
-    interrupts at once."""
+    (raising :class:`Interrupted`); a second request interrupts at once, wherever
+    the run is (an evaluation, say), also with :class:`Interrupted`."""
     if STOP.is_set():
-        raise KeyboardInterrupt
+        raise Interrupted("interrupted again: stopped at once")
     STOP.set()
 
 
@@ -62,13 +70,14 @@ class Fit:
                 "generator": self.generator.get_state(), "samplers": self.group.gather(self.sampler.get_state())}
 
     def load(self, saved: dict) -> None:
+        """Continue from ``saved`` (:meth:`state` of a fit at as many processes)."""
+        if len(saved["samplers"]) != self.group.world:  # the draws of each rank, and the epoch order, differ
+            raise ValueError(f"the checkpoint was written by {len(saved['samplers'])} processes, not "
+                             f"{self.group.world}; resume with as many")
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"].cpu())
         if self.sampler is not self.generator:
-            if len(saved["samplers"]) != self.group.world:
-                raise ValueError(f"the checkpoint was written by {len(saved['samplers'])} processes, not "
-                                 f"{self.group.world}; resume with as many")
             self.sampler.set_state(saved["samplers"][self.group.rank].cpu())
 
     def step(self, rows: Tensor) -> float:
@@ -77,10 +86,13 @@ class Fit:
         users, pos = self.users[rows], self.items[rows]
         cand = sample_candidates(users, math.prod(per_row), self.interactions.n_cols, self.interactions, self.sampler)
         loss = self.objective(self.step_model(users, pos), cand.view(len(rows), *per_row))
+        value = float(loss.detach())
+        if not math.isfinite(value):  # before the step: the weights stay as they were
+            raise Diverged(f"the training loss is {value}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return value
 
     def epoch(self) -> float:
         """One pass over the shuffled interactions; the mean training loss. Stops

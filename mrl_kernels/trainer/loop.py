@@ -28,16 +28,12 @@ from ..metrics import evaluate, hierarchy_purity, prefix_evaluate
 from ..serving import MODEL_FILE, save_model
 from . import checkpoint, outputs
 from .config import TrainConfig
-from .fit import STOP, Fit
+from .fit import STOP, Diverged, Fit, Interrupted
 from .group import Group
 
 __all__ = ["train", "Interrupted", "RunState", "SELECT_BY"]
 
 SELECT_BY = "recall@20"
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT / SIGTERM; the message says what was kept."""
 
 
 @dataclass
@@ -116,9 +112,16 @@ class _Run:
                     self.fit = self._refit_fit()
             if state.phase == "refit":
                 self._refit()
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; {self._kept()}") from None
-        return self.group.broadcast(self._report() if self.group.writer else None)
+            result = self._report() if self.group.writer else None
+        except Diverged as exc:
+            done = state.epoch if state.phase == "select" else state.refit_epoch
+            phase = "selection" if state.phase == "select" else "refit"
+            raise RuntimeError(f"the run diverged: {exc} during the {phase}, after {done} epochs (try a smaller "
+                               f"--lr, or another --l2); no metrics were reported; {self._kept()}") from None
+        except KeyboardInterrupt as exc:
+            how = "interrupted again, stopped at once" if isinstance(exc, Interrupted) else "interrupted"
+            raise Interrupted(f"{how}; {self._kept()}") from None
+        return self.group.broadcast(result)
 
     def _refit_fit(self) -> Fit:
         return Fit(self.config, data_module.CSR.union(self.ds.train, self.ds.valid), self.device, self.group)
@@ -170,7 +173,7 @@ class _Run:
                 if epoch % config.eval_every == 0 or epoch == config.epochs:
                     row = None
                     if self.group.writer:
-                        metrics = evaluate(*fit.model.tables(), ds.valid, [ds.train])
+                        metrics = evaluate(*_finite_tables(fit.model), ds.valid, [ds.train])
                         state.elapsed = self._elapsed()
                         row = {"epoch": epoch, "loss": loss, **metrics, "elapsed_s": state.elapsed}
                         if config.track_test:
@@ -214,7 +217,7 @@ class _Run:
         selected.load_state_dict(state.best_state)
         held_out = [ds.train, ds.valid]
         model = self.fit.model if config.refit else selected
-        user_table, item_table = model.tables()
+        user_table, item_table = _finite_tables(model)
         prefix = prefix_evaluate(user_table, item_table, dims, ds.test, held_out)
         if state.bad_evals >= config.patience:
             stopped = (f"early stop at epoch {state.epoch}: {config.patience} evaluations without a better "
@@ -258,3 +261,12 @@ class _Run:
 
 def _table(row: dict) -> str:
     return pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def _finite_tables(model) -> tuple:
+    """``model.tables()``, which must hold finite numbers only: metrics of
+    anything else would be a report of no model."""
+    tables = model.tables()
+    if not all(bool(torch.isfinite(t).all()) for t in tables):
+        raise Diverged("the model's tables hold non-finite values")
+    return tables
