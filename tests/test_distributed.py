@@ -2,10 +2,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 from mrl_kernels import registry
+from mrl_kernels.trainer import TrainConfig, train
 
 
 def test_two_processes_learn_and_write_their_outputs_once(tmp_path):
@@ -27,18 +29,30 @@ def test_two_processes_learn_and_write_their_outputs_once(tmp_path):
     assert history["recall@20"].iloc[-1] > history["recall@20"].iloc[0]
 
 
+def straight_and_resumed(out: Path) -> None:
+    """Under torchrun, in one process group: a 6-epoch run in ``out/a``, and a
+    4-epoch run in ``out/b`` resumed from its checkpoint to 6 epochs."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")  # the runs join it (train starts none of its own)
+    config = dict(synthetic_size=(400, 150, 12000), dims=(4, 8, 16), eval_every=2, lr=0.01, batch_size=512,
+                  progress=False, refit=False)
+    train(TrainConfig(epochs=6, out=str(out / "a"), **config))
+    train(TrainConfig(epochs=4, out=str(out / "b"), **config))
+    train(TrainConfig(epochs=6, out=str(out / "b"), **config), resume=True)
+    dist.destroy_process_group()
+
+
 def test_two_processes_resume_exactly(tmp_path):
-    common = ["--users", "400", "--items", "150", "--interactions", "12000", "--dims", "4,8,16", "--eval-every", "2",
-              "--lr", "0.01", "--batch-size", "512", "--no-progress", "--no-refit"]
-
-    def torchrun(port, *argv):
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                              "--master-port", str(port), "-m", "mrl_kernels", *common, *argv],
-                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
-        assert run.returncode == 0, run.stderr[-3000:]
-
-    torchrun(29521, "--epochs", "6", "--out", str(tmp_path / "a"))
-    torchrun(29522, "--epochs", "4", "--out", str(tmp_path / "b"))
-    torchrun(29523, "--epochs", "6", "--out", str(tmp_path / "b"), "--resume")
-    straight, resumed = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in "ab")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "29521", __file__, str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("resumed from") == 1  # the third run resumed (rank 0 alone logs)
+    straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in "ab")
+    assert resumed["epochs_run"] == straight["epochs_run"] == 6
     assert resumed["test"] == straight["test"] and resumed["prefix"] == straight["prefix"]
+
+
+if __name__ == "__main__":
+    straight_and_resumed(Path(sys.argv[1]))

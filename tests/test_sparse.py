@@ -6,7 +6,8 @@ import torch
 from mrl_kernels import data
 from mrl_kernels.backbones import MF
 from mrl_kernels.objectives import OBJECTIVES
-from mrl_kernels.trainer import TrainConfig, train
+from mrl_kernels.optim import LazyAdam
+from mrl_kernels.trainer import Fit, TrainConfig, train
 from mrl_kernels.trainer import config as trainer_config
 
 from conftest import DEVICE
@@ -49,12 +50,13 @@ def test_sparse_lightgcn_is_refused(tmp_path):
               log=lambda _: None, dataset=ds)
 
 
-def test_mf_trains_sparse_by_default_from_the_documented_table_size(tmp_path, monkeypatch):
+def test_mf_trains_sparse_by_default_from_the_documented_table_size(monkeypatch):
     ds = data.synthetic(seed=0, n_users=200, n_items=150)
     config = dict(dims=(4, 8), epochs=1, eval_every=1, batch_size=256, progress=False)
+    cpu = torch.device("cpu")
     monkeypatch.setattr(trainer_config, "SPARSE_FROM", 150)
-    assert train(TrainConfig(out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=ds)["config"]["sparse"]
-    assert not train(TrainConfig(model="lightgcn", out=str(tmp_path / "b"), **config), log=lambda _: None,
-                     dataset=ds)["config"]["sparse"]
+    fit = Fit(TrainConfig(**config), ds.train, cpu)
+    assert fit.sparse and fit.model.sparse and isinstance(fit.optimizer, LazyAdam)
+    assert not Fit(TrainConfig(model="lightgcn", **config), ds.train, cpu).sparse
     monkeypatch.setattr(trainer_config, "SPARSE_FROM", 151)
-    assert not train(TrainConfig(out=str(tmp_path / "c"), **config), log=lambda _: None, dataset=ds)["config"]["sparse"]
+    assert not Fit(TrainConfig(**config), ds.train, cpu).sparse

@@ -1,10 +1,10 @@
 import json
-import os
+import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import filelock
 import pandas as pd
@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from mrl_kernels import cli, data, registry, trainer
-from mrl_kernels.trainer import checkpoint
 from mrl_kernels.objectives import OBJECTIVES
-from mrl_kernels.trainer import Interrupted, TrainConfig, train
+from mrl_kernels.trainer import Interrupted, TrainConfig, checkpoint, train
 
 SMALL = dict(dims=(4, 8, 16), batch_size=256, eval_every=2, progress=False)
 
@@ -22,6 +21,17 @@ SMALL = dict(dims=(4, 8, 16), batch_size=256, eval_every=2, progress=False)
 @pytest.fixture(scope="module")
 def small():
     return data.synthetic(seed=0, n_users=300, n_items=200)
+
+
+@pytest.fixture(scope="module")
+def finished(small, tmp_path_factory):
+    """A finished 2-epoch run made without --out (runs/<time>-synthetic-mrl-m in a
+    folder of its own): its folder and metrics. Tests copy it before changing it."""
+    where = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(where)  # runs/ is relative to the working directory
+        result = train(TrainConfig(epochs=2, **SMALL), log=lambda _: None, dataset=small)
+    return where / result["config"]["out"], result
 
 
 # the operators each method calls on dense tables
@@ -36,6 +46,7 @@ def test_every_method_trains_and_writes_its_outputs(tmp_path, small, method):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["config"]["world_size"] == 1
+    assert saved["config"]["sparse"] is False  # mf below SPARSE_FROM items (test_sparse: Fit's choice)
     # the backend each operator ran on (this process's latest call of it: this run's)
     assert OPERATORS[method] <= set(saved["backends"]) and saved["backends"] == registry.used()
     assert set(saved["backends"].values()) <= set(registry.names())
@@ -54,16 +65,6 @@ def test_every_method_trains_and_writes_its_outputs(tmp_path, small, method):
     assert saved["valid"] == pytest.approx({name: best[name] for name in saved["valid"]})
     assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "curves.png").is_file()
     assert not list(tmp_path.glob(".*tmp"))
-
-
-def test_outputs_get_the_permissions_of_new_files(tmp_path, small):
-    before = os.umask(0o022)
-    try:
-        train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
-    finally:
-        os.umask(before)
-    for name in ("metrics.json", "history.csv", "checkpoint.pt", "curves.png"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
 def test_resume_continues_exactly(tmp_path, small):
@@ -146,34 +147,39 @@ def test_two_threads_give_the_same_bytes_and_resume_equals_an_uninterrupted_run(
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0]), "the same seed gave other weights"
 
 
-def test_resume_rewrites_every_output(tmp_path, small):
-    first = train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
-    history = (tmp_path / "history.csv").read_text()
+def _copy(finished, tmp_path) -> Path:
+    """A copy of the finished run's folder to damage or continue."""
+    folder, _ = finished
+    return Path(shutil.copytree(folder, tmp_path / "run"))
+
+
+def test_resume_rewrites_every_output(tmp_path, small, finished):
+    out, first = _copy(finished, tmp_path), finished[1]
+    history = (out / "history.csv").read_text()
     # as if killed between the last checkpoint and the history / metrics writes
     for name in ("history.csv", "metrics.json", "curves.png"):
-        (tmp_path / name).unlink()
-    again = train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small, resume=True)
-    assert (tmp_path / "history.csv").read_text() == history and (tmp_path / "curves.png").is_file()
-    assert again["test"] == first["test"] and json.loads((tmp_path / "metrics.json").read_text())["test"] == first["test"]
+        (out / name).unlink()
+    again = train(TrainConfig(epochs=2, out=str(out), **SMALL), log=lambda _: None, dataset=small, resume=True)
+    assert (out / "history.csv").read_text() == history and (out / "curves.png").is_file()
+    assert again["test"] == first["test"] and json.loads((out / "metrics.json").read_text())["test"] == first["test"]
 
 
-def test_a_run_folder_is_never_overwritten(tmp_path, small):
-    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+def test_a_run_folder_is_never_overwritten(tmp_path, small, finished):
+    out = _copy(finished, tmp_path)
     with pytest.raises(ValueError, match="already holds a run .*--resume continues it"):
-        train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+        train(TrainConfig(epochs=2, out=str(out), **SMALL), log=lambda _: None, dataset=small)
 
 
-def test_without_out_each_run_gets_a_new_folder_and_latest_points_at_it(tmp_path, small, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
-    config = {**SMALL, "epochs": 2}
-    first = train(TrainConfig(**config), log=lambda _: None, dataset=small)
-    second = train(TrainConfig(**config), log=lambda _: None, dataset=small)
-    folders = {first["config"]["out"], second["config"]["out"]}
-    assert len(folders) == 2 and all((tmp_path / "runs").joinpath(os.path.basename(f)).is_dir() for f in folders)
+def test_without_out_a_run_gets_a_new_folder_that_latest_points_at_and_resume_continues(tmp_path, small, finished,
+                                                                                          monkeypatch):
+    folder, first = finished  # trained without --out; outputs.run_folder's own test makes two folders
+    assert folder.parent.name == "runs" and folder.name.endswith("-synthetic-mrl-m") and folder.is_dir()
+    shutil.copytree(folder.parent, tmp_path / "runs", symlinks=True)
     latest = tmp_path / "runs" / "latest"
-    assert latest.is_symlink() and latest.resolve() == (tmp_path / "runs" / os.path.basename(second["config"]["out"]))
-    resumed = train(TrainConfig(**config), log=lambda _: None, dataset=small, resume=True)  # resumes runs/latest
-    assert resumed["test"] == second["test"]
+    assert latest.is_symlink() and latest.resolve() == (tmp_path / "runs" / folder.name)
+    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
+    resumed = train(TrainConfig(epochs=2, **SMALL), log=lambda _: None, dataset=small, resume=True)  # runs/latest
+    assert resumed["test"] == first["test"] and resumed["config"]["out"] == str(Path("runs") / "latest")
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, small):
@@ -188,32 +194,11 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path, small):
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_stale_temporaries_are_removed_on_start(tmp_path, small):
-    stale = tmp_path / ".checkpoint.pt.k3j2h1.tmp"
-    stale.write_bytes(b"x" * 1000)  # left by a killed write
-    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
-    assert not stale.exists()
-
-
-@pytest.mark.parametrize("damage, words", [
-    (lambda p: p.write_bytes(b""), "is empty"),
-    (lambda p: p.write_bytes(b"\x00garbage" * 10), "not a checkpoint written by mrl-train"),
-    (lambda p: torch.save({"model": {}}, p), "not a checkpoint written by mrl-train"),
-    (lambda p: p.write_bytes(p.read_bytes()[:-10] + b"0123456789"), "is damaged"),
-    (lambda p: (p.unlink(), p.mkdir()), "is a directory"),
-])
-def test_bad_checkpoints_are_one_clear_error(tmp_path, small, damage, words):
-    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
-    damage(tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match=words):
-        train(TrainConfig(epochs=4, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small, resume=True)
-
-
-def test_resume_on_changed_data_is_refused(tmp_path, small):
-    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+def test_resume_on_changed_data_is_refused(tmp_path, finished):
+    out = _copy(finished, tmp_path)
     other = data.synthetic(seed=1, n_users=300, n_items=200)  # same shapes, other interactions
     with pytest.raises(ValueError, match="trained on other data"):
-        train(TrainConfig(epochs=4, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=other, resume=True)
+        train(TrainConfig(epochs=4, out=str(out), **SMALL), log=lambda _: None, dataset=other, resume=True)
 
 
 def test_an_interrupt_before_any_checkpoint_says_nothing_is_kept(tmp_path, small, monkeypatch):
@@ -249,10 +234,10 @@ def test_tracked_test_metrics_do_not_change_training(tmp_path, small):
     assert at_best == pytest.approx(plain["test_before_refit"]["recall@20"])
 
 
-def test_resume_refuses_other_settings(tmp_path, small):
-    train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+def test_resume_refuses_other_settings(tmp_path, small, finished):
+    out = _copy(finished, tmp_path)
     with pytest.raises(ValueError, match=r"written with other settings \(dims: \[4, 8, 16\] there, \[8, 16\] now\)"):
-        train(TrainConfig(epochs=4, out=str(tmp_path), **{**SMALL, "dims": (8, 16)}), log=lambda _: None,
+        train(TrainConfig(epochs=4, out=str(out), **{**SMALL, "dims": (8, 16)}), log=lambda _: None,
               dataset=small, resume=True)
 
 

@@ -124,6 +124,7 @@ class _Run:
         return self.group.broadcast(result)
 
     def _refit_fit(self) -> Fit:
+        """A fresh fit on train + validation (the refit's)."""
         return Fit(self.config, data_module.CSR.union(self.ds.train, self.ds.valid), self.device, self.group)
 
     def _resume(self) -> None:

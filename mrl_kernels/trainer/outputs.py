@@ -87,6 +87,7 @@ def write_history(out: Path, history: list[dict]) -> None:
 
 
 def write_metrics(out: Path, result: dict) -> None:
+    """``metrics.json``: ``result`` as indented JSON."""
     atomic_write_text(out / METRICS, json.dumps(result, indent=2))
 
 
