@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mrl_kernels import data
+from mrl_kernels import atomic, data
 from mrl_kernels.sampling import Membership
 
 
@@ -108,7 +108,7 @@ def test_download_from_file_url(shared_datasets, tmp_path):
     for f in ("train.txt", "test.txt"):
         saved = (tmp_path / "ml100k" / f).read_bytes()
         assert hashlib.sha256(saved).hexdigest() == data.SHA256[f"ml100k/{f}"]
-    assert not list((tmp_path / "ml100k").glob(".*tmp"))
+    assert not list((tmp_path / "ml100k").glob(f".*{atomic.TEMP_SUFFIX}"))
 
 
 def test_download_rejects_a_wrong_checksum(tmp_path, monkeypatch):

@@ -33,10 +33,20 @@ def test_a_full_disk_names_the_path_and_leaves_nothing_behind(tmp_path, monkeypa
 
 
 def test_stale_temporaries_are_removed(tmp_path):
-    (tmp_path / ".metrics.json.x1y2.tmp").write_text("half")
+    (tmp_path / f".metrics.json.x1y2{atomic.TEMP_SUFFIX}").write_text("half")
     (tmp_path / "metrics.json").write_text("{}")
-    assert [p.name for p in atomic.remove_stale_temporaries(tmp_path)] == [".metrics.json.x1y2.tmp"]
+    assert [p.name for p in atomic.remove_stale_temporaries(tmp_path)] == [f".metrics.json.x1y2{atomic.TEMP_SUFFIX}"]
     assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_only_this_programs_temporaries_are_removed(tmp_path):
+    # a user's own dot-files in a run folder, .tmp ones included, are never this program's to delete
+    theirs = [".notes.tmp", ".draft.json.tmp", ".partial"]
+    for name in theirs:
+        (tmp_path / name).write_text("the user's")
+    atomic.atomic_write_text(tmp_path / "a.json", "{}")
+    assert atomic.remove_stale_temporaries(tmp_path) == []
+    assert sorted(os.listdir(tmp_path)) == sorted([*theirs, "a.json"])
 
 
 def test_outputs_get_the_permissions_of_new_files(tmp_path):
@@ -80,7 +90,7 @@ def test_a_folder_holding_any_output_holds_a_run(tmp_path, name):
 
 
 def test_stale_temporaries_are_removed_on_start(tmp_path):
-    stale = tmp_path / "run" / ".checkpoint.pt.k3j2h1.tmp"
+    stale = tmp_path / "run" / f".checkpoint.pt.k3j2h1{atomic.TEMP_SUFFIX}"
     stale.parent.mkdir()
     stale.write_bytes(b"x" * 1000)  # left by a killed write
     with outputs.claimed(tmp_path / "run"):

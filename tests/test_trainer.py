@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mrl_kernels import cli, data, registry, trainer
+from mrl_kernels import atomic, cli, data, registry, trainer
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.trainer import Interrupted, TrainConfig, checkpoint, train
 
@@ -64,7 +64,7 @@ def test_every_method_trains_and_writes_its_outputs(tmp_path, small, method):
     assert saved["best_epoch"] == best.epoch
     assert saved["valid"] == pytest.approx({name: best[name] for name in saved["valid"]})
     assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "curves.png").is_file()
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(f".*{atomic.TEMP_SUFFIX}"))
 
 
 def test_resume_continues_exactly(tmp_path, small):
@@ -220,7 +220,7 @@ def test_sigterm_stops_like_ctrl_c_and_keeps_the_checkpoint(tmp_path):
     err = run.communicate(timeout=120)[1]
     assert run.returncode == 130, err
     assert "interrupted; the checkpoint of epoch" in err and "Traceback" not in err
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(f".*{atomic.TEMP_SUFFIX}"))
 
 
 def test_tracked_test_metrics_do_not_change_training(tmp_path, small):
