@@ -14,9 +14,8 @@ from .. import checks  # a module import: the package and the registry import ea
 __all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss"]
 
 
-def mns_sample(
-    user: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int], *, backend: str = "auto"
-) -> Tensor:
+def mns_sample(user: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int], *,
+               backend: str = "auto") -> Tensor:
     """Matryoshka negative sampling.
 
     Args:
@@ -35,16 +34,9 @@ def mns_sample(
     return checks.backend_operator("mns_sample", backend, user)(user, item_weight, candidates, dims)
 
 
-def mrl_bpr_loss(
-    user: Tensor,
-    pos: Tensor,
-    neg: Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | Tensor | None = None,
-    reduction: str = "mean",
-    *,
-    backend: str = "auto",
-) -> Tensor:
+def mrl_bpr_loss(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int],
+                 weights: Sequence[float] | Tensor | None = None, reduction: str = "mean", *,
+                 backend: str = "auto") -> Tensor:
     """The MRL loss for given negative vectors.
 
     Per row ``sum_l weights[l] * softplus(<u[:d_l], neg[:, l, :d_l]> - <u[:d_l], pos[:d_l]>)``.
@@ -73,17 +65,9 @@ def mrl_bpr_loss(
     return checks.reduce(loss, reduction)
 
 
-def mns_bpr_loss(
-    user: Tensor,
-    pos: Tensor,
-    item_weight: Tensor,
-    candidates: Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | Tensor | None = None,
-    reduction: str = "mean",
-    *,
-    backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
+def mns_bpr_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int],
+                 weights: Sequence[float] | Tensor | None = None, reduction: str = "mean", *,
+                 backend: str = "auto") -> tuple[Tensor, Tensor]:
     """MNS and the MRL loss fused: ``(loss, negatives)``.
 
     Equals ``mrl_bpr_loss(user, pos, item_weight[mns_sample(...)], dims, ...)``

@@ -225,34 +225,20 @@ std::tuple<Tensor, Tensor, Tensor> forward(const ForwardInputs& in, at::IntArray
 }
 
 Tensor mns_sample(const Tensor& user, const Tensor& item_weight, const Tensor& candidates, at::IntArrayRef dims) {
-  ForwardInputs in;
-  in.user = user;
-  in.item_weight = item_weight;
-  in.candidates = candidates;
-  return std::get<1>(forward(in, dims));
+  return std::get<1>(forward({.user = user, .item_weight = item_weight, .candidates = candidates}, dims));
 }
 
 std::tuple<Tensor, Tensor> mrl_bpr_loss(const Tensor& user, const Tensor& pos, const Tensor& neg,
                                         at::IntArrayRef dims, const Tensor& weights) {
-  ForwardInputs in;
-  in.user = user;
-  in.pos = pos;
-  in.neg = neg;
-  in.weights = weights;
-  auto out = forward(in, dims);
+  auto out = forward({.user = user, .pos = pos, .neg = neg, .weights = weights}, dims);
   return {std::get<0>(out), std::get<2>(out)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss(const Tensor& user, const Tensor& pos, const Tensor& item_weight,
                                                 const Tensor& candidates, at::IntArrayRef dims,
                                                 const Tensor& weights) {
-  ForwardInputs in;
-  in.user = user;
-  in.pos = pos;
-  in.item_weight = item_weight;
-  in.candidates = candidates;
-  in.weights = weights;
-  return forward(in, dims);
+  return forward({.user = user, .pos = pos, .item_weight = item_weight, .candidates = candidates, .weights = weights},
+                 dims);
 }
 
 // The tensors one backward reads: negatives + item_weight (gathered rows) or
@@ -290,27 +276,16 @@ std::tuple<Tensor, Tensor, Tensor> backward(const BackwardInputs& in, at::IntArr
 std::tuple<Tensor, Tensor, Tensor> mrl_bpr_loss_backward(const Tensor& grad, const Tensor& user, const Tensor& pos,
                                                          const Tensor& neg, const Tensor& coef, at::IntArrayRef dims,
                                                          std::array<bool, 3> output_mask) {
-  BackwardInputs in;
-  in.grad = grad;
-  in.user = user;
-  in.pos = pos;
-  in.neg = neg;
-  in.coef = coef;
-  return backward(in, dims, output_mask);
+  return backward({.grad = grad, .user = user, .pos = pos, .neg = neg, .coef = coef}, dims, output_mask);
 }
 
 std::tuple<Tensor, Tensor, Tensor> mns_bpr_loss_backward(const Tensor& grad, const Tensor& user, const Tensor& pos,
                                                          const Tensor& item_weight, const Tensor& negatives,
                                                          const Tensor& coef, at::IntArrayRef dims,
                                                          std::array<bool, 3> output_mask) {
-  BackwardInputs in;
-  in.grad = grad;
-  in.user = user;
-  in.pos = pos;
-  in.item_weight = item_weight;
-  in.negatives = negatives;
-  in.coef = coef;
-  return backward(in, dims, output_mask);
+  return backward({.grad = grad, .user = user, .pos = pos, .item_weight = item_weight, .negatives = negatives,
+                   .coef = coef},
+                  dims, output_mask);
 }
 
 }  // namespace

@@ -17,12 +17,8 @@ __all__ = ["mns_sample", "level_margins", "mrl_bpr_loss", "mrl_bpr_coef", "mns_b
 
 
 @torch.no_grad()
-def mns_sample(
-    user: torch.Tensor,
-    item_weight: torch.Tensor,
-    candidates: torch.Tensor,
-    dims: Sequence[int],
-) -> torch.Tensor:
+def mns_sample(user: torch.Tensor, item_weight: torch.Tensor, candidates: torch.Tensor,
+               dims: Sequence[int]) -> torch.Tensor:
     """Matryoshka negative sampling: ``out[b, l]`` is the candidate of level l's
     pool with the largest ``<user[b, :d_l], item_weight[c, :d_l]>``; ties go to
     the lowest position in the pool (``torch.argmax`` returns the first maximum).
@@ -35,9 +31,7 @@ def mns_sample(
     return torch.cat(picks, dim=1).long()
 
 
-def level_margins(
-    user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, dims: Sequence[int]
-) -> torch.Tensor:
+def level_margins(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """``margins[b, l] = <u, n_l> - <u, p>`` over the prefix ``[:d_l]``, shape ``(B, L)``."""
     return torch.stack(
         [prefix_scores(user, neg[:, level], d) - prefix_scores(user, pos, d) for level, d in enumerate(dims)],
@@ -45,13 +39,8 @@ def level_margins(
     )
 
 
-def mrl_bpr_loss(
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    neg: torch.Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | torch.Tensor,
-) -> torch.Tensor:
+def mrl_bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, dims: Sequence[int],
+                 weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Per-row MRL loss ``sum_l w_l * softplus(<u, n_l> - <u, p>)`` over prefixes
     ``[:d_l]``, shape ``(B,)`` in ``user``'s dtype. Differentiable by autograd."""
     margins = level_margins(user, pos, neg, dims)
@@ -59,27 +48,16 @@ def mrl_bpr_loss(
     return (w * F.softplus(margins)).sum(1).to(user.dtype)
 
 
-def mrl_bpr_coef(
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    neg: torch.Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | torch.Tensor,
-) -> torch.Tensor:
+def mrl_bpr_coef(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, dims: Sequence[int],
+                 weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """``coef[b, l] = w_l * sigmoid(<u, n_l> - <u, p>)`` at width d_l, in the
     accumulation dtype: all that the backward of the MRL loss needs from its forward."""
     margins = level_margins(user, pos, neg, dims)
     return torch.as_tensor(weights, dtype=margins.dtype, device=margins.device) * torch.sigmoid(margins)
 
 
-def mns_bpr_loss(
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    item_weight: torch.Tensor,
-    candidates: torch.Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def mns_bpr_loss(user: torch.Tensor, pos: torch.Tensor, item_weight: torch.Tensor, candidates: torch.Tensor,
+                 dims: Sequence[int], weights: Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """MNS then the MRL loss with the sampled negatives: ``(per-row loss, negatives)``.
     Autograd gives the gradient of ``item_weight`` in the chosen rows only, with
     repeated ids summed."""
@@ -87,15 +65,10 @@ def mns_bpr_loss(
     return mrl_bpr_loss(user, pos, item_weight[negatives], dims, weights), negatives
 
 
-def mrl_bpr_loss_backward(
-    grad: torch.Tensor,
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    neg: torch.Tensor,
-    coef: torch.Tensor,
-    dims: Sequence[int],
-    output_mask: Sequence[bool] = (True, True, True),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mrl_bpr_loss_backward(grad: torch.Tensor, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                          coef: torch.Tensor, dims: Sequence[int],
+                          output_mask: Sequence[bool] = (True, True, True)
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The explicit gradient of :func:`mrl_bpr_loss` given
     ``coef[b, l] = w_l * sigmoid(<u, n_l> - <u, p>)`` (at width d_l):
 

@@ -53,17 +53,8 @@ def exclusion(exclude, batch: int, n_items: int, device: torch.device) -> tuple[
     return offsets.to(device), checks.check_ids("exclude", ids.to(device), n_items, device)
 
 
-def prefix_topk(
-    query: Tensor,
-    item_weight: Tensor,
-    k: int,
-    width: int,
-    shortlist: int,
-    exclude=None,
-    *,
-    narrow: Tensor | None = None,
-    backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
+def prefix_topk(query: Tensor, item_weight: Tensor, k: int, width: int, shortlist: int, exclude=None, *,
+                narrow: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Top-k retrieval through a narrow shortlist (adaptive retrieval, as in the
     Matryoshka representation papers): the ``shortlist`` items with the largest
     ``width``-prefix inner product, reranked by the full inner product; the best

@@ -27,14 +27,8 @@ def _ranked(scores: torch.Tensor, ids: torch.Tensor, count: int) -> tuple[torch.
     return scores.gather(1, order), ids.gather(1, order)
 
 
-def shortlist_rerank(
-    query: torch.Tensor,
-    item_weight: torch.Tensor,
-    first: torch.Tensor,
-    blocked: torch.Tensor,
-    k: int,
-    shortlist: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def shortlist_rerank(query: torch.Tensor, item_weight: torch.Tensor, first: torch.Tensor, blocked: torch.Tensor, k: int,
+                     shortlist: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The second half of :func:`prefix_topk`, given the shortlist pass's
     ``(B, N)`` scores ``first`` and the ``(B, N)`` exclusion mask ``blocked``."""
     batch, n_items = first.shape
@@ -54,15 +48,8 @@ def shortlist_rerank(
 
 
 @torch.no_grad()
-def prefix_topk(
-    query: torch.Tensor,
-    narrow: torch.Tensor,
-    item_weight: torch.Tensor,
-    k: int,
-    shortlist: int,
-    exclude_offsets: torch.Tensor,
-    exclude_ids: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_topk(query: torch.Tensor, narrow: torch.Tensor, item_weight: torch.Tensor, k: int, shortlist: int,
+                exclude_offsets: torch.Tensor, exclude_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Adaptive retrieval: the ``shortlist`` items with the largest prefix inner
     product ``<query[:, :w], narrow>`` (``w = narrow.shape[1]``; ``narrow`` holds the
     items' first w columns, possibly in a narrower dtype), reranked by the full

@@ -12,20 +12,9 @@ from .. import checks  # a module import: the package and the registry import ea
 __all__ = ["mrl_softmax_loss"]
 
 
-def mrl_softmax_loss(
-    user: Tensor,
-    pos: Tensor,
-    item_weight: Tensor,
-    candidates: Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | Tensor | None = None,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-    *,
-    cosine: bool = False,
-    pos_ids: Tensor | None = None,
-    backend: str = "auto",
-) -> Tensor:
+def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int],
+                     weights: Sequence[float] | Tensor | None = None, temperature: float = 1.0, reduction: str = "mean",
+                     *, cosine: bool = False, pos_ids: Tensor | None = None, backend: str = "auto") -> Tensor:
     """Matryoshka sampled softmax, fused: at every nested width, a softmax over
     the positive and a pool of candidates, each candidate's row read once.
 

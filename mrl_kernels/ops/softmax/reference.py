@@ -31,16 +31,9 @@ def _softmax_levels(user, pos, item_weight, candidates, dims, temperature, cosin
     return out
 
 
-def mrl_softmax_loss(
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    item_weight: torch.Tensor,
-    candidates: torch.Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | torch.Tensor,
-    temperature: float,
-    cosine: bool = False,
-) -> torch.Tensor:
+def mrl_softmax_loss(user: torch.Tensor, pos: torch.Tensor, item_weight: torch.Tensor, candidates: torch.Tensor,
+                     dims: Sequence[int], weights: Sequence[float] | torch.Tensor, temperature: float,
+                     cosine: bool = False) -> torch.Tensor:
     """Per-row Matryoshka sampled softmax
     ``sum_l w_l * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)`` with
     ``s_j = <u[:d_l], e_j[:d_l]>`` (``cosine``: divided by ``|u[:d_l]| |e_j[:d_l]|``,
@@ -61,19 +54,11 @@ def mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temp
     return (w * (lse - pos_scores)).sum(1).to(user.dtype), lse
 
 
-def mrl_softmax_loss_backward(
-    grad: torch.Tensor,
-    user: torch.Tensor,
-    pos: torch.Tensor,
-    item_weight: torch.Tensor,
-    candidates: torch.Tensor,
-    lse: torch.Tensor,
-    dims: Sequence[int],
-    weights: Sequence[float] | torch.Tensor,
-    temperature: float,
-    cosine: bool = False,
-    output_mask: Sequence[bool] = (True, True, True),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mrl_softmax_loss_backward(grad: torch.Tensor, user: torch.Tensor, pos: torch.Tensor, item_weight: torch.Tensor,
+                              candidates: torch.Tensor, lse: torch.Tensor, dims: Sequence[int],
+                              weights: Sequence[float] | torch.Tensor, temperature: float, cosine: bool = False,
+                              output_mask: Sequence[bool] = (True, True, True)
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The explicit gradient of :func:`mrl_softmax_loss` from the saved ``lse``.
     At level l, with ``p_j = exp(s_j / t - lse_l)`` the softmax over the positive
     and pool l, ``c_j = grad * w_l / t * (p_j - [j = pos])`` is the gradient of
