@@ -1,6 +1,8 @@
 """Every fast backend against the reference: forward outputs and every gradient,
 on fresh random inputs, awkward shapes, both candidate layouts, ties, repeated
 negatives, non-contiguous inputs and every dtype."""
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -24,6 +26,14 @@ SHAPES = [
     (2, 130, 6, 2, (1, 129, 130)),
     (9, 8, 4, 6, (8,)),
 ]
+
+
+# cases that take tens of seconds each in Triton's interpreter (a fraction of one on a GPU): with the slow tests there
+INTERPRETED_HEAVY = [pytest.mark.slow] if os.environ.get("TRITON_INTERPRET") == "1" else []
+
+
+def heavy_for_triton(backend: str, heavy: bool) -> list:
+    return INTERPRETED_HEAVY if heavy and backend == "triton" else []
 
 
 def make(B, D, N, M, dims, layout, dtype, seed, integer=False):
@@ -251,8 +261,9 @@ def _with_padding(x, seed):
     return dict(x, candidates=cand.to(x["candidates"].device))
 
 
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-D{}-N{}-M{}".format(*s[:4]))
+@pytest.mark.parametrize("backend, shape", [
+    pytest.param(b, s, id="B{}-D{}-N{}-M{}-".format(*s[:4]) + b, marks=heavy_for_triton(b, s == SHAPES[1]))
+    for s in SHAPES for b in FAST])
 @pytest.mark.parametrize("layout", ["shared", "per-level"])
 @pytest.mark.parametrize("cosine", [False, True], ids=["inner", "cosine"])
 def test_mrl_softmax_loss_matches_reference(backend, shape, layout, cosine):
@@ -280,16 +291,19 @@ def test_softmax_masks_the_positive_and_sums_repeated_candidates(backend, layout
     assert torch.equal(masked[~hit], unmasked[~hit])
 
 
-@pytest.mark.parametrize("backend", FAST)
-def test_softmax_float64_gradcheck(backend):
+@pytest.mark.parametrize("backend, layout, cosine", [
+    # the hardest case (per-level pools, cosine scores) in every suite; the others with the slow tests in the interpreter
+    pytest.param(b, layout, cosine, id=f"{layout}-{'cosine' if cosine else 'inner'}-{b}",
+                 marks=heavy_for_triton(b, (layout, cosine) != ("per-level", True)))
+    for b in FAST for layout in ("shared", "per-level") for cosine in (False, True)])
+def test_softmax_float64_gradcheck(backend, layout, cosine):
     dims = [2, 3, 5]
-    for layout, cosine in [(layout, cosine) for layout in ("shared", "per-level") for cosine in (False, True)]:
-        x = _with_padding(make(4, 5, 6, 3, dims, layout, torch.float64, seed=8), seed=1)
-        x["candidates"][..., 1] = x["candidates"][..., 2]
-        args = leaves(x, ("user", "pos", "item_weight"))
-        assert torch.autograd.gradcheck(
-            lambda u, p, i: mk.mrl_softmax_loss(u, p, i, x["candidates"], dims, [0.2, 0.3, 0.5], 0.5, "sum",
-                                                cosine=cosine, backend=backend), args)
+    x = _with_padding(make(4, 5, 6, 3, dims, layout, torch.float64, seed=8), seed=1)
+    x["candidates"][..., 1] = x["candidates"][..., 2]
+    args = leaves(x, ("user", "pos", "item_weight"))
+    assert torch.autograd.gradcheck(
+        lambda u, p, i: mk.mrl_softmax_loss(u, p, i, x["candidates"], dims, [0.2, 0.3, 0.5], 0.5, "sum",
+                                            cosine=cosine, backend=backend), args)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -337,6 +351,21 @@ def test_softmax_random_problems_match_reference(backend, problem):
     check_softmax(backend, x, list(dims), torch.float32, temperature=0.3, cosine=seed % 2 == 1)
 
 
+def _largest_allocation(step) -> int:
+    """The most bytes ``step()`` allocated at once on DEVICE: the largest single CPU
+    allocation (the profiler's), or the CUDA peak above what was allocated before."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    return max(e.self_cpu_memory_usage for e in prof.events())
+
+
 @pytest.mark.parametrize("backend", ["torch", *FAST])
 @pytest.mark.parametrize("op", ["mns_bpr_loss", "mrl_softmax_loss"])
 def test_a_frozen_item_table_gets_no_gradient_buffer(backend, op):
@@ -347,10 +376,11 @@ def test_a_frozen_item_table_gets_no_gradient_buffer(backend, op):
         x = make(8, D, N, 4, (8, 16, 32), "per-level", torch.float32, seed=5)
         user = x["user"].requires_grad_()
         x["item_weight"].requires_grad_(not frozen)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+
+        def step():
             out = getattr(mk, op)(user, x["pos"], x["item_weight"], x["candidates"], x["dims"], backend=backend)
             (out[0] if isinstance(out, tuple) else out).backward()
-        largest[frozen] = max(e.self_cpu_memory_usage for e in prof.events())
+        largest[frozen] = _largest_allocation(step)
         assert user.grad is not None and (x["item_weight"].grad is None) == frozen
     table = N * D * 4
     assert largest[False] >= table, "the profiler sees the item gradient of a table that needs one"
