@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,12 @@ import torch
 # must be chosen before Triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# torch.compile's caches outlive a checkout, and the AOTAutograd cache does not key on custom
+# operators' schemas: a backward compiled before a schema changed would be replayed. Each test
+# session compiles into a fresh folder, removed at its end.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mrl-kernels-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 from mrl_kernels import registry  # noqa: E402 - after TRITON_INTERPRET is chosen
 
