@@ -9,7 +9,9 @@ torch is importable at install time; otherwise it is compiled on first use with
 ``$TORCH_EXTENSIONS_DIR``). The sources only implement operators
 (``TORCH_LIBRARY_IMPL``); their schemas are defined here from
 :mod:`mrl_kernels.ops.spec`, so each is written once, and the dispatcher
-refuses a kernel whose C++ signature does not match its schema.
+refuses a kernel whose C++ signature does not match its schema (loading such
+a library ends the process with the operator and both schemas named: a build
+from this package's own sources never does, which the test suite checks).
 """
 from __future__ import annotations
 

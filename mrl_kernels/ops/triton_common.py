@@ -24,7 +24,7 @@ import triton.language as tl
 from ..backends.triton import interpreting
 
 __all__ = ["COSINE_EPS", "level_scores", "row_block", "load_rows", "column", "segment_columns", "TILE", "WARPS",
-           "config", "configs", "level_meta", "strides", "placeholder", "launch", "captured_launches"]
+           "config", "configs", "level_meta", "strides", "no_strides", "placeholder", "launch", "captured_launches"]
 
 COSINE_EPS: tl.constexpr = tl.constexpr(1e-12)  # prefix norms are clamped here (mrl_kernels.ops.common.COSINE_EPS)
 
@@ -112,6 +112,12 @@ def strides(prefix: str, t: torch.Tensor, *suffixes: str) -> dict:
     """``{"stride_<prefix><suffix>": t.stride(i)}``: a tensor's strides as the
     kernel's keyword arguments (``suffixes`` name the dimensions, e.g. "b", "d")."""
     return {f"stride_{prefix}{s}": t.stride(i) for i, s in enumerate(suffixes)}
+
+
+def no_strides(prefix: str, *suffixes: str) -> dict:
+    """Zero strides for the keyword arguments of a tensor this launch never
+    addresses (a :func:`placeholder`'s), as :func:`strides` names them."""
+    return {f"stride_{prefix}{s}": 0 for s in suffixes}
 
 
 def placeholder(like: torch.Tensor, ndim: int = 1, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 
 from ..common import acc_dtype, masked
-from ..triton_common import column, launch, level_meta, level_scores, load_rows, placeholder, row_block, strides
+from ..triton_common import (column, launch, level_meta, level_scores, load_rows, no_strides, placeholder, row_block,
+                             strides)
 
 
 @triton.jit
@@ -156,8 +157,10 @@ def _forward(user, dims, *, pos, item_weight, candidates, neg, weights, gather: 
            user_ptr=user, pos_ptr=pos, item_ptr=item_weight, cand_ptr=candidates, neg_ptr=neg, weight_ptr=weights,
            negatives_ptr=negatives, loss_ptr=loss, coef_ptr=coef,
            B=batch, M=candidates.shape[-1] if gather else 1, D=user.shape[1],
-           **strides("u", user, "b", "d"), **strides("p", pos, "b", "d"), **strides("i", item_weight, "n", "d"),
-           **candidate_strides, **strides("n", neg, "b", "l", "d"),
+           **strides("u", user, "b", "d"),
+           **(strides("p", pos, "b", "d") if compute_loss else no_strides("p", "b", "d")),
+           **(strides("i", item_weight, "n", "d") if gather else no_strides("i", "n", "d")), **candidate_strides,
+           **(no_strides("n", "b", "l", "d") if gather else strides("n", neg, "b", "l", "d")),
            GATHER=gather, PER_LEVEL=per_level, COMPUTE_LOSS=compute_loss, **meta)
     return loss, negatives, coef
 
@@ -197,8 +200,9 @@ def _backward(grad, user, pos, dims, *, item_weight, negatives, neg, coef, grad_
            grad_item_ptr=grad_rows if gather else placeholder(grad_rows),
            grad_neg_ptr=placeholder(grad_rows) if gather else grad_rows,
            B=user.shape[0], D=user.shape[1],
-           **strides("u", user, "b", "d"), **strides("p", pos, "b", "d"), **strides("i", item_weight, "n", "d"),
-           **strides("n", neg, "b", "l", "d"),
+           **strides("u", user, "b", "d"), **strides("p", pos, "b", "d"),
+           **(strides("i", item_weight, "n", "d") if gather else no_strides("i", "n", "d")),
+           **(no_strides("n", "b", "l", "d") if gather else strides("n", neg, "b", "l", "d")),
            GATHER=gather, ROWS_GRAD=grad_rows.numel() > 0, **meta)
     return grad_user, grad_pos
 
