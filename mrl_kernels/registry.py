@@ -21,7 +21,7 @@ import torch
 from . import backends as _package
 from .library import Backend, Operators
 
-__all__ = ["declared", "names", "resolve", "operator", "used", "available_backends"]
+__all__ = ["declared", "names", "operator", "used", "available_backends"]
 
 
 def _discover() -> dict[str, Backend]:
@@ -91,12 +91,6 @@ def _choose(backend: str, device: torch.device, width: int, dtype: torch.dtype) 
     if misfit is not None:
         raise ValueError(f"backend={backend!r} {misfit}")
     return backend
-
-
-def resolve(backend: str, device: torch.device, width: int, dtype: torch.dtype) -> Operators:
-    """The operators that run ``width``-wide ``dtype`` tensors on ``device``
-    (``backend="auto"``: see the module's docstring)."""
-    return _LOADED[_choose(backend, device, width, dtype)]
 
 
 _USED: dict[str, str] = {}
