@@ -9,7 +9,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 namespace mrl_kernels {
@@ -59,5 +61,13 @@ inline void check_cpu_float(const Tensor& t, const char* name) {
 }
 
 inline std::vector<int64_t> as_vector(at::IntArrayRef dims) { return {dims.begin(), dims.end()}; }
+
+// A backward operator's three gradients, those output_mask masks replaced by
+// fresh empty tensors (outputs never alias); the twin of common.py's masked().
+inline std::tuple<Tensor, Tensor, Tensor> masked(const Tensor& a, const Tensor& b, const Tensor& c,
+                                                 std::array<bool, 3> output_mask, const at::TensorOptions& options) {
+  const auto kept = [&](bool needed, const Tensor& g) { return needed ? g : at::empty({0}, options); };
+  return {kept(output_mask[0], a), kept(output_mask[1], b), kept(output_mask[2], c)};
+}
 
 }  // namespace mrl_kernels

@@ -268,9 +268,7 @@ std::tuple<Tensor, Tensor, Tensor> backward(const BackwardInputs& in, at::IntArr
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mrl_backward_cpu", [&] {
     backward_impl<scalar_t>(g, u, p, table, ids, n, c, as_vector(dims), grad_user, grad_pos, grad_rows);
   });
-  // a masked gradient is a fresh empty tensor (outputs never alias)
-  const auto kept = [&](bool needed, const Tensor& g) { return needed ? g : at::empty({0}, u.options()); };
-  return {kept(output_mask[0], grad_user), kept(output_mask[1], grad_pos), kept(output_mask[2], grad_rows)};
+  return masked(grad_user, grad_pos, grad_rows, output_mask, u.options());
 }
 
 std::tuple<Tensor, Tensor, Tensor> mrl_bpr_loss_backward(const Tensor& grad, const Tensor& user, const Tensor& pos,

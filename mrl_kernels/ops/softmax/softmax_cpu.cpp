@@ -288,9 +288,7 @@ std::tuple<Tensor, Tensor, Tensor> mrl_softmax_loss_backward(const Tensor& grad,
     softmax_backward_impl<scalar_t>(g, u, p, table, cand, saved, as_vector(dims), w, temperature, cosine, grad_user,
                                     grad_pos, grad_items);
   });
-  // a masked gradient is a fresh empty tensor (outputs never alias)
-  const auto kept = [&](bool needed, const Tensor& g) { return needed ? g : at::empty({0}, user.options()); };
-  return {kept(output_mask[0], grad_user), kept(output_mask[1], grad_pos), kept(output_mask[2], grad_items)};
+  return masked(grad_user, grad_pos, grad_items, output_mask, user.options());
 }
 
 }  // namespace
