@@ -89,6 +89,11 @@ class CSR:
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         return self.rows().numpy(), self.indices.numpy()
 
+    def transpose(self) -> "CSR":
+        """The same entries with rows and columns swapped (items x users)."""
+        rows, cols = self.pairs()
+        return CSR.from_pairs(cols, rows, self.n_cols, self.n_rows)
+
     @cached_property
     def keys(self) -> torch.Tensor:
         """``row * n_cols + col`` of every entry, sorted."""

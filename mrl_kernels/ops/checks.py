@@ -15,7 +15,7 @@ from .. import registry
 
 __all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_matrix", "check_float", "can_read_values", "check_ids", "check_dims",
            "check_weights", "check_temperature", "check_reduction", "check_batch", "check_rows", "check_pos",
-           "check_sampling", "check_positive", "backend_operator", "reduce"]
+           "check_sampling", "check_positive", "check_csr", "backend_operator", "reduce"]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
@@ -168,3 +168,28 @@ def check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def check_csr(name: str, indptr, indices, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A CSR's ``indptr`` and ``indices`` (tensors or arrays) as int64 tensors on
+    ``device``: 1-D integers, ``indptr`` starting at 0, never decreasing and ending
+    at ``len(indices)`` (what the kernels index by). ``name`` names the CSR."""
+    found = []
+    for part, t in (("indptr", indptr), ("indices", indices)):
+        if isinstance(t, np.ndarray):
+            t = torch.from_numpy(t)
+        if not isinstance(t, Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex \
+                or t.dtype == torch.bool:
+            raise ValueError(f"{name}.{part} must be a 1-D integer tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        found.append(t.to(device=device, dtype=torch.int64))
+    indptr, indices = found
+    if len(indptr) == 0:
+        raise ValueError(f"{name}.indptr must hold at least one offset (0)")
+    if can_read_values(indptr):
+        steps = indptr[1:] - indptr[:-1]
+        if int(indptr[0]) != 0 or int(indptr[-1]) != indices.shape[0] or bool((steps < 0).any()):
+            raise ValueError(f"{name} is not a well-formed CSR: its indptr must start at 0, never decrease and end "
+                             f"at len(indices) = {indices.shape[0]}; got indptr from {int(indptr[0])} to "
+                             f"{int(indptr[-1])}" + (", decreasing" if bool((steps < 0).any()) else ""))
+    return indptr, indices

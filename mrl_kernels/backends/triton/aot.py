@@ -87,7 +87,9 @@ def example_arguments(op: str, width: int, dtype: torch.dtype, layout: str | Non
               "negatives": torch.zeros(4, levels, dtype=torch.int64), "temperature": 1.0, "cosine": cosine,
               "output_mask": [True, True, True], "query": x["user"], "narrow": x["item_weight"][:, :dims[0]],
               "k": 2, "shortlist": 5, "exclude_offsets": torch.zeros(5, dtype=torch.int64),
-              "exclude_ids": torch.zeros(0, dtype=torch.int64)}
+              "exclude_ids": torch.zeros(0, dtype=torch.int64), "factors": x["user"], "other": x["item_weight"],
+              "gram": torch.eye(width, dtype=dtype), "indptr": torch.tensor([0, 2, 2, 3, 3]),
+              "indices": torch.tensor([1, 5, 0]), "alpha": 2.0, "cg_steps": 1}
     return [values[name] for name in OPS[op].inputs]
 
 

@@ -15,23 +15,6 @@ from .. import checks  # a module import: the package and the registry import ea
 __all__ = ["prefix_topk", "exclusion"]
 
 
-def _check_csr(indptr, indices) -> tuple[Tensor, Tensor]:
-    """A CSR's ``indptr`` and ``indices``, which must be 1-D integer tensors with
-    ``indptr`` starting at 0, never decreasing and ending at ``len(indices)``
-    (what the kernels index by)."""
-    for name, t in (("indptr", indptr), ("indices", indices)):
-        if not isinstance(t, Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise ValueError(f"exclude.{name} must be a 1-D integer tensor, got "
-                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-    if checks.can_read_values(indptr):
-        steps = indptr[1:] - indptr[:-1]
-        if int(indptr[0]) != 0 or int(indptr[-1]) != indices.shape[0] or bool((steps < 0).any()):
-            raise ValueError(f"exclude is not a well-formed CSR: its indptr must start at 0, never decrease and end "
-                             f"at len(indices) = {indices.shape[0]}; got indptr from {int(indptr[0])} to "
-                             f"{int(indptr[-1])}" + (", decreasing" if bool((steps < 0).any()) else ""))
-    return indptr.long(), indices
-
-
 def exclusion(exclude, batch: int, n_items: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(offsets (B + 1,), ids)`` int64 on ``device`` from ``exclude``: None, a
     :class:`~mrl_kernels.data.CSR` with one row per query, or a sequence of B
@@ -42,7 +25,7 @@ def exclusion(exclude, batch: int, n_items: int, device: torch.device) -> tuple[
     if hasattr(exclude, "indptr") and hasattr(exclude, "indices"):
         if exclude.n_rows != batch:
             raise ValueError(f"exclude has {exclude.n_rows} rows but query has {batch}")
-        offsets, ids = _check_csr(exclude.indptr, exclude.indices)
+        offsets, ids = checks.check_csr("exclude", exclude.indptr, exclude.indices, device)
     else:
         if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Sequence) or len(exclude) != batch:
             raise ValueError(f"exclude must be None, a CSR with one row per query, or a sequence of {batch} id "

@@ -1,0 +1,75 @@
+"""Nested (Matryoshka) alternating least squares, :func:`nested_als_solve`: one
+side's solve of a sweep of iALS's objective summed over the nested widths. This
+folder holds its spec (``spec.py``), reference (``reference.py``), Triton kernels
+(``triton.py``) and C++ kernel (``als_cpu.cpp``)."""
+from __future__ import annotations
+
+from numbers import Real
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import checks  # a module import: the package and the registry import each other
+from .reference import coordinate_weights, nested_gram
+
+__all__ = ["nested_als_solve", "nested_gram", "coordinate_weights", "ALS_DTYPES"]
+
+ALS_DTYPES = (torch.float32, torch.float64)  # least squares in half precision would not converge
+
+
+def _check_scalar(name: str, value, low: float, strict: bool) -> float:
+    ok = isinstance(value, Real) and not isinstance(value, bool) and (value > low if strict else value >= low)
+    if not ok or not float(value) < float("inf"):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
+    return float(value)
+
+
+def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequence[int], weights=None, *, alpha: float, reg: float, cg_steps: int = 3,
+                     backend: str = "auto") -> Tensor:
+    """One side's solve of nested iALS: every row's vector minimising, with the
+    other side fixed,
+
+    ``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 ] + reg |x|^2``
+
+    by conjugate gradient (implicit's solver) warm-started at ``factors``. With
+    ``weights = (0, ..., 0, 1)`` it is implicit's iALS step exactly.
+
+    Args:
+        factors: ``(R, D)`` the rows' current vectors (the warm start), float32 or float64.
+        other: ``(N, D)`` the other side's vectors, fixed.
+        interactions: the rows' observed items, a CSR with ``indptr`` (R + 1,) and
+            ``indices`` (ids in ``[0, N)``), tensors or arrays (e.g. a
+            :class:`~mrl_kernels.data.CSR`, or ``transpose()`` of one for the other
+            side); a row with none is zero (its exact solution).
+        dims: nested widths, the last ``D``.
+        weights: per-level weights ``w_l`` (>= 0; default ``1 / L`` each, summing to 1
+            so that ``reg`` weighs as in a one-width iALS).
+        alpha: the weight of an observed pair (implicit's ``alpha``), finite, ``> 0``.
+        reg: L2 weight ``reg`` (implicit's ``regularization``), ``>= 0``.
+        cg_steps: conjugate-gradient steps per row (implicit's default 3; ``D``
+            steps solve exactly in exact arithmetic).
+
+    Returns:
+        ``(R, D)`` the solved vectors, in ``factors``' dtype.
+    """
+    rows, width = checks.check_rows("factors", factors)
+    checks.check_float("other", other, 2, like=("factors", factors))
+    if factors.dtype not in ALS_DTYPES:
+        raise TypeError(f"factors must be float32 or float64, got {factors.dtype}")
+    if other.shape[1] != width:
+        raise ValueError(f"other has width {other.shape[1]} but factors has width {width}")
+    dims = checks.check_dims(dims, width)
+    weights = checks.check_weights(weights, len(dims), factors.device)
+    alpha = _check_scalar("alpha", alpha, 0.0, strict=True)
+    reg = _check_scalar("reg", reg, 0.0, strict=False)
+    cg_steps = checks.check_positive("cg_steps", cg_steps)
+    if not (hasattr(interactions, "indptr") and hasattr(interactions, "indices")):
+        raise TypeError(f"interactions must be a CSR with indptr and indices, got {type(interactions).__name__}")
+    indptr, indices = checks.check_csr("interactions", interactions.indptr, interactions.indices, factors.device)
+    if len(indptr) != rows + 1:
+        raise ValueError(f"interactions has {len(indptr) - 1} rows but factors has {rows}")
+    indices = checks.check_ids("indices", indices, other.shape[0], factors.device)
+    gram = nested_gram(other, dims, weights, reg)
+    solve = checks.backend_operator("nested_als_solve", backend, factors)
+    return solve(factors, other, gram, indptr, indices, dims, weights, alpha, cg_steps)

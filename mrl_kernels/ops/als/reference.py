@@ -1,0 +1,100 @@
+"""Plain PyTorch reference of :func:`nested_als_solve`: the specification the
+C++ and Triton kernels are tested against. ``IMPLEMENTATIONS`` is what the
+``"torch"`` backend registers.
+
+Row ``r`` of ``factors`` holds ``x``, the row's vector; ``other`` (N, D) the other
+side's fixed vectors ``y_i``; row r's CSR entries ``indices[indptr[r]:indptr[r+1]]``
+its observed items. The row's nested iALS objective (implicit's convention: an
+observed pair weighs ``alpha``, an unobserved one 1)
+
+``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 ] + reg |x|^2``
+
+is minimal where ``A x = b`` with
+
+- ``A = gram + (alpha - 1) sum_{i in r} sum_l w_l y_i[:d_l] y_i[:d_l]^T`` (each prefix
+  zero-padded to D), ``gram = (Y^T Y) ⊙ M + reg I`` (:func:`nested_gram`),
+  ``M[j, k] = sum_{l : d_l > max(j, k)} w_l``;
+- ``b = alpha sum_{i in r} sum_l w_l y_i[:d_l]``.
+
+The solve is implicit's conjugate gradient: ``cg_steps`` steps from ``x`` (a warm
+start), a row stopping once its squared residual is below :data:`CG_TOLERANCE`;
+a row without observed items is zero (its exact solution; implicit's too).
+With the single level ``weights = (0, ..., 0, 1)`` it is iALS's user (or item) step.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["CG_TOLERANCE", "coordinate_weights", "nested_gram", "nested_products", "nested_als_solve"]
+
+CG_TOLERANCE = 1e-20  # a row's conjugate gradient stops below this squared residual (implicit's)
+
+
+def coordinate_weights(dims: Sequence[int], weights: Tensor) -> Tensor:
+    """``m[j] = sum_{l : d_l > j} w_l``, (D,): the weight of coordinate j, summed over
+    the levels whose prefix holds it (``M[j, k] = m[max(j, k)]``)."""
+    m = torch.zeros(dims[-1], dtype=weights.dtype, device=weights.device)
+    for d, w in zip(dims, weights):
+        m[:d] += w
+    return m
+
+
+def nested_gram(other: Tensor, dims: Sequence[int], weights: Tensor, reg: float) -> Tensor:
+    """``(Y^T Y) ⊙ M + reg I``, (D, D), in ``other``'s dtype: the part of every row's
+    system that all unobserved pairs share."""
+    m = coordinate_weights(dims, weights.to(other.dtype))
+    index = torch.arange(len(m), device=other.device)
+    mask = m[torch.maximum(index[:, None], index[None, :])]
+    return (other.T @ other) * mask + reg * torch.eye(len(m), dtype=other.dtype, device=other.device)
+
+
+def _rows(indptr: Tensor) -> Tensor:
+    """The row of every CSR entry."""
+    return torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
+
+
+def nested_products(v: Tensor, other: Tensor, indptr: Tensor, indices: Tensor, dims: Sequence[int],
+                    weights: Tensor) -> Tensor:
+    """``out[r] = sum_{i in r} sum_l w_l <y_i[:d_l], v[r, :d_l]> y_i[:d_l]``, (R, D): the
+    observed pairs' part of ``A v``, level by level."""
+    rows, y = _rows(indptr), other[indices]
+    out = torch.zeros_like(v)
+    for d, w in zip(dims, weights.tolist()):
+        score = (y[:, :d] * v[rows, :d]).sum(1, keepdim=True)
+        out[:, :d].index_add_(0, rows, w * score * y[:, :d])
+    return out
+
+
+@torch.no_grad()
+def nested_als_solve(factors: Tensor, other: Tensor, gram: Tensor, indptr: Tensor, indices: Tensor,
+                     dims: Sequence[int], weights: Tensor, alpha: float, cg_steps: int) -> Tensor:
+    """Each row's ``A x = b`` (see the module) by ``cg_steps`` conjugate-gradient
+    steps from ``factors``; the solutions, (R, D), in ``factors``' dtype."""
+    weights = weights.to(factors.dtype)
+    rows, y = _rows(indptr), other[indices]
+    m = coordinate_weights(dims, weights)
+    b = torch.zeros_like(factors).index_add_(0, rows, alpha * y * m)
+
+    def product(v: Tensor) -> Tensor:  # A v
+        return v @ gram + (alpha - 1) * nested_products(v, other, indptr, indices, dims, weights)
+
+    x = factors.clone()
+    r = b - product(x)
+    p, rs = r.clone(), (r * r).sum(1)
+    for _ in range(cg_steps):
+        active = ~(rs < CG_TOLERANCE)  # NaN stays active: it reaches the output
+        ap = product(p)
+        step = torch.where(active, rs / torch.where(active, (p * ap).sum(1), 1), 0)[:, None]
+        x += step * p
+        r -= step * ap
+        rs_new = (r * r).sum(1)
+        p = torch.where(active[:, None], r + (rs_new / torch.where(active, rs, 1))[:, None] * p, p)
+        rs = torch.where(active, rs_new, rs)
+    x[indptr[1:] == indptr[:-1]] = 0
+    return x
+
+
+IMPLEMENTATIONS = {"nested_als_solve": nested_als_solve}

@@ -1,0 +1,103 @@
+"""The Triton kernels of :func:`nested_als_solve` and their launcher (the
+``"triton"`` backend's ``IMPLEMENTATIONS``). A program solves one row; each
+conjugate-gradient step is one ``(R, D) x (D, D)`` product with the Gram part
+(a torch matmul, on tensor cores) and one kernel that adds the row's nested
+observed part in one pass over D per item and updates ``x``, the residual and
+the direction in place."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_common import config, launch
+from .reference import CG_TOLERANCE, coordinate_weights
+
+TOLERANCE: tl.constexpr = tl.constexpr(CG_TOLERANCE)
+
+
+@triton.jit
+def _observed_part(v, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on, stride_od,
+                   D, DIMS: tl.constexpr, L: tl.constexpr, ACC: tl.constexpr):
+    """``sum_{i in row} sum_l w_l <y_i[:d_l], v[:d_l]> y_i[:d_l]`` and ``sum_{i in row} y_i``."""
+    nested = tl.zeros_like(v)
+    total = tl.zeros_like(v)
+    for e in range(start, end):
+        item = tl.load(indices_ptr + e).to(tl.int64)
+        y = tl.load(other_ptr + item * stride_on + cols * stride_od, mask=cols < D, other=0.0).to(ACC)
+        q = y * v
+        scale = tl.zeros_like(v)
+        for level in tl.static_range(L):
+            w = tl.load(weights_ptr + level).to(ACC)
+            score = tl.sum(tl.where(cols < DIMS[level], q, 0.0), axis=0)
+            scale += tl.where(cols < DIMS[level], w * score, 0.0)
+        nested += scale * y
+        total += y
+    return nested, total
+
+
+@triton.jit
+def _cg_kernel(
+    x_ptr, r_ptr, p_ptr, gp_ptr, rs_ptr, other_ptr, indptr_ptr, indices_ptr, weights_ptr, m_ptr,
+    D, alpha, stride_on, stride_od,
+    START: tl.constexpr, DIMS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One row's step. ``START``: the residual ``r = b - A x`` (``gp`` holding
+    ``gram x``), ``p = r``; else one conjugate-gradient step along ``p`` (``gp``
+    holding ``gram p``), unless the row has converged. ``x``, ``r``, ``p`` are
+    contiguous (R, D), ``rs`` (R,) the squared residuals."""
+    ACC = tl.float64 if FP64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    ok = cols < D
+    at = row * D + cols
+    start, end = tl.load(indptr_ptr + row), tl.load(indptr_ptr + row + 1)
+    if START:
+        x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
+        nested, total = _observed_part(x, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on,
+                                       stride_od, D, DIMS, L, ACC)
+        m = tl.load(m_ptr + cols, mask=ok, other=0.0).to(ACC)
+        gx = tl.load(gp_ptr + at, mask=ok, other=0.0).to(ACC)
+        r = alpha * total * m - gx - (alpha - 1) * nested
+        tl.store(r_ptr + at, r, mask=ok)
+        tl.store(p_ptr + at, r, mask=ok)
+        tl.store(rs_ptr + row, tl.sum(r * r, axis=0))
+    else:
+        rs = tl.load(rs_ptr + row).to(ACC)
+        if (rs >= TOLERANCE) | (rs != rs):  # NaN goes on, to the output
+            p = tl.load(p_ptr + at, mask=ok, other=0.0).to(ACC)
+            nested, _ = _observed_part(p, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on,
+                                       stride_od, D, DIMS, L, ACC)
+            ap = tl.load(gp_ptr + at, mask=ok, other=0.0).to(ACC) + (alpha - 1) * nested
+            a = rs / tl.sum(p * ap, axis=0)
+            x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC) + a * p
+            r = tl.load(r_ptr + at, mask=ok, other=0.0).to(ACC) - a * ap
+            rs_new = tl.sum(r * r, axis=0)
+            tl.store(x_ptr + at, x, mask=ok)
+            tl.store(r_ptr + at, r, mask=ok)
+            tl.store(p_ptr + at, r + (rs_new / rs) * p, mask=ok)
+            tl.store(rs_ptr + row, rs_new)
+
+
+def nested_als_solve(factors, other, gram, indptr, indices, dims, weights, alpha, cg_steps):
+    """The solved ``(R, D)`` vectors."""
+    rows, width = factors.shape
+    x = factors.contiguous().clone()
+    r, p = torch.empty_like(x), torch.empty_like(x)
+    rs = x.new_empty(rows)
+    weights = weights.to(x.dtype)
+    m = coordinate_weights(dims, weights)
+    meta = dict(other_ptr=other, indptr_ptr=indptr, indices_ptr=indices, weights_ptr=weights, m_ptr=m,
+                D=width, alpha=float(alpha), stride_on=other.stride(0), stride_od=other.stride(1),
+                DIMS=tuple(dims), L=len(dims), FP64=x.dtype == torch.float64,
+                BLOCK_D=config(width)["BLOCK_D"], num_warps=config(width)["num_warps"])
+    if rows == 0:
+        return x
+    launch(_cg_kernel, (rows,), x_ptr=x, r_ptr=r, p_ptr=p, gp_ptr=x @ gram, rs_ptr=rs, START=True, **meta)
+    for _ in range(cg_steps):
+        launch(_cg_kernel, (rows,), x_ptr=x, r_ptr=r, p_ptr=p, gp_ptr=p @ gram, rs_ptr=rs, START=False, **meta)
+    x[indptr[1:] == indptr[:-1]] = 0  # no observed item: the solution is zero
+    return x
+
+
+IMPLEMENTATIONS = {"nested_als_solve": nested_als_solve}
