@@ -16,21 +16,28 @@ import pandas as pd
 from .atomic import atomic_write
 from .backbones import BACKBONES
 from .data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
-from .objectives import OBJECTIVES
 from .registry import names as backend_names
 from .sampling import LAYOUTS
 from .trainer import PAPER_RECIPE, Interrupted, TrainConfig, recipe, request_stop, train
+from .trainer.config import ALS_SETTINGS, METHODS, SOLVED
 
 
-def _dims(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 4,8,16,32,64, got {text!r}")
+def _numbers(kind, example: str):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers like {example}, got {text!r}")
+    return parse
 
 
-def _defaults(name: str, methods=tuple(OBJECTIVES)) -> str:
+_dims = _numbers(int, "4,8,16,32,64")
+
+
+def _defaults(name: str, methods=METHODS) -> str:
     """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
+    if name in ALS_SETTINGS:
+        return "; ".join(f"{m}: {recipe(m)[name]}" for m in methods)
     tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER_RECIPE[name]]
     common = f"{PAPER_RECIPE[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
     return "; ".join(([common] if len(tuned) < len(methods) else []) + tuned)
@@ -54,9 +61,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=d.model, choices=tuple(BACKBONES),
                    help="the backbone: mf (matrix factorisation) or lightgcn")
     p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
-    p.add_argument("--method", default=d.method, choices=tuple(OBJECTIVES),
+    p.add_argument("--method", default=d.method, choices=METHODS,
                    help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
-                        "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width)")
+                        "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width); "
+                        "or mrl-als: nested least squares (iALS's objective summed over the widths), an epoch "
+                        "being one sweep")
     p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
     p.add_argument("--candidates", type=int, default=argparse.SUPPRESS,
                    help=f"candidates per pool (default: {_defaults('candidates')})")
@@ -69,15 +78,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=argparse.SUPPRESS,
                    help=f"Adam's learning rate (default: {_defaults('lr')})")
     p.add_argument("--l2", type=float, default=argparse.SUPPRESS,
-                   help=f"L2 weight on the batch's rows (default: {_defaults('l2')})")
+                   help=f"L2 weight on the batch's rows; mrl-als: on the tables, implicit's regularization "
+                        f"(default: {_defaults('l2')})")
     p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
                    help=f"mrl-s: the softmax temperature (default: {_defaults('temperature', ('mrl-s',))})")
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help=f"mrl-s: cosine scores of the prefixes (default: {_defaults('cosine', ('mrl-s',))})")
+    p.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
+                   help=f"mrl-als: the weight of an observed pair, an unobserved one weighing 1 (default: "
+                        f"{_defaults('alpha', SOLVED)})")
+    p.add_argument("--level-weights", type=_numbers(float, "1,1,1,1,1"), default=argparse.SUPPRESS,
+                   help="mrl-als: the weight of each width's iALS objective (default: 1 each, their sum; "
+                        "0,0,0,0,1 is iALS at full width)")
+    p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
+                   help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps', SOLVED)})")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation evaluations")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many evaluations without a better validation Recall@20")
+    p.add_argument("--eval-every", type=int, default=argparse.SUPPRESS,
+                   help=f"epochs between validation evaluations (default: {_defaults('eval_every')})")
+    p.add_argument("--patience", type=int, default=argparse.SUPPRESS,
+                   help=f"stop after this many evaluations without a better validation Recall@20 (default: "
+                        f"{_defaults('patience')})")
     p.add_argument("--out", default=None,
                    help="the run folder; default a new runs/<time>-<dataset>-<method> (runs/latest points at it)")
     p.add_argument("--device", default=d.device, help="torch device: cpu, cuda, cuda:1, ...")
@@ -106,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=args.layers, method=args.method, dims=args.dims,
-        epochs=args.epochs, seed=args.seed, eval_every=args.eval_every,
+        epochs=args.epochs, seed=args.seed,
         # the method's defaults where not given (their flags default to SUPPRESS)
         **{name: getattr(args, name, None)
-           for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine")},
-        patience=args.patience,
+           for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine", "eval_every",
+                        "patience", "alpha", "level_weights", "cg_steps")},
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, refit=not args.no_refit, sparse=args.sparse,
         synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mrl_kernels import atomic, cli, data, registry, trainer
+from mrl_kernels import atomic, cli, data, load_run, registry, trainer
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.trainer import Interrupted, TrainConfig, checkpoint, train
 
@@ -315,3 +315,74 @@ def test_mrl_m_beats_bpr_on_synthetic(tmp_path):
     # (chance 1/4) more often under MRL-M than under BPR
     coarse = {m: r["hierarchy"]["4"][0] for m, r in results.items()}
     assert coarse["mrl-m"] > max(coarse["bpr"], 0.5)
+
+
+ALS = dict(method="mrl-als", dims=(4, 8, 16), l2=1.0, alpha=10.0, progress=False)
+
+
+def test_mrl_als_sweeps_lower_its_objective_and_serve_like_every_method(tmp_path, small):
+    result = train(TrainConfig(epochs=5, patience=100, out=str(tmp_path), **ALS), log=lambda _: None, dataset=small)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history.epoch.tolist() == [1, 2, 3, 4, 5]  # mrl-als evaluates every sweep by default
+    assert history.loss.is_monotonic_decreasing, "each conjugate-gradient solve lowers the objective"
+    assert set(result["prefix"]) == {"4", "8", "16"} and result["refit_epochs"] == result["best_epoch"]
+    assert result["config"]["alpha"] == 10.0 and result["config"]["cg_steps"] == 3
+    assert result["backends"]["nested_als_solve"] == "cpp"
+    # the first sweeps of a nested least-squares fit beat a random model by far
+    assert result["test"]["recall@20"] > 5 * train(
+        TrainConfig(epochs=1, eval_every=1, lr=1e-9, out=str(tmp_path / "random"), progress=False, dims=(4, 8, 16)),
+        log=lambda _: None, dataset=small)["test"]["recall@20"]
+    run = load_run(tmp_path)
+    table = run.recommend(run.user_ids[:3], 5)
+    assert len(table) == 15
+
+
+def test_mrl_als_resumes_exactly(tmp_path, small):
+    config = {**ALS, "refit": False, "patience": 100}
+    straight = train(TrainConfig(epochs=4, out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=small)
+    train(TrainConfig(epochs=2, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small)
+    resumed = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small,
+                    resume=True)
+    assert _same_run(straight, resumed)
+
+
+def test_mrl_als_at_one_level_is_implicits_ials(small):
+    """Weights (0, ..., 0, 1): a sweep is implicit's iteration, users then items, with l2 as its
+    regularization (each half compared from the same inputs)."""
+    implicit_als = pytest.importorskip("implicit.cpu._als", reason="implicit is not installed (the bench extra)")
+    import numpy as np
+    import scipy.sparse
+    from threadpoolctl import threadpool_limits
+
+    from mrl_kernels.trainer.als import AlsFit
+
+    # l2 10: conjugate gradient's first steps from the tiny random start amplify float32 rounding
+    # in proportion to the system's condition number
+    fit = AlsFit(TrainConfig(**{**ALS, "l2": 10.0, "level_weights": (0.0, 0.0, 1.0)}), small.train,
+                 torch.device("cpu"))
+    users, items = (t.detach().numpy().copy() for t in fit.model.tables())
+    fit.epoch()
+    ours_users, ours_items = (t.detach().numpy() for t in fit.model.tables())
+    rows, cols = small.train.pairs()
+    confidence = scipy.sparse.csr_matrix((np.full(len(rows), 10.0, dtype=np.float32), (rows, cols)),
+                                         shape=(small.n_users, small.n_items))
+    with threadpool_limits(1, "blas"):
+        implicit_als.least_squares_cg(confidence, users, items, 10.0, num_threads=1, cg_steps=3)
+        np.testing.assert_allclose(ours_users, users, atol=1e-5, rtol=1e-4)
+        implicit_als.least_squares_cg(confidence.T.tocsr(), items, ours_users.copy(), 10.0, num_threads=1,
+                                      cg_steps=3)
+    np.testing.assert_allclose(ours_items, items, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(model="lightgcn"), "needs --model mf"),
+    (dict(level_weights=(1.0, 1.0)), "level_weights must have one weight per width"),
+    (dict(level_weights=(0.0, 0.0, 0.0)), "not all 0"),
+    (dict(alpha=-1.0), "alpha must be > 0"),
+    (dict(cg_steps=0), "cg_steps must be >= 1"),
+    (dict(sparse=True), "no sparse path"),
+    (dict(method="mrl-m"), "alpha, cg_steps only apply to mrl-als"),
+])
+def test_mrl_als_settings_are_checked(change, words):
+    with pytest.raises(ValueError, match=words):
+        TrainConfig(**{**ALS, "cg_steps": 3, **change}).check()

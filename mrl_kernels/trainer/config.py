@@ -14,17 +14,28 @@ from ..ops import check_dims, check_temperature
 from ..registry import names as backend_names
 from ..sampling import LAYOUTS
 
-__all__ = ["PAPER_RECIPE", "RECIPES", "recipe", "TrainConfig", "SPARSE_FROM"]
+__all__ = ["PAPER_RECIPE", "RECIPES", "recipe", "TrainConfig", "SPARSE_FROM", "METHODS", "SOLVED", "ALS_SETTINGS"]
+
+# methods fitted by alternating least squares (trainer/als.py), not by gradient: each epoch
+# is one sweep (every user's vector solved, then every item's); ``l2`` is the L2 weight
+# ``reg`` of the least-squares objective (implicit's ``regularization``), not a per-batch one
+SOLVED = ("mrl-als",)
+METHODS = (*OBJECTIVES, *SOLVED)
+ALS_SETTINGS = ("alpha", "level_weights", "cg_steps")  # the settings of SOLVED methods only
 
 # The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
 # one pool per level): every method's default unless RECIPES says otherwise.
 PAPER_RECIPE = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4,
-                "temperature": 1.0, "cosine": False}
+                "temperature": 1.0, "cosine": False, "eval_every": 5, "patience": 10}
 # Per-method defaults chosen on the validation split of tool by python -m bench.tune
 # (runs/tune, docs/reproduction.md); the same for every dataset. mrl-m: L2 1e-2 (the
 # paper's 1e-4 under-regularises: validation Recall@20 0.0788 against 0.0676, best of
 # 45 trials over lr, L2, batch size, candidates and layout).
-RECIPES: dict[str, dict] = {"mrl-m": {"l2": 1e-2}}
+RECIPES: dict[str, dict] = {"mrl-m": {"l2": 1e-2},
+                            # mrl-als: implicit's width-64 iALS settings on tool (docs/baselines.json),
+                            # equal level weights, its conjugate-gradient steps; selection every sweep
+                            "mrl-als": {"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "eval_every": 1,
+                                        "patience": 3}}
 # items from which mf trains row-sparse by default: there a dense step took 421 ms and a
 # sparse one 29 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
 # quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 38 -> 25 ms)
@@ -39,7 +50,8 @@ def recipe(method: str) -> dict:
 @dataclass
 class TrainConfig:
     """A training run. The settings left None (candidates, layout, batch size, lr,
-    L2, temperature, cosine) take the method's defaults, :func:`recipe`."""
+    L2, temperature, cosine, eval_every, patience; alpha and cg_steps for mrl-als)
+    take the method's defaults, :func:`recipe`."""
 
     dataset: str = "synthetic"
     data_dir: str | None = None
@@ -57,8 +69,8 @@ class TrainConfig:
     temperature: float | None = None  # the softmax objectives' (mrl-s)
     cosine: bool | None = None  # mrl-s: cosine scores instead of inner products
     seed: int = 0
-    eval_every: int = 5
-    patience: int = 10
+    eval_every: int | None = None  # epochs between validation evaluations
+    patience: int | None = None  # evaluations without a better validation Recall@20 before the stop
     device: str = "cpu"
     backend: str = "auto"
     out: str | None = None  # None: a new folder under runs/
@@ -68,6 +80,11 @@ class TrainConfig:
     # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
     # mf from SPARSE_FROM items
     sparse: bool | None = None
+    # mrl-als only: the weight of an observed pair (implicit's alpha), the per-level weights
+    # of the nested objective (None: 1 each), conjugate-gradient steps per solve
+    alpha: float | None = None
+    level_weights: tuple[float, ...] | None = None
+    cg_steps: int | None = None
 
     def __post_init__(self):
         for name, value in recipe(self.method).items():
@@ -76,7 +93,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        for name, allowed in (("model", BACKBONES), ("method", OBJECTIVES), ("layout", LAYOUTS),
+        for name, allowed in (("model", BACKBONES), ("method", METHODS), ("layout", LAYOUTS),
                               ("backend", ("auto", *backend_names()))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -89,12 +106,36 @@ class TrainConfig:
         check_temperature(self.temperature)
         if not 0 <= self.l2 < math.inf:
             raise ValueError(f"l2 must be >= 0 and finite; got {self.l2}")
+        if self.method in SOLVED:
+            self._check_solved()
+        else:
+            given = [name for name in ALS_SETTINGS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to {', '.join(SOLVED)}, not --method {self.method}")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"device {self.device!r} is not a torch device: {exc}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: CUDA is not available here (torch {torch.__version__})")
+
+    def _check_solved(self) -> None:
+        if self.model != "mf":
+            raise ValueError(f"--method {self.method} solves matrix factorisation in closed form: it needs "
+                             f"--model mf, got {self.model}")
+        if self.sparse:
+            raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
+        if not 0 < self.alpha < math.inf:
+            raise ValueError(f"alpha must be > 0 and finite; got {self.alpha}")
+        if self.cg_steps < 1:
+            raise ValueError(f"cg_steps must be >= 1; got {self.cg_steps}")
+        if self.level_weights is not None:
+            weights = tuple(self.level_weights)
+            if len(weights) != len(self.dims):
+                raise ValueError(f"level_weights must have one weight per width of dims {list(self.dims)}; "
+                                 f"got {list(weights)}")
+            if not all(0 <= w < math.inf for w in weights) or not sum(weights) > 0:
+                raise ValueError(f"level_weights must be finite, >= 0 and not all 0; got {list(weights)}")
 
     def sparse_for(self, n_items: int) -> bool:
         """Whether to train row-sparse on ``n_items`` items: as set, else mf from

@@ -27,7 +27,8 @@ from ..backbones import BACKBONES
 from ..metrics import evaluate, hierarchy_purity, prefix_evaluate
 from ..serving import MODEL_FILE, save_model
 from . import checkpoint, outputs
-from .config import TrainConfig
+from .als import AlsFit
+from .config import SOLVED, TrainConfig
 from .fit import STOP, Diverged, Fit, Interrupted
 from .group import Group
 
@@ -89,7 +90,7 @@ class _Run:
                  log: Callable[[str], None], group: Group):
         self.started = time.perf_counter()
         self.config, self.ds, self.device, self.out, self.log, self.group = config, ds, device, out, log, group
-        self.fit = Fit(config, ds.train, device, group)
+        self.fit = _fit(config, ds.train, device, group)
         self.fingerprint = ds.fingerprint()
         self.state = RunState()
         self.resumed_at = 0.0  # the wall time of the run before this process resumed it
@@ -125,7 +126,7 @@ class _Run:
 
     def _refit_fit(self) -> Fit:
         """A fresh fit on train + validation (the refit's)."""
-        return Fit(self.config, data_module.CSR.union(self.ds.train, self.ds.valid), self.device, self.group)
+        return _fit(self.config, data_module.CSR.union(self.ds.train, self.ds.valid), self.device, self.group)
 
     def _resume(self) -> None:
         saved = checkpoint.load(self.checkpoint, self.config, self.fingerprint, self.ds.name, self.device)
@@ -258,6 +259,11 @@ class _Run:
                  f"wall time {wall:.1f} s; outputs in {out}")
         self.log(f"test metrics of the {'refit' if config.refit else 'selected'} model:\n" + _table(result["test"]))
         return result
+
+
+def _fit(config: TrainConfig, interactions: data_module.CSR, device: torch.device, group: Group):
+    """What trains ``config.method``: sweeps of least squares, or gradient steps."""
+    return (AlsFit if config.method in SOLVED else Fit)(config, interactions, device, group)
 
 
 def _table(row: dict) -> str:

@@ -7,8 +7,9 @@
 // (a D x D matrix-vector product) plus, for each observed item y of the row, its
 // nested part in one pass over D: the segment dot products <y, v> between
 // consecutive widths, summed into each level's prefix score c_l; then
-// t_l = sum_{l' >= l} w_l' c_l', and y's segment l is added scaled by t_l.
-// Accumulation in T (float32 or float64), like the reference.
+// t_l = sum_{l' >= l} w_l' c_l', and y's segment l is added scaled by t_l. The
+// first residual b - A x is summed item by item, as implicit does. Accumulation
+// in T (float32 or float64), like the reference.
 
 #include <torch/library.h>
 
@@ -36,11 +37,12 @@ struct Problem {
   int64_t D;
 };
 
-// out = A v for row r: gram v + (alpha - 1) sum_i sum_l w_l <y_i[:d_l], v[:d_l]> y_i[:d_l]
-template <typename T>
-void product(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vector<T>& level) {
-  const int64_t D = pb.D, L = static_cast<int64_t>(pb.weights.size());
-  for (int64_t j = 0; j < D; ++j) out[j] = dot(pb.gram + j * D, v, D);
+// For each observed item y of row r: its nested score of v per segment,
+// t_l = sum_{l' >= l} w_l' <y[:d_l'], v[:d_l']>, and then out[segment l] += coef(l, t_l) y
+// (one pass over D for the scores, one for the update).
+template <typename T, typename Coef>
+void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vector<T>& level, Coef coef) {
+  const int64_t L = static_cast<int64_t>(pb.weights.size());
   for (int64_t e = pb.indptr[r]; e < pb.indptr[r + 1]; ++e) {
     const T* y = pb.other[pb.indices[e]];
     T running = 0;
@@ -51,9 +53,23 @@ void product(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vector<T>
     T t = 0;
     for (int64_t l = L - 1; l >= 0; --l) {
       t += level[l];
-      const T scale = (pb.alpha - 1) * t;
+      const T scale = coef(l, t);
+#pragma omp simd
       for (int64_t j = pb.bounds[l]; j < pb.bounds[l + 1]; ++j) out[j] += scale * y[j];
     }
+  }
+}
+
+// out = sign * gram v (gram symmetric: a sum of its rows scaled by v)
+template <typename T>
+void gram_part(const Problem<T>& pb, const T* v, T* out, T sign) {
+  const int64_t D = pb.D;
+  for (int64_t j = 0; j < D; ++j) out[j] = 0;
+  for (int64_t k = 0; k < D; ++k) {
+    const T scale = sign * v[k];
+    const T* g = pb.gram + k * D;
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) out[j] += scale * g[j];
   }
 }
 
@@ -68,18 +84,16 @@ void solve_row(const Problem<T>& pb, int64_t r, T* x, int64_t cg_steps, std::vec
   T* p = res + D;
   T* ap = p + D;
   std::vector<T> level(L);
-  product(pb, r, x, ap, level);
-  for (int64_t j = 0; j < D; ++j) res[j] = -ap[j];
-  for (int64_t e = pb.indptr[r]; e < pb.indptr[r + 1]; ++e) {  // + b = alpha sum_i y_i (.) m
-    const T* y = pb.other[pb.indices[e]];
-    for (int64_t l = 0; l < L; ++l)
-      for (int64_t j = pb.bounds[l]; j < pb.bounds[l + 1]; ++j) res[j] += pb.alpha * pb.suffix[l] * y[j];
-  }
+  const T alpha = pb.alpha;
+  // r = b - A x, entry by entry (b and A x apart would cancel near the solution)
+  gram_part(pb, x, res, T(-1));
+  observed_part(pb, r, x, res, level, [&](int64_t l, T t) { return alpha * pb.suffix[l] - (alpha - 1) * t; });
   for (int64_t j = 0; j < D; ++j) p[j] = res[j];
   T rs = dot(res, res, D);
   for (int64_t step = 0; step < cg_steps; ++step) {
     if (rs < kTolerance) break;  // NaN goes on, to the output
-    product(pb, r, p, ap, level);
+    gram_part(pb, p, ap, T(1));
+    observed_part(pb, r, p, ap, level, [&](int64_t, T t) { return (alpha - 1) * t; });
     const T a = rs / dot(p, ap, D);
     for (int64_t j = 0; j < D; ++j) {
       x[j] += a * p[j];

@@ -56,37 +56,41 @@ def _rows(indptr: Tensor) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device), indptr[1:] - indptr[:-1])
 
 
+def _coefficients(v: Tensor, y: Tensor, rows: Tensor, dims: Sequence[int], weights: Tensor) -> Tensor:
+    """``t[e, j] = sum_{l : d_l > j} w_l <y_e[:d_l], v[rows[e], :d_l]>``, (entries, D): each
+    observed entry's nested score of ``v``, coordinate by coordinate."""
+    t = torch.zeros_like(y)
+    for d, w in zip(dims, weights.tolist()):
+        t[:, :d] += w * (y[:, :d] * v[rows, :d]).sum(1, keepdim=True)
+    return t
+
+
 def nested_products(v: Tensor, other: Tensor, indptr: Tensor, indices: Tensor, dims: Sequence[int],
                     weights: Tensor) -> Tensor:
     """``out[r] = sum_{i in r} sum_l w_l <y_i[:d_l], v[r, :d_l]> y_i[:d_l]``, (R, D): the
     observed pairs' part of ``A v``, level by level."""
     rows, y = _rows(indptr), other[indices]
-    out = torch.zeros_like(v)
-    for d, w in zip(dims, weights.tolist()):
-        score = (y[:, :d] * v[rows, :d]).sum(1, keepdim=True)
-        out[:, :d].index_add_(0, rows, w * score * y[:, :d])
-    return out
+    return torch.zeros_like(v).index_add_(0, rows, _coefficients(v, y, rows, dims, weights.to(v.dtype)) * y)
 
 
 @torch.no_grad()
 def nested_als_solve(factors: Tensor, other: Tensor, gram: Tensor, indptr: Tensor, indices: Tensor,
                      dims: Sequence[int], weights: Tensor, alpha: float, cg_steps: int) -> Tensor:
     """Each row's ``A x = b`` (see the module) by ``cg_steps`` conjugate-gradient
-    steps from ``factors``; the solutions, (R, D), in ``factors``' dtype."""
+    steps from ``factors``; the solutions, (R, D), in ``factors``' dtype. The
+    residual ``b - A x`` is summed entry by entry, ``(alpha m - (alpha - 1) t_e) ⊙ y_e``,
+    as implicit does: ``b`` and ``A x`` apart would cancel in float32 near the solution."""
     weights = weights.to(factors.dtype)
     rows, y = _rows(indptr), other[indices]
     m = coordinate_weights(dims, weights)
-    b = torch.zeros_like(factors).index_add_(0, rows, alpha * y * m)
-
-    def product(v: Tensor) -> Tensor:  # A v
-        return v @ gram + (alpha - 1) * nested_products(v, other, indptr, indices, dims, weights)
-
     x = factors.clone()
-    r = b - product(x)
+    r = torch.zeros_like(x).index_add_(0, rows, (alpha * m - (alpha - 1) * _coefficients(x, y, rows, dims, weights))
+                                       * y) - x @ gram
     p, rs = r.clone(), (r * r).sum(1)
     for _ in range(cg_steps):
         active = ~(rs < CG_TOLERANCE)  # NaN stays active: it reaches the output
-        ap = product(p)
+        ap = p @ gram + (alpha - 1) * torch.zeros_like(p).index_add_(0, rows,
+                                                                      _coefficients(p, y, rows, dims, weights) * y)
         step = torch.where(active, rs / torch.where(active, (p * ap).sum(1), 1), 0)[:, None]
         x += step * p
         r -= step * ap

@@ -17,11 +17,12 @@ TOLERANCE: tl.constexpr = tl.constexpr(CG_TOLERANCE)
 
 
 @triton.jit
-def _observed_part(v, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on, stride_od,
+def _observed_part(v, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on, stride_od, b_coef, a_coef,
                    D, DIMS: tl.constexpr, L: tl.constexpr, ACC: tl.constexpr):
-    """``sum_{i in row} sum_l w_l <y_i[:d_l], v[:d_l]> y_i[:d_l]`` and ``sum_{i in row} y_i``."""
-    nested = tl.zeros_like(v)
-    total = tl.zeros_like(v)
+    """``sum_{i in row} (b_coef - a_coef t_i) ⊙ y_i`` with ``t_i[j] = sum_{l : d_l > j} w_l
+    <y_i[:d_l], v[:d_l]>``: the residual's observed part, item by item (``b_coef = alpha m``,
+    ``a_coef = alpha - 1``), or with ``b_coef = 0, a_coef = -(alpha - 1)`` that of ``A v``."""
+    out = tl.zeros_like(v)
     for e in range(start, end):
         item = tl.load(indices_ptr + e).to(tl.int64)
         y = tl.load(other_ptr + item * stride_on + cols * stride_od, mask=cols < D, other=0.0).to(ACC)
@@ -31,9 +32,8 @@ def _observed_part(v, cols, other_ptr, indices_ptr, start, end, weights_ptr, str
             w = tl.load(weights_ptr + level).to(ACC)
             score = tl.sum(tl.where(cols < DIMS[level], q, 0.0), axis=0)
             scale += tl.where(cols < DIMS[level], w * score, 0.0)
-        nested += scale * y
-        total += y
-    return nested, total
+        out += (b_coef - a_coef * scale) * y
+    return out
 
 
 @triton.jit
@@ -54,11 +54,9 @@ def _cg_kernel(
     start, end = tl.load(indptr_ptr + row), tl.load(indptr_ptr + row + 1)
     if START:
         x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC)
-        nested, total = _observed_part(x, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on,
-                                       stride_od, D, DIMS, L, ACC)
         m = tl.load(m_ptr + cols, mask=ok, other=0.0).to(ACC)
-        gx = tl.load(gp_ptr + at, mask=ok, other=0.0).to(ACC)
-        r = alpha * total * m - gx - (alpha - 1) * nested
+        r = _observed_part(x, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on, stride_od,
+                           alpha * m, alpha - 1, D, DIMS, L, ACC) - tl.load(gp_ptr + at, mask=ok, other=0.0).to(ACC)
         tl.store(r_ptr + at, r, mask=ok)
         tl.store(p_ptr + at, r, mask=ok)
         tl.store(rs_ptr + row, tl.sum(r * r, axis=0))
@@ -66,9 +64,9 @@ def _cg_kernel(
         rs = tl.load(rs_ptr + row).to(ACC)
         if (rs >= TOLERANCE) | (rs != rs):  # NaN goes on, to the output
             p = tl.load(p_ptr + at, mask=ok, other=0.0).to(ACC)
-            nested, _ = _observed_part(p, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on,
-                                       stride_od, D, DIMS, L, ACC)
-            ap = tl.load(gp_ptr + at, mask=ok, other=0.0).to(ACC) + (alpha - 1) * nested
+            ap = tl.load(gp_ptr + at, mask=ok, other=0.0).to(ACC) + _observed_part(
+                p, cols, other_ptr, indices_ptr, start, end, weights_ptr, stride_on, stride_od, 0.0, 1 - alpha,
+                D, DIMS, L, ACC)
             a = rs / tl.sum(p * ap, axis=0)
             x = tl.load(x_ptr + at, mask=ok, other=0.0).to(ACC) + a * p
             r = tl.load(r_ptr + at, mask=ok, other=0.0).to(ACC) - a * ap
