@@ -2,10 +2,14 @@
 
 ``python -m bench.tune --dataset tool --data-dir ../shared/datasets --method mrl-s --budget 3600``
 runs Optuna's TPE sampler over the trainer's settings (lr, L2, batch size,
-candidates per pool, pool layout, and the softmax temperature and scores for ``mrl-s``)
-within a time budget, in ``--workers`` processes sharing one study. Every trial trains with the validation split held out and
-early stopping, and scores its best validation Recall@20; the test set is never
-looked at during the search. The study lives in ``<out>/study.db`` (SQLite), so an
+candidates per pool, pool layout, and the softmax temperature and scores for ``mrl-s``;
+for ``mrl-als`` its L2, alpha, level weights and conjugate-gradient steps, the sweeps
+chosen by early stopping) within a time budget, in ``--workers`` processes sharing one
+study. Every trial trains with the validation split held out and early stopping, and
+scores its best validation Recall@20 (``--select mean-width``: the mean over the
+nested widths of the selected model's validation Recall@20, the default for
+``mrl-als``, whose point is every width); the test set is never looked at during the
+search. The study lives in ``<out>/study.db`` (SQLite), so an
 interrupted search continues where it stopped, and ``<out>/trials.csv`` records
 every trial; the method's current defaults are the first trial. Then the best setting is trained under the refit protocol
 (selection on validation, a fresh model on train + validation for the selected
@@ -29,11 +33,12 @@ import optuna
 import pandas as pd
 import torch
 
-from mrl_kernels import data
+from mrl_kernels import data, load_run
 from mrl_kernels.atomic import atomic_write
-from mrl_kernels.objectives import OBJECTIVES
+from mrl_kernels.metrics import prefix_evaluate
 from mrl_kernels.sampling import LAYOUTS
 from mrl_kernels.trainer import CHECKPOINT, TrainConfig, recipe, train
+from mrl_kernels.trainer.config import METHODS, SOLVED
 
 SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before a trial stops
 
@@ -43,7 +48,16 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
     ``mrl-s``. The ranges bracket what first probes on tool found: L2 from the
     paper's 1e-4 up to 0.1 (1e-2 lifts MRL-M by ~15%; above ~0.05 MRL-M collapses), lr around Adam's 1e-3, pools of
     8 to 64 hardest-of candidates for the BPR family, 16 to 256 for the softmax
-    (every candidate counts there)."""
+    (every candidate counts there). ``mrl-als``: implicit's iALS ranges for L2 and
+    alpha (docs/baselines.json's tuned widths span 0.1-1000 and 4-625), level weights
+    ``w_l = ratio^(L-1-l)`` (ratio > 1 weighs the narrow widths more), 3 or 6
+    conjugate-gradient steps."""
+    if method in SOLVED:
+        ratio = trial.suggest_float("level_ratio", 0.25, 4.0, log=True)
+        return {"l2": trial.suggest_float("l2", 1.0, 3000.0, log=True),
+                "alpha": trial.suggest_float("alpha", 2.0, 1000.0, log=True),
+                "level_weights": level_weights(ratio),
+                "cg_steps": trial.suggest_categorical("cg_steps", [3, 6])}
     settings = {
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
         "l2": trial.suggest_float("l2", 1e-4, 0.1, log=True),
@@ -58,6 +72,34 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
         settings["candidates"] = trial.suggest_categorical("candidates", [8, 16, 32, 64])
         settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
     return settings
+
+
+DIMS = TrainConfig.dims
+
+
+def level_weights(ratio: float) -> tuple[float, ...]:
+    """``w_l = ratio^(L-1-l)``: 1 at the full width."""
+    return tuple(ratio ** (len(DIMS) - 1 - level) for level in range(len(DIMS)))
+
+
+def settings_of(params: dict) -> dict:
+    """A trial's parameters as trainer settings (``level_ratio`` -> ``level_weights``)."""
+    params = dict(params)
+    if "level_ratio" in params:
+        params["level_weights"] = level_weights(params.pop("level_ratio"))
+    return params
+
+
+def score(result: dict, dataset: data.Dataset, select: str) -> tuple[float, dict]:
+    """A finished trial's value: its validation Recall@20 at full width, or the mean
+    over the widths of the selected model's (``select="mean-width"``); and the
+    validation Recall@20 at every width (full width alone unless computed)."""
+    if select == "full":
+        return result["valid"]["recall@20"], {str(DIMS[-1]): result["valid"]["recall@20"]}
+    run = load_run(result["config"]["out"])
+    prefix = prefix_evaluate(run.users, run.index.items, list(run.dims), dataset.valid, [dataset.train])
+    widths = {width: metrics["recall@20"] for width, metrics in prefix.items()}
+    return sum(widths.values()) / len(widths), widths
 
 
 def _train(config: TrainConfig, dataset: data.Dataset) -> dict:
@@ -86,11 +128,13 @@ def search(args, out: Path, worker: int) -> None:
     def objective(trial: optuna.Trial) -> float:
         config = replace(base, out=str(out / "trials" / f"{trial.number:04d}"), **suggest(trial, args.method))
         result = _train(config, dataset)
+        value, widths = score(result, dataset, args.select)
         trial.set_user_attr("best_epoch", result["best_epoch"])
         trial.set_user_attr("train_seconds", result["wall_seconds"])
-        print(f"trial {trial.number}: validation recall@20 {result['valid']['recall@20']:.4f} "
-              f"(epoch {result['best_epoch']}) with {trial.params}", flush=True)
-        return result["valid"]["recall@20"]
+        trial.set_user_attr("valid_recall@20_by_width", widths)
+        print(f"trial {trial.number}: {args.select} validation recall@20 {value:.4f}, full width "
+              f"{result['valid']['recall@20']:.4f} (epoch {result['best_epoch']}) with {trial.params}", flush=True)
+        return value
 
     # each worker its own sampling seed; workers added with --search-only draw theirs at random
     study = _study(out, None if args.search_only else args.seed * 1000 + worker)
@@ -104,11 +148,12 @@ def search(args, out: Path, worker: int) -> None:
 def refit(args, out: Path, settings: dict, seed: int) -> dict:
     """The refit protocol with ``settings`` and ``seed``: its test metrics at every width."""
     torch.set_num_threads(args.threads)
-    config = replace(_base(args), **settings, seed=seed, patience=TrainConfig.patience, epochs=TrainConfig.epochs,
-                     refit=True, out=str(out / f"best-s{seed}"))
+    config = replace(_base(args), **settings_of(settings), seed=seed, patience=TrainConfig.patience,
+                     epochs=TrainConfig.epochs, refit=True, out=str(out / f"best-s{seed}"))
     result = _train(config, data.load(args.dataset, args.data_dir, seed=seed))
     return {"seed": seed, "test": result["test"], "prefix": result["prefix"], "best_epoch": result["best_epoch"],
-            "train_seconds": result["wall_seconds"]}
+            "train_seconds": result["wall_seconds"],
+            "fit_seconds": result["seconds_per_epoch"] * result["refit_epochs"]}
 
 
 def main(argv=None) -> int:
@@ -116,7 +161,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", default="tool")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--model", default="mf")
-    parser.add_argument("--method", default="mrl-s", choices=tuple(OBJECTIVES))
+    parser.add_argument("--method", default="mrl-s", choices=METHODS)
+    parser.add_argument("--select", choices=("full", "mean-width"), default=None,
+                        help="what a trial scores: full-width validation Recall@20, or its mean over the widths "
+                             "(default: mean-width for mrl-als, else full)")
     parser.add_argument("--budget", type=float, default=3600.0, help="seconds of searching (trials in flight finish)")
     parser.add_argument("--trials", type=int, default=None, help="stop after this many trials in all")
     parser.add_argument("--max-epochs", type=int, default=200, help="epochs a trial may train at most")
@@ -128,12 +176,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default=None, help="default runs/tune/<dataset>-<model>-<method>")
     args = parser.parse_args(argv)
+    args.select = args.select or ("mean-width" if args.method in SOLVED else "full")
     out = Path(args.out or f"runs/tune/{args.dataset}-{args.model}-{args.method}")
     out.mkdir(parents=True, exist_ok=True)
     study = _study(out, args.seed)  # created once, before the workers open it
     if not study.trials:  # the method's current defaults come first: the search can only improve on them
-        defaults = recipe(args.method)
-        study.enqueue_trial({name: defaults[name] for name in suggest(optuna.trial.FixedTrial(defaults), args.method)})
+        fixed = optuna.trial.FixedTrial({"level_ratio": 1.0, **recipe(args.method)})  # mrl-als: equal weights
+        suggest(fixed, args.method)
+        study.enqueue_trial(fixed.params)
     with ProcessPoolExecutor(args.workers) as pool:
         list(pool.map(search, [args] * args.workers, [out] * args.workers, range(args.workers)))
         if args.search_only:
@@ -143,8 +193,9 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
         runs = list(pool.map(refit, [args] * len(seeds), [out] * len(seeds), [best.params] * len(seeds), seeds))
     summary = {"dataset": args.dataset, "model": args.model, "method": args.method, "trial": best.number,
-               "valid_recall@20": best.value, "settings": best.params,
-               "config": {**asdict(replace(_base(args), **best.params)), "out": None}, "runs": runs,
+               "select": args.select, "valid_recall@20": best.value,
+               "valid_recall@20_by_width": best.user_attrs.get("valid_recall@20_by_width"), "settings": best.params,
+               "config": {**asdict(replace(_base(args), **settings_of(best.params))), "out": None}, "runs": runs,
                "trials": len(_study(out, args.seed).trials)}
     atomic_write(out / "best.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     print(pd.DataFrame([{"seed": r["seed"], **r["test"]} for r in runs]).to_string(index=False))

@@ -19,7 +19,7 @@ from .data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataErro
 from .registry import names as backend_names
 from .sampling import LAYOUTS
 from .trainer import PAPER_RECIPE, Interrupted, TrainConfig, recipe, request_stop, train
-from .trainer.config import ALS_SETTINGS, METHODS, SOLVED
+from .trainer.config import LEAST_SQUARES, METHODS, ONLY_FOR, SOLVED
 
 
 def _numbers(kind, example: str):
@@ -36,7 +36,7 @@ _dims = _numbers(int, "4,8,16,32,64")
 
 def _defaults(name: str, methods=METHODS) -> str:
     """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
-    if name in ALS_SETTINGS:
+    if name in ONLY_FOR:
         return "; ".join(f"{m}: {recipe(m)[name]}" for m in methods)
     tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER_RECIPE[name]]
     common = f"{PAPER_RECIPE[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
@@ -63,9 +63,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
     p.add_argument("--method", default=d.method, choices=METHODS,
                    help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
-                        "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width); "
-                        "or mrl-als: nested least squares (iALS's objective summed over the widths), an epoch "
-                        "being one sweep")
+                        "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width)"
+                        "; mrl-ls: nested least squares (iALS's objective summed over the widths) by gradient, "
+                        "no negatives sampled; or mrl-als: the same objective solved by alternating least "
+                        "squares (mf), an epoch being one sweep")
     p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
     p.add_argument("--candidates", type=int, default=argparse.SUPPRESS,
                    help=f"candidates per pool (default: {_defaults('candidates')})")
@@ -85,10 +86,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help=f"mrl-s: cosine scores of the prefixes (default: {_defaults('cosine', ('mrl-s',))})")
     p.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
-                   help=f"mrl-als: the weight of an observed pair, an unobserved one weighing 1 (default: "
-                        f"{_defaults('alpha', SOLVED)})")
+                   help=f"mrl-als, mrl-ls: the weight of an observed pair, an unobserved one weighing 1 "
+                        f"(default: {_defaults('alpha', LEAST_SQUARES)})")
     p.add_argument("--level-weights", type=_numbers(float, "1,1,1,1,1"), default=argparse.SUPPRESS,
-                   help="mrl-als: the weight of each width's iALS objective (default: 1 each, their sum; "
+                   help="mrl-als, mrl-ls: the weight of each width's iALS objective (default: 1 each, their sum; "
                         "0,0,0,0,1 is iALS at full width)")
     p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
                    help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps', SOLVED)})")

@@ -15,10 +15,12 @@ a loss. The paper's five methods are entries of :data:`OBJECTIVES`:
 Where the selector picks at exactly the widths the loss scores at (MNS + MRL,
 DNS + BPR), selection and loss run fused in :func:`mrl_kernels.mns_bpr_loss`.
 
-Each entry is a :class:`Method`: ``OBJECTIVES[name].build(settings)`` makes the
+Each entry is a :class:`Method`: ``OBJECTIVES[name].build(settings, interactions)`` makes the
 :class:`Objective` of a run's settings (widths, L2, backend; temperature and
-scores for the softmax), which the trainer calls as ``objective(batch,
-candidates)`` on ``(B, *objective.candidate_shape)`` candidate ids. Adding an
+scores for the softmax; alpha and level weights for least squares) and training
+interactions (which only least squares reads: their density scales its unobserved
+term), which the trainer calls as ``objective(batch, candidates)`` on
+``(B, *objective.candidate_shape)`` candidate ids. Adding an
 objective = one entry here: a :class:`Ranking` with a new :class:`Loss` or
 :class:`~mrl_kernels.sampling.Selector` if needed, or, for a loss over the whole
 candidate pool like :class:`SampledSoftmax`, a method of its own and the
@@ -34,11 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones import Batch, lookup
+from .data import CSR
 from .ops import mns_bpr_loss, mrl_bpr_loss, mrl_softmax_loss
 from .sampling import DNS, MNS, UNIFORM, Selector
 
 __all__ = ["Loss", "BPR", "MRL", "Settings", "Objective", "Method", "Ranking", "RankingObjective", "SampledSoftmax",
-           "SoftmaxObjective", "OBJECTIVES"]
+           "SoftmaxObjective", "NestedLeastSquares", "LeastSquaresObjective", "OBJECTIVES"]
 
 
 def _bpr(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int], backend: str) -> Tensor:
@@ -80,6 +83,8 @@ class Settings(Protocol):
     backend: str  # the operators' backend
     temperature: float  # the sampled softmax's only
     cosine: bool  # the sampled softmax's only
+    alpha: float | None  # least squares' only: the weight of an observed pair
+    level_weights: Sequence[float] | None  # least squares' only (None: 1 each)
 
 
 class Objective(Protocol):
@@ -94,9 +99,10 @@ class Objective(Protocol):
 
 
 class Method(Protocol):
-    """An entry of :data:`OBJECTIVES` (a ``--method``): what builds its objective."""
+    """An entry of :data:`OBJECTIVES` (a ``--method``): what builds its objective
+    (``interactions``: the training CSR the run learns from)."""
 
-    def build(self, settings: Settings) -> Objective: ...
+    def build(self, settings: Settings, interactions: CSR | None = None) -> Objective: ...
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ class Ranking:
     selector: Selector
     loss: Loss
 
-    def build(self, settings: Settings) -> "RankingObjective":
+    def build(self, settings: Settings, interactions: CSR | None = None) -> "RankingObjective":
         dims = tuple(settings.dims)
         return RankingObjective(self.selector, self.loss, dims,
                                 self.selector.candidate_shape(len(dims), settings.candidates, settings.layout),
@@ -147,7 +153,7 @@ class SampledSoftmax:
     at every width it serves (one pool shared by all levels, ``layout="shared"``,
     or one per level), none is selected."""
 
-    def build(self, settings: Settings) -> "SoftmaxObjective":
+    def build(self, settings: Settings, interactions: CSR | None = None) -> "SoftmaxObjective":
         dims = tuple(settings.dims)
         shape = (settings.candidates,) if settings.layout == "shared" else (len(dims), settings.candidates)
         return SoftmaxObjective(dims, shape, settings.l2, settings.backend, settings.temperature, settings.cosine)
@@ -180,6 +186,59 @@ class SoftmaxObjective:
         return loss + self.l2 * (batch.squared_norms() + candidate_norms) / 2 / batch.user.shape[0]
 
 
+@dataclass(frozen=True)
+class NestedLeastSquares:
+    """Nested least squares by gradient, for any backbone: ``mrl-als``'s objective
+    (iALS's, summed over the widths with weights ``w_l``) per observed pair,
+
+    ``mean_batch sum_l w_l [alpha (1 - s_l)^2 - s_l^2] + (n_users n_items / nnz) <(U^T U / B) ⊙ M, (P^T P / B)>_F``
+
+    plus the trainer's L2 term, ``s_l`` the batch pairs' prefix scores, ``U`` and ``P``
+    the batch's user and positive rows, ``M[j, k] = sum_{l : d_l > max(j, k)} w_l``.
+    The second term is every pair's ``sum_l w_l <u[:d_l], i[:d_l]>^2`` through
+    Gramians estimated from the batch's rows (Krichene et al. 2019): no negative is
+    sampled. Rows drawn by interaction weigh users by activity and items by
+    popularity there (a popularity-weighted unobserved term, as popularity-drawn
+    negatives are)."""
+
+    def build(self, settings: Settings, interactions: CSR | None = None) -> "LeastSquaresObjective":
+        if interactions is None or interactions.nnz == 0:
+            raise ValueError("nested least squares needs the training interactions (their density scales the "
+                             "unobserved term)")
+        from .ops.als import coordinate_weights  # noqa: PLC0415 - the ops package imports this module's users
+
+        dims = tuple(settings.dims)
+        weights = torch.tensor(settings.level_weights or [1.0] * len(dims), dtype=torch.float32)
+        m = coordinate_weights(dims, weights)
+        index = torch.arange(len(m))
+        return LeastSquaresObjective(dims, (0,), weights, m[torch.maximum(index[:, None], index[None, :])],
+                                     float(settings.alpha), settings.l2,
+                                     interactions.n_rows * interactions.n_cols / interactions.nnz)
+
+
+@dataclass(frozen=True)
+class LeastSquaresObjective:
+    """:class:`NestedLeastSquares`' objective: ``weights`` (L,), ``mask`` ``M`` (D, D),
+    ``alpha``, ``l2`` and the unobserved term's ``scale`` (users x items / observed)."""
+
+    dims: tuple[int, ...]
+    candidate_shape: tuple[int, ...]
+    weights: Tensor
+    mask: Tensor
+    alpha: float
+    l2: float
+    scale: float
+
+    def __call__(self, batch: Batch, candidates: Tensor) -> Tensor:
+        user, pos = batch.user, batch.pos
+        rows = user.shape[0]
+        weights, mask = self.weights.to(user.device), self.mask.to(user.device)
+        scores = (user * pos).cumsum(1)[:, [d - 1 for d in self.dims]]  # (B, L) prefix scores
+        observed = ((self.alpha * (1 - scores) ** 2 - scores ** 2) * weights).sum(1).mean()
+        unobserved = self.scale * ((user.T @ user) * mask * (pos.T @ pos)).sum() / rows ** 2
+        return observed + unobserved + self.l2 * batch.squared_norms() / 2 / rows
+
+
 OBJECTIVES: dict[str, Method] = {
     "bpr": Ranking(UNIFORM, BPR),
     "bpr-d": Ranking(DNS, BPR),
@@ -187,4 +246,5 @@ OBJECTIVES: dict[str, Method] = {
     "mrl-d": Ranking(DNS, MRL),
     "mrl-m": Ranking(MNS, MRL),
     "mrl-s": SampledSoftmax(),
+    "mrl-ls": NestedLeastSquares(),
 }

@@ -5,6 +5,7 @@ import torch
 
 from mrl_kernels import registry
 from mrl_kernels.backbones import MF
+from mrl_kernels.data import CSR
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.ops.spec import OPS
 from mrl_kernels.testing import make_inputs
@@ -46,6 +47,9 @@ def _samples(requires_grad):
                         torch.tensor([1, 5, 0, 11], device=DEVICE)),
     }
 
+# the training interactions an objective may read (least squares: their density)
+INTERACTIONS = CSR.from_pairs(range(20), range(0, 40, 2), 30, 50)
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("requires_grad", [True, False])
@@ -61,7 +65,7 @@ def test_opcheck(backend, requires_grad):
 def test_compiled_training_step_matches_eager(backend, method):
     torch._dynamo.reset()
     objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=5, layout="per-level",
-                                                     l2=1e-4, backend=backend))
+                                                     l2=1e-4, backend=backend), INTERACTIONS)
 
     def make():
         torch.manual_seed(0)

@@ -5,6 +5,7 @@ import torch
 
 from mrl_kernels import data
 from mrl_kernels.backbones import MF
+from mrl_kernels.data import CSR
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.optim import LazyAdam
 from mrl_kernels.trainer import Fit, TrainConfig, train
@@ -12,11 +13,14 @@ from mrl_kernels.trainer import config as trainer_config
 
 from conftest import DEVICE
 
+# the training interactions an objective may read (least squares: their density)
+INTERACTIONS = CSR.from_pairs(range(20), range(0, 40, 2), 30, 50)
+
 
 @pytest.mark.parametrize("method", list(OBJECTIVES))
 def test_sparse_lookups_give_the_dense_loss_and_gradients(method):
     objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=6, layout="per-level",
-                                                     l2=1e-2))
+                                                     l2=1e-2), INTERACTIONS)
     users, pos = torch.randint(0, 30, (24,)), torch.randint(0, 50, (24,))
     cand = torch.randint(0, 50, (24, *objective.candidate_shape))
     results = []

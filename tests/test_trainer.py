@@ -381,8 +381,45 @@ def test_mrl_als_at_one_level_is_implicits_ials(small):
     (dict(alpha=-1.0), "alpha must be > 0"),
     (dict(cg_steps=0), "cg_steps must be >= 1"),
     (dict(sparse=True), "no sparse path"),
-    (dict(method="mrl-m"), "alpha, cg_steps only apply to mrl-als"),
+    (dict(method="mrl-m"), "alpha only applies to mrl-als, mrl-ls, not --method mrl-m"),
+    (dict(method="mrl-ls"), "cg_steps only applies to mrl-als, not --method mrl-ls"),
 ])
 def test_mrl_als_settings_are_checked(change, words):
     with pytest.raises(ValueError, match=words):
         TrainConfig(**{**ALS, "cg_steps": 3, **change}).check()
+
+
+def test_least_squares_by_gradient_is_its_objective_pair_by_pair():
+    """mrl-ls's batch loss: the observed pairs' nested iALS terms, every (user, item) pair
+    of the batch's rows through the Gramians, scaled by users x items / observed."""
+    from mrl_kernels.backbones import Batch
+    from mrl_kernels.objectives import OBJECTIVES
+
+    interactions = data.CSR.from_pairs([0, 1, 2, 2], [1, 3, 0, 4], 3, 6)
+    config = TrainConfig(method="mrl-ls", dims=(2, 5), l2=0.1, alpha=3.0, level_weights=(0.5, 2.0))
+    objective = OBJECTIVES["mrl-ls"].build(config, interactions)
+    assert objective.candidate_shape == (0,)
+    g = torch.Generator().manual_seed(0)
+    user, pos = (torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    batch = Batch(user, pos, pos, user, pos, pos)
+    observed = unobserved = 0.0
+    for level, d in enumerate((2, 5)):
+        w = (0.5, 2.0)[level]
+        s = (user[:, :d] * pos[:, :d]).sum(1)
+        observed = observed + w * (3.0 * (1 - s) ** 2 - s ** 2).mean()
+        unobserved = unobserved + w * ((user[:, :d] @ pos[:, :d].T) ** 2).mean()
+    expected = observed + 3 * 6 / 4 * unobserved + 0.1 * (user.square().sum() + pos.square().sum()) / 2 / 7
+    loss = objective(batch, torch.zeros(7, 0, dtype=torch.int64))
+    torch.testing.assert_close(loss, expected.to(loss.dtype), rtol=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda u, p: objective(Batch(u, p, p, u, p, p), None), (user, pos))
+    with pytest.raises(ValueError, match="needs the training interactions"):
+        OBJECTIVES["mrl-ls"].build(config)
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+def test_least_squares_by_gradient_trains_any_backbone(tmp_path, small, model):
+    result = train(TrainConfig(method="mrl-ls", model=model, epochs=4, lr=1e-2, out=str(tmp_path), **SMALL),
+                   log=lambda _: None, dataset=small)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history.loss.is_monotonic_decreasing
+    assert result["test"]["recall@20"] > 0.1

@@ -14,14 +14,17 @@ from ..ops import check_dims, check_temperature
 from ..registry import names as backend_names
 from ..sampling import LAYOUTS
 
-__all__ = ["PAPER_RECIPE", "RECIPES", "recipe", "TrainConfig", "SPARSE_FROM", "METHODS", "SOLVED", "ALS_SETTINGS"]
+__all__ = ["PAPER_RECIPE", "RECIPES", "recipe", "TrainConfig", "SPARSE_FROM", "METHODS", "SOLVED", "LEAST_SQUARES",
+           "ONLY_FOR"]
 
 # methods fitted by alternating least squares (trainer/als.py), not by gradient: each epoch
 # is one sweep (every user's vector solved, then every item's); ``l2`` is the L2 weight
 # ``reg`` of the least-squares objective (implicit's ``regularization``), not a per-batch one
 SOLVED = ("mrl-als",)
 METHODS = (*OBJECTIVES, *SOLVED)
-ALS_SETTINGS = ("alpha", "level_weights", "cg_steps")  # the settings of SOLVED methods only
+LEAST_SQUARES = ("mrl-als", "mrl-ls")  # nested least squares, solved or by gradient
+# the settings only some methods take, and which
+ONLY_FOR = {"alpha": LEAST_SQUARES, "level_weights": LEAST_SQUARES, "cg_steps": SOLVED}
 
 # The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
 # one pool per level): every method's default unless RECIPES says otherwise.
@@ -35,7 +38,9 @@ RECIPES: dict[str, dict] = {"mrl-m": {"l2": 1e-2},
                             # mrl-als: implicit's width-64 iALS settings on tool (docs/baselines.json),
                             # equal level weights, its conjugate-gradient steps; selection every sweep
                             "mrl-als": {"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "eval_every": 1,
-                                        "patience": 3}}
+                                        "patience": 3},
+                            # mrl-ls: mrl-als's alpha; not tuned
+                            "mrl-ls": {"alpha": 40.0}}
 # items from which mf trains row-sparse by default: there a dense step took 421 ms and a
 # sparse one 29 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
 # quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 38 -> 25 ms)
@@ -106,12 +111,11 @@ class TrainConfig:
         check_temperature(self.temperature)
         if not 0 <= self.l2 < math.inf:
             raise ValueError(f"l2 must be >= 0 and finite; got {self.l2}")
-        if self.method in SOLVED:
-            self._check_solved()
-        else:
-            given = [name for name in ALS_SETTINGS if getattr(self, name) is not None]
-            if given:
-                raise ValueError(f"{', '.join(given)} only apply to {', '.join(SOLVED)}, not --method {self.method}")
+        for name, methods in ONLY_FOR.items():
+            if self.method not in methods and getattr(self, name) is not None:
+                raise ValueError(f"{name} only applies to {', '.join(methods)}, not --method {self.method}")
+        if self.method in LEAST_SQUARES:
+            self._check_least_squares()
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -119,16 +123,17 @@ class TrainConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: CUDA is not available here (torch {torch.__version__})")
 
-    def _check_solved(self) -> None:
-        if self.model != "mf":
-            raise ValueError(f"--method {self.method} solves matrix factorisation in closed form: it needs "
-                             f"--model mf, got {self.model}")
-        if self.sparse:
-            raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
+    def _check_least_squares(self) -> None:
+        if self.method in SOLVED:
+            if self.model != "mf":
+                raise ValueError(f"--method {self.method} solves matrix factorisation in closed form: it needs "
+                                 f"--model mf, got {self.model}")
+            if self.sparse:
+                raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
+            if self.cg_steps < 1:
+                raise ValueError(f"cg_steps must be >= 1; got {self.cg_steps}")
         if not 0 < self.alpha < math.inf:
             raise ValueError(f"alpha must be > 0 and finite; got {self.alpha}")
-        if self.cg_steps < 1:
-            raise ValueError(f"cg_steps must be >= 1; got {self.cg_steps}")
         if self.level_weights is not None:
             weights = tuple(self.level_weights)
             if len(weights) != len(self.dims):

@@ -51,7 +51,7 @@ class Fit:
         self.sparse = config.sparse_for(interactions.n_cols)
         self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers, self.sparse).to(device)
         self.step_model = self.group.wrap(self.model)
-        self.objective = OBJECTIVES[config.method].build(config)
+        self.objective = OBJECTIVES[config.method].build(config, interactions)
         if self.sparse:  # lazy Adam: moments and weights of the rows in the batch only
             self.optimizer = LazyAdam(self.model.parameters(), lr=config.lr)
         else:  # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one
@@ -84,7 +84,11 @@ class Fit:
         """One optimizer step on the interactions ``rows``; their mean loss."""
         per_row = self.objective.candidate_shape
         users, pos = self.users[rows], self.items[rows]
-        cand = sample_candidates(users, math.prod(per_row), self.interactions.n_cols, self.interactions, self.sampler)
+        if math.prod(per_row):
+            cand = sample_candidates(users, math.prod(per_row), self.interactions.n_cols, self.interactions,
+                                     self.sampler)
+        else:  # an objective that samples no negatives
+            cand = users.new_empty((len(rows), 0))
         loss = self.objective(self.step_model(users, pos), cand.view(len(rows), *per_row))
         value = float(loss.detach())
         if not math.isfinite(value):  # before the step: the weights stay as they were
