@@ -8,13 +8,14 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 - :func:`mns_bpr_loss`: both fused: the loss and the chosen negatives.
 - :func:`mrl_softmax_loss`: a sampled softmax at every nested width, fused.
 - :func:`prefix_topk`: top-k retrieval through a narrow-prefix shortlist.
+- :func:`nested_als_solve`: one side's solve of nested (Matryoshka) least squares.
 - :func:`sample_candidates`: uniform candidate ids with exclusion.
 """
-from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss, mrl_softmax_loss, prefix_topk
+from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss, mrl_softmax_loss, nested_als_solve, prefix_topk
 from .registry import available_backends
 from .sampling import sample_candidates
 from .serving import MatryoshkaIndex, load_run
 
 __version__ = "0.1.0"
-__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss", "prefix_topk", "sample_candidates", "available_backends",
-           "MatryoshkaIndex", "load_run"]
+__all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss", "prefix_topk", "nested_als_solve",
+           "sample_candidates", "available_backends", "MatryoshkaIndex", "load_run"]

@@ -27,7 +27,7 @@ def _numbers(kind, example: str):
         try:
             return tuple(kind(x) for x in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers like {example}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s like {example}, got {text!r}")
     return parse
 
 

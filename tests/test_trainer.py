@@ -36,7 +36,8 @@ def finished(small, tmp_path_factory):
 
 # the operators each method calls on dense tables
 OPERATORS = {"bpr": {"mrl_bpr_loss"}, "bpr-d": {"mns_bpr_loss"}, "bpr-m": {"mns_sample"},
-             "mrl-d": {"mns_sample", "mrl_bpr_loss"}, "mrl-m": {"mns_bpr_loss"}, "mrl-s": {"mrl_softmax_loss"}}
+             "mrl-d": {"mns_sample", "mrl_bpr_loss"}, "mrl-m": {"mns_bpr_loss"}, "mrl-s": {"mrl_softmax_loss"},
+             "mrl-ls": set()}
 
 
 @pytest.mark.parametrize("method", list(OBJECTIVES))
