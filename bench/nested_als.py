@@ -8,9 +8,10 @@ settings (``--tuned``: the ``best.json`` of ``python -m bench.tune --method mrl-
 defaults), and times, side by side in the same process and thread, implicit's iALS
 refit at width 64 and at each of the five widths with the settings
 ``docs/baselines.json`` chose for that width and seed. Writes
-``docs/nested_als.json`` and ``docs/figure3-nested.png``: test Recall@20 at each
-width of the ONE nested model, of iALS retrained per width (docs/baselines.json)
-and of tuned MRL-M's prefixes (the 3-seed means of docs/reproduction.md).
+``docs/nested_als.json``, ``docs/nested_als.md`` and ``docs/figure3-nested.png``:
+test Recall@20 at each width of the ONE nested model, of iALS retrained per width
+(docs/baselines.json) and of tuned MRL-M's prefixes (the 3-seed means of
+docs/reproduction.md), and the fit seconds.
 """
 from __future__ import annotations
 
@@ -92,6 +93,40 @@ def figure(rows: pd.DataFrame, baselines: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
+def _mean_std(values) -> str:
+    values = np.asarray(list(values), dtype=float)
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+
+
+def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
+    """Per dataset: each width's Recall@20 (mean ± std over the seeds), the nested
+    model against iALS, and the fit seconds."""
+    out = ["# One nested least-squares model against iALS retrained at each width", "",
+           "Written by `python -m bench.nested_als` (see its docstring). Test Recall@20, refit protocol, mean ± "
+           "std over the seeds (data splits). `mrl-als`: ONE model, its prefixes; iALS: a model per width, each "
+           "tuned on validation (docs/baselines.json); MRL-M tuned: one model's prefixes (docs/reproduction.md). "
+           "Fit seconds: one thread, this machine, measured side by side in the same process: the nested model's "
+           "refit sweeps, iALS's refit at width 64 and the five per-width refits together.", ""]
+    for dataset, part in rows.groupby("dataset"):
+        theirs = baselines[(baselines.dataset == dataset) & (baselines.model == "ials")]
+        table = []
+        for i, width in enumerate(WIDTHS):
+            ours = [p[width] for p in part.prefix]
+            ials = theirs[theirs.width == width].test.map(lambda t: t["recall@20"])
+            table.append({"width": width, "mrl-als (one model)": _mean_std(ours), "iALS per width": _mean_std(ials),
+                          "mrl-als / iALS": f"{np.mean(ours) / ials.mean() - 1:+.1%}",
+                          "mrl-m tuned (one model)": f"{MRL_M_TUNED[dataset][i]:.4f}",
+                          "mrl-als / mrl-m": f"{np.mean(ours) / MRL_M_TUNED[dataset][i] - 1:+.1%}"})
+        fits = part.fit_seconds.mean()
+        width64 = np.mean([s[64] for s in part.ials_fit_seconds])
+        five = np.mean([sum(s.values()) for s in part.ials_fit_seconds])
+        out += [f"**{dataset}** ({len(part)} seeds; settings {part.settings.iloc[0] or 'mrl-train defaults'}; "
+                f"{part.sweeps.mean():.1f} sweeps): fit {fits:.1f} s against iALS {width64:.1f} s at width 64 "
+                f"({fits / width64:.1f}x) and {five:.1f} s for the five widths ({fits / five:.2f}x)", "",
+                pd.DataFrame(table).to_markdown(index=False), ""]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
@@ -118,7 +153,11 @@ def main(argv=None) -> int:
                       f"fit {row['fit_seconds']:.1f} s; iALS {row['ials_fit_seconds']}", flush=True)
     docs = Path(args.docs)
     atomic_write(docs / "nested_als.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
-    figure(pd.DataFrame(rows), baselines, docs / "figure3-nested.png")
+    frame = pd.DataFrame(rows)
+    figure(frame, baselines, docs / "figure3-nested.png")
+    text = markdown(frame, baselines) + "\n![Figure 3 with the nested model](figure3-nested.png)\n"
+    atomic_write(docs / "nested_als.md", lambda tmp: Path(tmp).write_text(text))
+    print(text)
     return 0
 
 

@@ -30,7 +30,7 @@ def _dense_solution(y, csr, dims, weights, alpha, reg):
     m = reference.coordinate_weights(dims, w)
     index = torch.arange(len(m))
     mask = m[torch.maximum(index[:, None], index[None, :])]
-    gram = (y.T @ y) * mask + reg * torch.eye(len(m), dtype=torch.float64)
+    gram = (y.T @ y) * mask + reg * torch.diag(m)
     solved = []
     for r in range(csr.n_rows):
         seen = y[csr.indices[csr.indptr[r]:csr.indptr[r + 1]]]
@@ -105,8 +105,8 @@ def test_nan_reaches_the_output(backend):
 def test_the_gram_part_is_the_masked_gram_matrix():
     y = torch.randn(10, 5, dtype=torch.float64)
     gram = nested_gram(y, [2, 5], torch.tensor([0.25, 0.75]), 0.5)
-    expected = 0.75 * y.T @ y + 0.5 * torch.eye(5, dtype=torch.float64)
-    expected[:2, :2] += 0.25 * y[:, :2].T @ y[:, :2]
+    expected = 0.75 * y.T @ y + 0.5 * 0.75 * torch.eye(5, dtype=torch.float64)
+    expected[:2, :2] += 0.25 * y[:, :2].T @ y[:, :2] + 0.5 * 0.25 * torch.eye(2, dtype=torch.float64)
     assert_close(gram, expected, atol=1e-12, rtol=1e-12)
 
 

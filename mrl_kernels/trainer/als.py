@@ -3,9 +3,9 @@ model fitted by sweeps of :func:`mrl_kernels.ops.nested_als_solve` (every user's
 vector solved with the items fixed, then every item's), minimising iALS's
 objective summed over the nested widths,
 
-``sum_l w_l [ sum_obs alpha (1 - <x_u[:d_l], y_i[:d_l]>)^2 + sum_unobs <x_u[:d_l], y_i[:d_l]>^2 ] + reg (|X|^2 + |Y|^2)``
+``sum_l w_l [ sum_obs alpha (1 - <x_u[:d_l], y_i[:d_l]>)^2 + sum_unobs <x_u[:d_l], y_i[:d_l]>^2 + reg (|X[:, :d_l]|^2 + |Y[:, :d_l]|^2) ]``
 
-(``reg`` is the run's ``l2``). :class:`AlsFit` has :class:`~.fit.Fit`'s face, an
+(iALS's objective at each width, L2 term included; ``reg`` is the run's ``l2``). :class:`AlsFit` has :class:`~.fit.Fit`'s face, an
 epoch being one sweep, so selection, refit, checkpoints and ``--resume`` are the
 trainer's own."""
 from __future__ import annotations
@@ -34,7 +34,7 @@ def nested_objective(user: Tensor, item: Tensor, interactions: CSR, dims, weight
     """The nested iALS objective of the tables ``user`` and ``item`` on
     ``interactions``: the unobserved pairs through the Gramians,
     ``sum_l w_l sum_{u, i} <x_u[:d_l], y_i[:d_l]>^2 = <(X^T X) ⊙ M, Y^T Y>_F``, the
-    observed ones corrected pair by pair (sums in float64)."""
+    observed ones corrected pair by pair, the L2 term of each width (sums in float64)."""
     m = coordinate_weights(dims, weights.to(user.dtype))
     index = torch.arange(len(m))
     mask = m[torch.maximum(index[:, None], index[None, :])]
@@ -45,7 +45,8 @@ def nested_objective(user: Tensor, item: Tensor, interactions: CSR, dims, weight
         u, i = rows[start:start + CHUNK], cols[start:start + CHUNK]
         scores = (user[u] * item[i]).cumsum(1)[:, ends].double()  # (pairs, L) prefix scores
         total += float(((alpha * (1 - scores) ** 2 - scores ** 2) * weights.double()).sum())
-    return total + reg * float(user.double().square().sum() + item.double().square().sum())
+    m = m.double()
+    return total + reg * float((user.double().square().sum(0) * m).sum() + (item.double().square().sum(0) * m).sum())
 
 
 class AlsFit:

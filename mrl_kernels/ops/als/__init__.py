@@ -30,9 +30,9 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
     """One side's solve of nested iALS: every row's vector minimising, with the
     other side fixed,
 
-    ``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 ] + reg |x|^2``
+    ``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 + reg |x[:d_l]|^2 ]``
 
-    by conjugate gradient (implicit's solver) warm-started at ``factors``. With
+    (iALS's objective at each width, L2 term included, summed) by conjugate gradient (implicit's solver) warm-started at ``factors``. With
     ``weights = (0, ..., 0, 1)`` it is implicit's iALS step exactly.
 
     Args:
@@ -43,10 +43,9 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
             :class:`~mrl_kernels.data.CSR`, or ``transpose()`` of one for the other
             side); a row with none is zero (its exact solution).
         dims: nested widths, the last ``D``.
-        weights: per-level weights ``w_l`` (>= 0; default ``1 / L`` each, summing to 1
-            so that ``reg`` weighs as in a one-width iALS).
+        weights: per-level weights ``w_l`` (>= 0; default ``1 / L`` each).
         alpha: the weight of an observed pair (implicit's ``alpha``), finite, ``> 0``.
-        reg: L2 weight ``reg`` (implicit's ``regularization``), ``>= 0``.
+        reg: L2 weight ``reg`` of each width's objective (implicit's ``regularization``), ``>= 0``.
         cg_steps: conjugate-gradient steps per row (implicit's default 3; ``D``
             steps solve exactly in exact arithmetic).
 

@@ -7,13 +7,14 @@ side's fixed vectors ``y_i``; row r's CSR entries ``indices[indptr[r]:indptr[r+1
 its observed items. The row's nested iALS objective (implicit's convention: an
 observed pair weighs ``alpha``, an unobserved one 1)
 
-``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 ] + reg |x|^2``
+``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 + reg |x[:d_l]|^2 ]``
 
-is minimal where ``A x = b`` with
+(iALS's objective at each width, its L2 term included, summed with weights
+``w_l``) is minimal where ``A x = b`` with
 
 - ``A = gram + (alpha - 1) sum_{i in r} sum_l w_l y_i[:d_l] y_i[:d_l]^T`` (each prefix
-  zero-padded to D), ``gram = (Y^T Y) ⊙ M + reg I`` (:func:`nested_gram`),
-  ``M[j, k] = sum_{l : d_l > max(j, k)} w_l``;
+  zero-padded to D), ``gram = (Y^T Y) ⊙ M + reg diag(m)`` (:func:`nested_gram`),
+  ``M[j, k] = sum_{l : d_l > max(j, k)} w_l = m[max(j, k)]``;
 - ``b = alpha sum_{i in r} sum_l w_l y_i[:d_l]``.
 
 The solve is implicit's conjugate gradient: ``cg_steps`` steps from ``x`` (a warm
@@ -43,12 +44,14 @@ def coordinate_weights(dims: Sequence[int], weights: Tensor) -> Tensor:
 
 
 def nested_gram(other: Tensor, dims: Sequence[int], weights: Tensor, reg: float) -> Tensor:
-    """``(Y^T Y) ⊙ M + reg I``, (D, D), in ``other``'s dtype: the part of every row's
-    system that all unobserved pairs share."""
+    """``(Y^T Y) ⊙ M + reg diag(m)``, (D, D), in ``other``'s dtype: the part of every
+    row's system that all unobserved pairs (and the L2 term) share. Each coordinate
+    is regularised as much as the widths that hold it weigh, so its ratio of data
+    to L2 is iALS's at each width."""
     m = coordinate_weights(dims, weights.to(other.dtype))
     index = torch.arange(len(m), device=other.device)
     mask = m[torch.maximum(index[:, None], index[None, :])]
-    return (other.T @ other) * mask + reg * torch.eye(len(m), dtype=other.dtype, device=other.device)
+    return (other.T @ other) * mask + reg * torch.diag(m)
 
 
 def _rows(indptr: Tensor) -> Tensor:
