@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
+from bench.dense_eval import dense_prefix_evaluate
 from mrl_kernels import data
 from mrl_kernels.data import CSR
-from mrl_kernels.metrics import KS, evaluate, prefix_evaluate, sample_users
+from mrl_kernels.metrics import evaluate, prefix_evaluate, sample_users
 
 
 def test_recall_and_ndcg_by_hand():
@@ -123,43 +124,17 @@ def test_ties_go_to_the_lower_id_and_nan_ranks_first():
 
 
 def test_todays_topk_ranking_gives_the_same_metrics_on_phone_and_tool(shared_datasets):
-    """Against the evaluation this one replaced ((users, N) scores, dense masks,
-    torch.topk, one width at a time) on a seeded sample of each dataset's users;
-    bench/results/eval-* compares the full test and validation sets of trained models."""
+    """Against the evaluation this one replaced (bench/dense_eval.py: (users, N)
+    scores, dense masks, torch.topk, one width at a time) on a seeded sample of
+    each dataset's users; bench/results/scale-eval-* compares the full test and
+    validation sets of trained models."""
     for name in ("phone", "tool"):
         ds = data.read_authors(shared_datasets / name)
         g = torch.Generator().manual_seed(0)
         u, i = torch.randn(ds.n_users, 64, generator=g) * 0.1, torch.randn(ds.n_items, 64, generator=g) * 0.1
         users = sample_users(ds.test, 600, seed=0)
         got = prefix_evaluate(u, i, [4, 64], ds.test, [ds.train, ds.valid], users=users, batch_size=256)
-        for n in (4, 64):
-            assert got[str(n)] == _todays(u[:, :n], i[:, :n], ds.test, [ds.train, ds.valid], users, batch_size=256), \
-                (name, n)
-
-
-def _todays(user_weight, item_weight, heldout, exclude, users, ks=KS, batch_size=1024):
-    """The full-ranking evaluation as it was before the one-pass one (its code)."""
-    top = min(max(ks), item_weight.shape[0])
-    discount = 1.0 / torch.log2(torch.arange(top, dtype=torch.float64) + 2.0)
-    ideal = torch.cumsum(discount, 0)
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
-    for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
-        scores = user_weight[batch].float() @ item_weight.float().T
-        blocked = torch.zeros(scores.shape, dtype=torch.bool)
-        for seen in exclude:
-            blocked |= seen.dense_rows(batch)
-        scores[blocked] = -torch.inf
-        ranked = scores.topk(top, dim=1).indices
-        truth = heldout.dense_rows(batch)
-        hits = (truth.gather(1, ranked) & ~blocked.gather(1, ranked)).double()
-        n_true = truth.sum(1).double()
-        for k in ks:
-            k_hits = hits[:, :k]
-            sums[f"recall@{k}"] += float((k_hits.sum(1) / n_true).sum())
-            idcg = ideal[(n_true.clamp(max=min(k, top)) - 1).long()]
-            sums[f"ndcg@{k}"] += float(((k_hits * discount[:k]).sum(1) / idcg).sum())
-    return {name: total / len(users) for name, total in sums.items()}
+        assert got == dense_prefix_evaluate(u, i, [4, 64], ds.test, [ds.train, ds.valid], users, batch_size=256), name
 
 
 def test_a_user_sample_is_seeded_and_drawn_among_users_with_held_out_items():
