@@ -6,7 +6,7 @@ the fused operator and fused Adam over dense tables; ``sparse``: ``--sparse``,
 row-sparse lookups and lazy Adam), the median time of one MRL-M training step
 (B 2048, 5 levels x 16 candidates, D 64, 30,000 users, one thread: the trainer's
 own step), the process's peak memory, and the time to evaluate 1,000 users by
-full ranking (memory-bounded user batches). Each (N, path) runs in its own
+full ranking at full width (``mrl_kernels.metrics.evaluate``). Each (N, path) runs in its own
 process, so its peak memory is its own; a process that runs out of memory is
 reported as such.
 

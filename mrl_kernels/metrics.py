@@ -18,9 +18,11 @@ each block keeps its best K + 1 by ``torch.topk``, which decides the ties
 exactly where the K-th and (K + 1)-th scores differ, and sorts otherwise), and
 the excluded items are set to -inf in each block from the sparse rows, so no
 ``(batch, N)`` mask exists. Each width's block scores are the product
-``user[:, :n] @ item[block, :n].T``, as ``user[:, :n] @ item[:, :n].T`` gives them
-(bench/results/eval-*: a cumulative sum over the widths rounds differently and
-changed rankings; see docs/architecture.md).
+``user[:, :n] @ item[block, :n].T``, the same numbers as ``user[:, :n] @ item[:, :n].T``:
+a cumulative sum over the widths (``S_n = S_m + user[:, m:n] @ item[:, m:n].T``)
+would round most scores differently and change some users' top-50 rankings of
+trained models (bench/results/scale-eval-*). With one pass, each block is in
+cache for every width, so the widths' products cost little beyond the full one.
 """
 from __future__ import annotations
 
