@@ -109,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--track-test", action="store_true",
                    help="also record test metrics at every evaluation in history.csv (to compare with protocols "
                         "that select epochs on the test set; selection here always uses the validation split)")
+    p.add_argument("--eval-users", type=int, default=None, metavar="N",
+                   help="evaluate (for selection and the reported metrics) a sample of N users with held-out items, "
+                        "seeded by --seed, the same at every evaluation and recorded in metrics.json (default: all)")
     p.add_argument("--no-refit", action="store_true",
                    help="report the selected model's test metrics instead of refitting: by default a fresh model "
                         "is trained on train + validation for the selected number of epochs and reported")
@@ -133,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
            for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine", "eval_every",
                         "patience", "alpha", "level_weights", "cg_steps")},
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
-        track_test=args.track_test, refit=not args.no_refit, sparse=args.sparse,
+        track_test=args.track_test, eval_users=args.eval_users, refit=not args.no_refit, sparse=args.sparse,
         synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)
         else (args.users, args.items, args.interactions),
     )
-    # Ctrl-C and SIGTERM stop training after the current step (a second one at once)
+    # Ctrl-C and SIGTERM stop the run after the current step or batch of evaluated users (a second one at once)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         train(config, resume=args.resume)

@@ -114,3 +114,31 @@ def test_a_second_stop_request_ends_with_one_line_not_a_traceback(tmp_path):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("mrl-train: interrupted again, stopped at once; no checkpoint was written yet")
     assert "Traceback" not in run.stderr
+
+
+SIGNALS_WHILE_RANKING = """
+import os, signal, sys
+from mrl_kernels import cli, metrics
+
+add, sent = metrics._Ranked.add, []
+
+def add_and_signal(self, *args):  # SIGTERM(s) while the first batch of users is ranked
+    while len(sent) < int(sys.argv[2]):
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    add(self, *args)
+
+metrics._Ranked.add = add_and_signal
+sys.exit(cli.main(["--users", "300", "--items", "200", "--epochs", "2", "--eval-every", "1", "--out", sys.argv[1],
+                   "--no-progress"]))
+"""
+
+
+@pytest.mark.parametrize("signals, message", [(1, "mrl-train: interrupted; no checkpoint was written yet"),
+                                              (2, "mrl-train: interrupted again, stopped at once; no checkpoint")])
+def test_sigterm_during_an_evaluation_stops_it_and_a_second_ends_with_one_line(tmp_path, signals, message):
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(SIGNALS_WHILE_RANKING), str(tmp_path / "run"),
+                          str(signals)], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in run.stderr

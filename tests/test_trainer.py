@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mrl_kernels import atomic, cli, data, load_run, registry, trainer
+from mrl_kernels import atomic, cli, data, load_run, metrics, registry, trainer
+from mrl_kernels.backbones import BACKBONES
 from mrl_kernels.objectives import OBJECTIVES
 from mrl_kernels.trainer import Interrupted, TrainConfig, checkpoint, train
 
@@ -261,6 +262,7 @@ def test_cli_runs_on_an_authors_folder(tmp_path, shared_datasets, capsys):
     (["--dims", "8,4"], "dims must be strictly increasing"),
     (["--batch-size", "0"], "batch_size must be >= 1"),
     (["--lr", "-1"], "lr must be > 0"),
+    (["--eval-users", "0"], "eval_users must be a positive int"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nonsense"], "device"),
     (["--resume"], "there is no checkpoint to resume"),
 ])
@@ -424,3 +426,46 @@ def test_least_squares_by_gradient_trains_any_backbone(tmp_path, small, model):
     history = pd.read_csv(tmp_path / "history.csv")
     assert history.loss.is_monotonic_decreasing
     assert result["test"]["recall@20"] > 0.1
+
+
+def test_eval_users_samples_the_evaluated_users_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, small):
+    config = {**SMALL, "refit": False, "eval_users": 40}
+    straight = train(TrainConfig(epochs=4, out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=small)
+    assert straight["config"]["eval_users"] == 40
+    assert straight["config"]["evaluated_users"] == {"valid": 40, "test": 40}
+    users = metrics.sample_users(small.test, 40, 0)
+    model = BACKBONES["mf"](small.train, 16, 1, False)  # the selected model, which is reported without a refit
+    model.load_state_dict(checkpoint.read(tmp_path / "a" / "checkpoint.pt", torch.device("cpu"))["state"]["best_state"])
+    assert straight["test"] == metrics.evaluate(*model.tables(), small.test, [small.train, small.valid], users=users)
+    train(TrainConfig(epochs=2, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small)
+    resumed = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small,
+                    resume=True)
+    assert _same_run(straight, resumed)
+    everyone = train(TrainConfig(epochs=4, out=str(tmp_path / "c"), **{**config, "eval_users": None}),
+                     log=lambda _: None, dataset=small)
+    assert everyone["config"]["evaluated_users"]["test"] == int((small.test.row_lengths() > 0).sum()) > 40
+    with pytest.raises(ValueError, match="other settings \\(eval_users: 40 there, None now\\)"):
+        train(TrainConfig(epochs=6, out=str(tmp_path / "b"), **{**config, "eval_users": None}), log=lambda _: None,
+              dataset=small, resume=True)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "10"])
+def test_eval_users_must_be_a_positive_int(value):
+    with pytest.raises(ValueError, match="eval_users must be a positive int"):
+        TrainConfig(eval_users=value).check()
+
+
+def test_a_stop_request_during_an_evaluation_stops_after_its_batch_of_users(tmp_path, small, monkeypatch):
+    batches = []
+
+    def stop_during_the_evaluation(*args, between, **kwargs):  # the request arrives while users are ranked
+        def after_batch():
+            batches.append(1)
+            trainer.request_stop()
+            between()
+        return evaluate(*args, between=after_batch, batch_size=16, **kwargs)
+    evaluate = metrics.evaluate
+    monkeypatch.setattr(trainer.loop, "evaluate", stop_during_the_evaluation)
+    with pytest.raises(Interrupted, match="^interrupted; no checkpoint was written yet"):
+        train(TrainConfig(epochs=2, out=str(tmp_path), **SMALL), log=lambda _: None, dataset=small)
+    assert batches == [1]

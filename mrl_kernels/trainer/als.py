@@ -19,7 +19,7 @@ from ..ops import nested_als_solve
 from ..ops.als import coordinate_weights
 from ..ops.checks import check_weights
 from .config import TrainConfig
-from .fit import STOP
+from .fit import check_stop
 from .group import Group
 
 __all__ = ["AlsFit", "INIT_SCALE", "nested_objective"]
@@ -80,8 +80,7 @@ class AlsFit:
         config = self.config
         factors.copy_(nested_als_solve(factors, other, interactions, config.dims, self.weights, alpha=config.alpha,
                                        reg=config.l2, cg_steps=config.cg_steps, backend=config.backend))
-        if STOP.is_set():
-            raise KeyboardInterrupt
+        check_stop()
 
     @torch.no_grad()
     def epoch(self) -> float:

@@ -81,6 +81,9 @@ class TrainConfig:
     out: str | None = None  # None: a new folder under runs/
     progress: bool = True
     track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
+    # users evaluated (selection and reported metrics): a sample of this many of those with held-out
+    # items, seeded by `seed` (metrics.sample_users); None: all of them
+    eval_users: int | None = None
     refit: bool = True  # after selection, train afresh on train + validation for the selected epochs
     # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
     # mf from SPARSE_FROM items
@@ -106,6 +109,10 @@ class TrainConfig:
         for name in ("candidates", "epochs", "batch_size", "eval_every", "patience", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.eval_users is not None and (isinstance(self.eval_users, bool) or not isinstance(self.eval_users, int)
+                                            or self.eval_users < 1):
+            raise ValueError(f"eval_users must be a positive int (users sampled for evaluation) or None (all); "
+                             f"got {self.eval_users!r}")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be > 0 and finite; got {self.lr}")
         check_temperature(self.temperature)

@@ -17,9 +17,9 @@ from ..sampling import sample_candidates
 from .config import TrainConfig
 from .group import Group
 
-__all__ = ["Fit", "Diverged", "Interrupted", "request_stop", "STOP"]
+__all__ = ["Fit", "Diverged", "Interrupted", "request_stop", "check_stop", "STOP"]
 
-STOP = threading.Event()  # set by request_stop: the epoch ends after the current step
+STOP = threading.Event()  # set by request_stop: the epoch ends after the current step, an evaluation after its batch
 
 
 class Interrupted(KeyboardInterrupt):
@@ -31,12 +31,20 @@ class Diverged(RuntimeError):
 
 
 def request_stop(signum=None, frame=None) -> None:
-    """A signal handler: the training loop stops cleanly after the current step
-    (raising :class:`Interrupted`); a second request interrupts at once, wherever
-    the run is (an evaluation, say), also with :class:`Interrupted`."""
+    """A signal handler: the run stops cleanly after the current training step or
+    batch of evaluated users (:func:`check_stop`; the run then raises
+    :class:`Interrupted`); a second request interrupts at once, wherever the run
+    is, also with :class:`Interrupted`."""
     if STOP.is_set():
         raise Interrupted("interrupted again: stopped at once")
     STOP.set()
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if a stop was requested (:func:`request_stop`): the
+    training loop calls it after each step and each batch of evaluated users."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
 
 
 class Fit:
@@ -110,7 +118,6 @@ class Fit:
                 break
             rows = rows[rank::world]  # this rank's shard (all of it in one process)
             total, count = total + self.step(rows) * len(rows), count + len(rows)
-            if STOP.is_set():
-                raise KeyboardInterrupt
+            check_stop()
         total, count = self.group.sum([total, count])
         return total / count

@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 from .. import data as data_module
 from .. import registry
 from ..backbones import BACKBONES
-from ..metrics import evaluate, hierarchy_purity, prefix_evaluate
+from ..metrics import evaluate, hierarchy_purity, prefix_evaluate, sample_users
 from ..serving import MODEL_FILE, save_model
 from . import checkpoint, outputs
 from .als import AlsFit
 from .config import SOLVED, TrainConfig
-from .fit import STOP, Diverged, Fit, Interrupted
+from .fit import STOP, Diverged, Fit, Interrupted, check_stop
 from .group import Group
 
 __all__ = ["train", "Interrupted", "RunState", "SELECT_BY"]
@@ -95,6 +95,18 @@ class _Run:
         self.state = RunState()
         self.resumed_at = 0.0  # the wall time of the run before this process resumed it
         self.checkpoint = out / checkpoint.CHECKPOINT
+        # who is evaluated on each split: the same users at every evaluation, also after a resume
+        self.users = {split: sample_users(getattr(ds, split), config.eval_users, config.seed)
+                      for split in ("valid", "test")}
+
+    def _evaluate(self, model, split: str, exclude: list, dims: list[int] | None = None):
+        """``model``'s metrics on ``split`` (``{"n": metrics}`` with ``dims``) over
+        the run's users of that split, stopping between user batches on request."""
+        tables = _finite_tables(model)
+        if dims is None:
+            return evaluate(*tables, getattr(self.ds, split), exclude, users=self.users[split], between=check_stop)
+        return prefix_evaluate(*tables, dims, getattr(self.ds, split), exclude, users=self.users[split],
+                               between=check_stop)
 
     def run(self, resume: bool) -> dict:
         """Resume (``resume``) or start the run, train it to the end; the metrics (on every rank)."""
@@ -175,11 +187,11 @@ class _Run:
                 if epoch % config.eval_every == 0 or epoch == config.epochs:
                     row = None
                     if self.group.writer:
-                        metrics = evaluate(*_finite_tables(fit.model), ds.valid, [ds.train])
+                        metrics = self._evaluate(fit.model, "valid", [ds.train])
                         state.elapsed = self._elapsed()
                         row = {"epoch": epoch, "loss": loss, **metrics, "elapsed_s": state.elapsed}
                         if config.track_test:
-                            test = evaluate(*fit.model.tables(), ds.test, [ds.train, ds.valid])
+                            test = self._evaluate(fit.model, "test", [ds.train, ds.valid])
                             row.update({f"test_{name}": value for name, value in test.items()})
                     row = self.group.broadcast(row)
                     state.history.append(row)
@@ -220,7 +232,7 @@ class _Run:
         held_out = [ds.train, ds.valid]
         model = self.fit.model if config.refit else selected
         user_table, item_table = _finite_tables(model)
-        prefix = prefix_evaluate(user_table, item_table, dims, ds.test, held_out)
+        prefix = self._evaluate(model, "test", held_out, dims)  # the test at every width, in one pass
         if state.bad_evals >= config.patience:
             stopped = (f"early stop at epoch {state.epoch}: {config.patience} evaluations without a better "
                        f"validation Recall@20")
@@ -231,7 +243,8 @@ class _Run:
             "model": config.model,
             "method": config.method,
             "config": {**asdict(config), "dims": dims, "out": str(out), "threads": torch.get_num_threads(),
-                       "world_size": self.group.world, "sparse": self.fit.sparse},
+                       "world_size": self.group.world, "sparse": self.fit.sparse,
+                       "evaluated_users": {split: len(users) for split, users in self.users.items()}},
             "versions": {"mrl_kernels": importlib.metadata.version("mrl_kernels"), "torch": torch.__version__,
                          "python": platform.python_version()},
             "test": prefix[str(dims[-1])],  # the full width
@@ -243,7 +256,7 @@ class _Run:
         }
         if config.refit:
             result["refit_epochs"] = state.refit_epoch
-            result["test_before_refit"] = evaluate(*selected.tables(), ds.test, held_out)
+            result["test_before_refit"] = self._evaluate(selected, "test", held_out)
         if ds.item_tree is not None:
             result["hierarchy"] = {str(n): hierarchy_purity(item_table, ds.item_tree, n) for n in dims}
         wall = self._elapsed()
