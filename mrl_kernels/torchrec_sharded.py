@@ -80,18 +80,24 @@ class ShardedMRL:
     def __init__(self, model: DistributedModelParallel, dims: Sequence[int]):
         self.model, self.dims = model, tuple(dims)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self._local: dict[str, tuple[Tensor, int]] = {}
 
     def local(self, table: str = ITEMS) -> tuple[Tensor, int]:
         """``(rows, offset)``: this rank's shard of ``table``, a view of the
         fused optimizer's weights (read in place, no gradient), and the
-        global id of its first row."""
-        local = self.model.state_dict()[f"embeddings.{table}.weight"].local_shards()[0]
-        return local.tensor, int(local.metadata.shard_offsets[0])
+        global id of its first row. Found once (a state dict builds every table's sharded tensor)."""
+        if table not in self._local:
+            local = self.model.state_dict()[f"embeddings.{table}.weight"].local_shards()[0]
+            self._local[table] = local.tensor, int(local.metadata.shard_offsets[0])
+        return self._local[table]
 
-    def _lookup(self, users: Tensor | None = None, pos: Tensor | None = None,
+    def lookup(self, users: Tensor | None = None, pos: Tensor | None = None,
                 neg: Tensor | None = None, batch: int = 1) -> dict[str, Tensor]:
-        """Rows of the given ids of each feature through the collection (with
-        gradient); every feature keeps ``batch`` rows, ``neg``'s ids all in the first."""
+        """``{"user": .., "pos": .., "neg": ..}``: the rows of the given ids of
+        each feature through the collection, in their order (with gradient: the
+        fused optimizer steps them in the backward; call it under
+        ``torch.no_grad()`` to read rows only). ``users`` and ``pos`` hold one id
+        for each of the ``batch`` rows, ``neg`` any number."""
         empty = torch.zeros(0, dtype=torch.long)
         values, lengths = [], []
         for ids, one_per_row in ((users, True), (pos, True), (neg, False)):
@@ -129,10 +135,10 @@ class ShardedMRL:
         (``(B_r,)`` ids), ``candidates`` this rank's share of every row's pool
         (:meth:`draw`, ``(B, m)`` or ``(B, L, m)``); the negatives ``(B, L)``
         global ids of the whole batch."""
-        user = self._lookup(users=users, batch=users.shape[0])["user"]
+        user = self.lookup(users=users, batch=users.shape[0])["user"]
         shard_rows, offset = self.local()
         choice = sharded.mns_sample(user, shard_rows, candidates, self.dims, offset=offset, backend=backend)
-        rows = self._lookup(pos=pos, neg=choice.owned_ids, batch=users.shape[0])
+        rows = self.lookup(pos=pos, neg=choice.owned_ids, batch=users.shape[0])
         loss = sharded.mrl_bpr_loss(user, rows["pos"], rows["neg"], choice, self.dims, weights)
         return loss, choice.negatives
 
@@ -142,12 +148,12 @@ class ShardedMRL:
         ``candidates``, ids < 0 padding; ``log_q`` its logQ correction), the
         candidates' rows looked up once each through the collection (on this
         rank) and the positives masked among them."""
-        user = self._lookup(users=users, batch=users.shape[0])["user"]
+        user = self.lookup(users=users, batch=users.shape[0])["user"]
         shard_rows, offset = self.local()
         # the candidates' unique ids and the positives through one lookup
         valid = candidates >= 0
         ids = torch.unique(candidates[valid])
-        rows = self._lookup(pos=pos, neg=ids, batch=users.shape[0])
+        rows = self.lookup(pos=pos, neg=ids, batch=users.shape[0])
         def lookup(wanted: Tensor) -> Tensor:  # rows of sorted unique ids among ``ids``
             return rows["neg"][torch.searchsorted(ids, wanted)]
 
