@@ -157,8 +157,12 @@ def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, o
 
 def routes(repeats: int, out_dir: str) -> int:
     """The composed and sharded routes at every world size and catalogue size."""
-    require("python -m bench.scale --routes", "torchrec", "fbgemm_gpu")
+    import importlib.util
     import tempfile
+
+    if importlib.util.find_spec("torchrec") is None or importlib.util.find_spec("fbgemm_gpu") is None:
+        raise SystemExit("python -m bench.scale --routes: needs torchrec and fbgemm-gpu, the torchrec extra "
+                         "(make test installs it; see the Makefile's TORCHREC)")
 
     import torch.multiprocessing as mp
 

@@ -27,7 +27,7 @@ from mrl_kernels.torchrec_sharded import ITEMS, USERS, ShardedMRL, embedding_col
 
 
 def train(dataset: data.Dataset, dims=(4, 8, 16, 32, 64), epochs: int = 20, batch_size: int = 2048,
-          candidates: int = 16, lr: float = 0.05, seed: int = 0, log=print) -> dict:
+          candidates: int = 16, lr: float = 0.05, l2: float = 0.0, seed: int = 0, log=print) -> dict:
     """Trains in the current process group; every rank returns the test metrics
     (and the epochs' mean losses) of the final tables."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -55,7 +55,7 @@ def train(dataset: data.Dataset, dims=(4, 8, 16, 32, 64), epochs: int = 20, batc
             users, pos = users_all[rows], items_all[rows]
             mine = slice(rank * per_rank, (rank + 1) * per_rank)
             cand = mrl.draw(users, (len(dims), share), exclude=dataset.train, generator=draw_gen)
-            loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand)
+            loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand, l2=l2)
             loss.backward()  # the fused optimizer updates the rows looked up
             total += float(loss.detach())
             steps += 1
@@ -90,6 +90,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--candidates", type=int, default=16, help="per level, over all ranks")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--l2", type=float, default=0.0, help="the trainer's L2 term on the batch's rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the result here (JSON)")
     args = vars(parser.parse_args(argv))

@@ -60,10 +60,21 @@ def _group(group):
     return dist.group.WORLD if group is None else group
 
 
+def _waited(t: Tensor) -> Tensor:
+    """A functional collective's result as a plain tensor (eager mode wraps it in
+    a subclass that waits on first use, at a dispatch cost on every later op)."""
+    return t.wait() if isinstance(t, funcol.AsyncCollectiveTensor) else t
+
+
 def gather_rows(x: Tensor, group=None) -> Tensor:
     """``x`` of every rank concatenated in rank order (``(W * B_r, ...)``),
     differentiable: the backward sums each rank's gradient back to its rows."""
-    return _ALL_GATHER(x.contiguous(), 0, _group(group))
+    return _waited(_ALL_GATHER(x.contiguous(), 0, _group(group)))
+
+
+def _all_reduce_sum(x: Tensor, group) -> Tensor:
+    """The sum over ranks, differentiable (its backward sums the gradients)."""
+    return _waited(funcol.all_reduce(x, "sum", group))
 
 
 def _rows_of_rank(x: Tensor, group) -> Tensor:
@@ -167,7 +178,7 @@ def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, di
         at = levels == level
         scores.append(torch.zeros(users.shape[0], dtype=acc_dtype(user.dtype), device=user.device)
                       .index_put((rows[at],), prefix_scores(users[rows[at]], neg_rows[at], d)))
-    neg_scores = _rows_of_rank(funcol.all_reduce(torch.stack(scores, 1), "sum", group), group)  # one owner per entry
+    neg_scores = _rows_of_rank(_all_reduce_sum(torch.stack(scores, 1), group), group)  # one owner per entry
     margins = neg_scores - torch.stack([prefix_scores(user, pos, d) for d in dims], 1)
     loss = (w.to(margins.dtype) * F.softplus(margins)).sum(1).to(user.dtype)
     return _reduce(loss, reduction, users.shape[0])
@@ -266,7 +277,7 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, shard: Tensor, candidates: Tenso
     positive = torch.zeros_like(partial)
     positive[own] = torch.exp(pos_logits - top[own])
     shifted = torch.exp(partial - top) + positive
-    lse = top[own] + torch.log(funcol.all_reduce(shifted, "sum", group)[own])
+    lse = top[own] + torch.log(_all_reduce_sum(shifted, group)[own])
     loss = (w.to(acc) * (lse - pos_logits)).sum(1).to(user.dtype)
     return _reduce(loss, reduction, users.shape[0])
 

@@ -129,17 +129,21 @@ class ShardedMRL:
             out = _redraw_seen(users, out, Membership.of(exclude, users.device), draw, max_rounds=max_rounds)
         return out.view(users.shape[0], *shape)
 
-    def mns_bpr_loss(self, users: Tensor, pos: Tensor, candidates: Tensor, weights=None,
+    def mns_bpr_loss(self, users: Tensor, pos: Tensor, candidates: Tensor, weights=None, l2: float = 0.0,
                      backend: str = "auto") -> tuple[Tensor, Tensor]:
         """``(loss, negatives)`` for this rank's batch rows ``users``, ``pos``
         (``(B_r,)`` ids), ``candidates`` this rank's share of every row's pool
         (:meth:`draw`, ``(B, m)`` or ``(B, L, m)``); the negatives ``(B, L)``
-        global ids of the whole batch."""
+        global ids of the whole batch. ``l2`` adds the trainer's term
+        ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` (each negative on its owner)."""
         user = self.lookup(users=users, batch=users.shape[0])["user"]
         shard_rows, offset = self.local()
         choice = sharded.mns_sample(user, shard_rows, candidates, self.dims, offset=offset, backend=backend)
         rows = self.lookup(pos=pos, neg=choice.owned_ids, batch=users.shape[0])
         loss = sharded.mrl_bpr_loss(user, rows["pos"], rows["neg"], choice, self.dims, weights)
+        if l2:
+            norms = user.square().sum() + rows["pos"].square().sum() + rows["neg"].square().sum()
+            loss = loss + l2 * norms / 2 / choice.users.shape[0]
         return loss, choice.negatives
 
     def softmax_loss(self, users: Tensor, pos: Tensor, candidates: Tensor, temperature: float = 1.0,
