@@ -174,14 +174,12 @@ def routes(repeats: int, out_dir: str) -> int:
                 mp.spawn(_route_rank, args=(world, str(Path(scratch) / "store"), n_items, repeats, out),
                          nprocs=world, join=True)
                 times = json.loads(Path(out).read_text())
-            for route in ("composed", "sharded"):
-                rows.append({"N": n_items, "processes": world, "route": route, "step_ms": times[route],
-                             "MB received a rank": route_bytes(route, world) / 1e6})
-                print(rows[-1], flush=True)
+            rows.append({"N": n_items, "processes": world, "composed ms": times["composed"],
+                         "sharded ms": times["sharded"], "sharded / composed": times["sharded"] / times["composed"],
+                         "composed MB": route_bytes("composed", world) / 1e6,
+                         "sharded MB": route_bytes("sharded", world) / 1e6})
+            print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    wide = table.pivot_table(index=["N", "processes"], columns="route", values="step_ms").reset_index()
-    wide["sharded / composed"] = wide.sharded / wide.composed
-    wide[["N", "processes"]] = wide[["N", "processes"]].astype(int)
     name = f"scale-routes-{platform.machine()}-1thread-{dt.date.today().isoformat()}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,9 +187,8 @@ def routes(repeats: int, out_dir: str) -> int:
             f"{os.cpu_count()} cores here, one torch thread a gloo process (4 processes share 2 cores "
             f"where the machine has 2); torchrec row-wise tables, fused RowWiseAdagrad; global B {BATCH}, "
             f"{LEVELS} levels x {PER_LEVEL} candidates, D {WIDTH}, {USERS} users; median of {repeats} steps "
-            f"(rank 0, a barrier before each); bytes: bench/scale.route_bytes.\n\n"
-            + table.to_markdown(index=False, floatfmt=".2f") + "\n\n" + wide.to_markdown(index=False, floatfmt=".2f")
-            + "\n")
+            f"(rank 0, a barrier before each); MB: what a rank receives per step, bench/scale.route_bytes.\n\n"
+            + table.to_markdown(index=False, floatfmt=".2f") + "\n")
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
     print(text)

@@ -46,8 +46,7 @@ from .ops import checks, mns_sample as _mns_sample
 from .ops.common import acc_dtype, pools, prefix_scores
 from .ops.softmax import check_log_q
 
-__all__ = ["Choice", "gather_rows", "mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss",
-           "exchanged_bytes"]
+__all__ = ["Choice", "gather_rows", "mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss"]
 
 Lookup = Callable[[Tensor], Tensor]
 # all_gather_single from torch 2.13 (the older name is deprecated there)
@@ -130,6 +129,7 @@ def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[i
     """
     group = _group(group)
     checks.check_rows("user", user)
+    dims = checks.check_dims(dims, user.shape[1])
     users = gather_rows(user, group)
     local = _local_ids(candidates, shard, offset)
     with torch.no_grad():
@@ -291,17 +291,3 @@ def _own_rows(batch: int, group) -> slice:
 def _level_rows(rows: Tensor, num_levels: int) -> list[Tensor]:
     """The ``(B, m, D)`` candidate rows of each level (shared pool or per-level)."""
     return [rows] * num_levels if rows.dim() == 3 else [rows[:, level] for level in range(num_levels)]
-
-
-def exchanged_bytes(batch: int, width: int, levels: int, world: int, element: int = 4) -> dict[str, int]:
-    """Bytes a rank receives per step (forward and backward) in the sharded
-    operators, for a global batch ``batch`` and ``element``-byte vectors:
-    all-gather of the users and its backward reduce (``2 (W-1)/W B D``), plus
-    MNS's all-gather of ``(score, id)`` pairs (float64) and the ``(B, L)``
-    score all-reduce with its backward, or the softmax's two ``(B, L)``
-    all-reduces and the backward one."""
-    share = (world - 1) / world
-    users = 2 * share * batch * width * element
-    mns = users + (world - 1) * batch * levels * 16 + 2 * 2 * share * batch * levels * 8
-    softmax = users + 3 * 2 * share * batch * levels * 8
-    return {"mns": int(mns), "softmax": int(softmax)}

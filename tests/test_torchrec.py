@@ -72,7 +72,7 @@ def check(rank: int, world: int) -> None:
     step_and_compare(rank, world, "softmax")
     example = _example()
     result = example.train(data.synthetic(n_users=300, n_items=120, mean_interactions=20), dims=DIMS, epochs=4,
-                           batch_size=256, lr=0.05, log=lambda _: None)
+                           batch_size=256, lr=0.05, l2=1e-2, log=lambda _: None)
     assert result["losses"][-1] < result["losses"][0]
     assert result["test"]["recall@20"] > 2 * 20 / 120  # well above chance
 
