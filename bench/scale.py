@@ -20,7 +20,8 @@ step, for the **composed** route (the candidates' rows gathered through the
 sharded lookup, ``mns_sample`` on them, the chosen rows looked up with
 gradient, ``mrl_bpr_loss``) and the **sharded** one
 (:mod:`mrl_kernels.sharded`: each rank scores its own share of every pool on
-its local shard).
+its local shard), and the sharded route's own part alone (its operators and
+collectives, without torchrec's lookups and fused backward).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def route_bytes(route: str, world: int, batch: int = BATCH) -> int:
 def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, out: str) -> None:
     import torch.distributed as dist
 
-    from mrl_kernels import mns_sample, mrl_bpr_loss
+    from mrl_kernels import mns_sample, mrl_bpr_loss, sharded
     from mrl_kernels.torchrec_sharded import ShardedMRL, embedding_collection, shard
 
     torch.set_num_threads(1)
@@ -143,8 +144,19 @@ def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, o
         loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand)
         loss.backward()
 
+    user_rows = torch.randn(local, WIDTH, requires_grad=True)
+    pos_rows = torch.randn(local, WIDTH, requires_grad=True)
+
+    def operators_alone():  # the sharded route's own work: its operators and collectives, no torchrec lookup
+        users, _ = batch()
+        cand = mrl.draw(users, (LEVELS, max(1, PER_LEVEL // world)), generator=g)
+        shard_rows, offset = mrl.local()
+        choice = sharded.mns_sample(user_rows, shard_rows, cand, dims, offset=offset)
+        neg_rows = shard_rows[choice.owned_ids - offset].detach().requires_grad_()
+        sharded.mrl_bpr_loss(user_rows, pos_rows, neg_rows, choice, dims).backward()
+
     result = {}
-    for name, step in (("composed", composed), ("sharded", sharded_route)):
+    for name, step in (("composed", composed), ("sharded", sharded_route), ("operators", operators_alone)):
         def synchronised():
             dist.barrier()
             step()
@@ -176,6 +188,7 @@ def routes(repeats: int, out_dir: str) -> int:
                 times = json.loads(Path(out).read_text())
             rows.append({"N": n_items, "processes": world, "composed ms": times["composed"],
                          "sharded ms": times["sharded"], "sharded / composed": times["sharded"] / times["composed"],
+                         "its operators alone ms": times["operators"],
                          "composed MB": route_bytes("composed", world) / 1e6,
                          "sharded MB": route_bytes("sharded", world) / 1e6})
             print(rows[-1], flush=True)
@@ -188,7 +201,7 @@ def routes(repeats: int, out_dir: str) -> int:
             f"where the machine has 2); torchrec row-wise tables, fused RowWiseAdagrad; global B {BATCH}, "
             f"{LEVELS} levels x {PER_LEVEL} candidates, D {WIDTH}, {USERS} users; median of {repeats} steps "
             f"(rank 0, a barrier before each); MB: what a rank receives per step, bench/scale.route_bytes.\n\n"
-            + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+            + table.astype({"N": str, "processes": str}).to_markdown(index=False, floatfmt=".2f") + "\n")
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
     print(text)
