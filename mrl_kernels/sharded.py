@@ -76,6 +76,12 @@ def _all_reduce_sum(x: Tensor, group) -> Tensor:
     return _waited(funcol.all_reduce(x, "sum", group))
 
 
+def _rows(table: Tensor, ids: Tensor) -> Tensor:
+    """``table[ids]`` (differentiable) by ``index_select``: on the CPU about 16x faster than
+    advanced indexing for scattered rows of a large table (10^4 rows of 5 x 10^5, measured)."""
+    return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
+
+
 def _rows_of_rank(x: Tensor, group) -> Tensor:
     return x[_own_rows(x.shape[0], group)]
 
@@ -134,7 +140,7 @@ def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[i
     local = _local_ids(candidates, shard, offset)
     with torch.no_grad():
         picks = _mns_sample(users.detach(), shard.detach(), local, dims, backend=backend)  # (B, L) rows of shard
-        rows = shard.detach()[picks]
+        rows = _rows(shard.detach(), picks)
         scores = torch.stack([prefix_scores(users.detach(), rows[:, level], d) for level, d in enumerate(dims)], 1)
         # float64 holds every float32 score and every id below 2^53 exactly
         mine = torch.stack([scores.double(), (picks + offset).double()], dim=-1)
@@ -197,7 +203,7 @@ def mns_bpr_loss(user: Tensor, pos: Tensor, shard: Tensor, candidates: Tensor, d
     (its gradient lands in the chosen rows only): ``(loss, negatives)``, the
     negatives ``(B, L)`` global ids for the whole batch."""
     choice = mns_sample(user, shard, candidates, dims, offset=offset, group=group, backend=backend)
-    neg_rows = shard[choice.owned_ids - offset]
+    neg_rows = _rows(shard, choice.owned_ids - offset)
     return mrl_bpr_loss(user, pos, neg_rows, choice, dims, weights, reduction, group=group), choice.negatives
 
 
@@ -249,7 +255,7 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, shard: Tensor, candidates: Tenso
     check_log_q(log_q, pos_log_q, candidates, user)
     valid = local >= 0
     if lookup is None:
-        rows = shard[local.clamp(min=0)]
+        rows = _rows(shard, local.clamp(min=0))
     else:
         ids, inverse = torch.unique(local[valid], return_inverse=True)
         rows = shard.new_zeros(*local.shape, shard.shape[1])
