@@ -6,7 +6,14 @@ VENV ?= .venv
 # torch 2.13.0: PyPI's Linux wheel carries CUDA; for a CPU-only machine, e.g.
 #   make run TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
+# torchrec and FBGEMM built for that torch (the 1.9 pair needs torch 2.14; mixed
+# pairs fail at import). Installed without their dependencies, which would pull
+# the CUDA build of FBGEMM; the torchrec extra adds what they import. On CUDA,
+# TORCHREC="torchrec==1.8.0 fbgemm-gpu==1.8.0"; TORCHREC= leaves them out
+# (the torchrec tests then skip).
+TORCHREC ?= torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0
 BIN := $(VENV)/bin
+comma := ,
 
 .PHONY: run test test-all
 
@@ -20,9 +27,11 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard mrl_kernels/*/*_cpu.cpp m
 	$(BIN)/pip install --no-build-isolation -e ".[plot]"
 	touch $@
 
-# the test extra: pytest, hypothesis, pyarrow, and Triton for its interpreter tests
+# the test extra: pytest, hypothesis, pyarrow, and Triton for its interpreter tests;
+# torchrec for the integration's tests
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --no-build-isolation -e ".[test,plot]"
+	$(if $(strip $(TORCHREC)),$(BIN)/pip install --no-deps $(TORCHREC))
+	$(BIN)/pip install --no-build-isolation -e ".[test,plot$(if $(strip $(TORCHREC)),$(comma)torchrec)]"
 	touch $@
 
 # MRL-M on the built-in synthetic data (a minute or two on 2 cores, selection and refit): runs/latest/

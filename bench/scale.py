@@ -1,4 +1,5 @@
-"""Per-step cost against the catalogue size, dense and row-sparse training.
+"""Per-step cost against the catalogue size, dense and row-sparse training;
+``--routes``: the two routes over row-sharded tables.
 
 ``python -m bench.scale`` writes ``bench/results/scale-<machine>-<date>.{md,json,png}``:
 for N in ``SIZES`` items (10^7 where memory allows) and each path (``dense``:
@@ -20,6 +21,18 @@ both evaluations' metrics on those models, and how many top-50 rankings a
 cumulative sum over the widths would change; then the wall time of ``mrl-train``
 on a 20,000-user, 10^6-item table (sparse path, 2 epochs, ``--no-refit``,
 ``--eval-users 1000``).
+
+``python -m bench.scale --routes`` (the torchrec extra) writes
+``bench/results/scale-routes-<machine>-<date>.{md,json}``: over torchrec tables
+sharded row-wise in 1, 2 and 4 gloo processes, 10^6 and 10^7 items, the median
+time of one MRL-M step (global batch B 2048, 5 levels x 16 candidates, D 64,
+fused RowWiseAdagrad, one thread a process) and the bytes a rank receives per
+step, for the **composed** route (the candidates' rows gathered through the
+sharded lookup, ``mns_sample`` on them, the chosen rows looked up with
+gradient, ``mrl_bpr_loss``) and the **sharded** one
+(:mod:`mrl_kernels.sharded`: each rank scores its own share of every pool on
+its local shard), and the sharded route's own part alone (its operators and
+collectives, without torchrec's lookups and fused backward).
 """
 from __future__ import annotations
 
@@ -196,6 +209,128 @@ def evaluation_main(args) -> int:
             + pd.DataFrame([run]).to_markdown(index=False, floatfmt=".1f") + "\n")
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"cost": cost, "same_metrics": same, "run": run}, indent=2))
+
+
+ROUTE_SIZES, ROUTE_WORLDS, LEVELS, PER_LEVEL, WIDTH = (1_000_000, 10_000_000), (1, 2, 4), 5, 16, 64
+
+
+def route_bytes(route: str, world: int, batch: int = BATCH) -> int:
+    """Bytes a rank receives per step, counting what crosses between ranks
+    (a share ``(W - 1) / W`` of what it asks of the sharded tables, the rest
+    being its own rows). Composed: the candidates' ids (int64) and rows, the
+    chosen rows and the positives with their gradients, the users with theirs.
+    Sharded: the users all-gathered and their gradients reduced, the users' and
+    positives' own lookups, every rank's (score, id) pairs (float64) and the
+    ``(B, L)`` score sum with its gradient (an all-reduce moves about twice its size)."""
+    share, local = (world - 1) / world, batch // world
+    lookups = 2 * (local + local) * WIDTH * 4  # users and positives, forward rows and backward gradients
+    if route == "composed":
+        candidates = local * LEVELS * PER_LEVEL * (8 + WIDTH * 4)
+        chosen = 2 * local * LEVELS * (8 + WIDTH * 4)
+        return int(share * (lookups + candidates + chosen))
+    users = 2 * batch * WIDTH * 4
+    pairs = batch * LEVELS * 16
+    scores = 2 * 2 * batch * LEVELS * 8
+    return int(share * (lookups + users + pairs + scores))
+
+
+def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from mrl_kernels import mns_sample, mrl_bpr_loss, sharded
+    from mrl_kernels.torchrec_sharded import ShardedMRL, embedding_collection, shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    dims = (4, 8, 16, 32, 64)
+    mrl = ShardedMRL(shard(embedding_collection(USERS, n_items, WIDTH), optimizer_kwargs={"lr": 0.01}), dims)
+    g = torch.Generator().manual_seed(rank)
+    local = BATCH // world
+    mine = slice(rank * local, (rank + 1) * local)
+    batches = torch.Generator().manual_seed(7)  # the same batch on every rank
+
+    def batch():
+        return torch.randint(0, USERS, (BATCH,), generator=batches), torch.randint(0, n_items, (BATCH,), generator=batches)
+
+    def composed():
+        users, pos = batch()
+        users, pos = users[mine], pos[mine]
+        cand = torch.randint(0, n_items, (local, LEVELS, PER_LEVEL), generator=g)
+        user = mrl.lookup(users=users, batch=local)["user"]
+        with torch.no_grad():
+            rows = mrl.lookup(neg=cand.flatten(), batch=local)["neg"]
+            picked = mns_sample(user.detach(), rows, torch.arange(cand.numel()).view_as(cand), dims)
+        negatives = cand.flatten()[picked]
+        looked = mrl.lookup(pos=pos, neg=negatives.flatten(), batch=local)
+        loss = mrl_bpr_loss(user, looked["pos"], looked["neg"].view(local, LEVELS, WIDTH), dims) / world
+        loss.backward()
+
+    def sharded_route():
+        users, pos = batch()
+        cand = mrl.draw(users, (LEVELS, max(1, PER_LEVEL // world)), generator=g)
+        loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand)
+        loss.backward()
+
+    user_rows = torch.randn(local, WIDTH, requires_grad=True)
+    pos_rows = torch.randn(local, WIDTH, requires_grad=True)
+
+    def operators_alone():  # the sharded route's own work: its operators and collectives, no torchrec lookup
+        users, _ = batch()
+        cand = mrl.draw(users, (LEVELS, max(1, PER_LEVEL // world)), generator=g)
+        shard_rows, offset = mrl.local()
+        choice = sharded.mns_sample(user_rows, shard_rows, cand, dims, offset=offset)
+        neg_rows = shard_rows[choice.owned_ids - offset].detach().requires_grad_()
+        sharded.mrl_bpr_loss(user_rows, pos_rows, neg_rows, choice, dims).backward()
+
+    result = {}
+    for name, step in (("composed", composed), ("sharded", sharded_route), ("operators", operators_alone)):
+        def synchronised():
+            dist.barrier()
+            step()
+
+        result[name] = median_ms(synchronised, "cpu", repeats)
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def routes(repeats: int, out_dir: str) -> int:
+    """The composed and sharded routes at every world size and catalogue size."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("torchrec") is None or importlib.util.find_spec("fbgemm_gpu") is None:
+        raise SystemExit("python -m bench.scale --routes: needs torchrec and fbgemm-gpu, the torchrec extra "
+                         "(make test installs it; see the Makefile's TORCHREC)")
+
+    import torch.multiprocessing as mp
+
+    rows = []
+    for n_items in ROUTE_SIZES:
+        for world in ROUTE_WORLDS:
+            with tempfile.TemporaryDirectory() as scratch:
+                out = str(Path(scratch) / "result.json")
+                mp.spawn(_route_rank, args=(world, str(Path(scratch) / "store"), n_items, repeats, out),
+                         nprocs=world, join=True)
+                times = json.loads(Path(out).read_text())
+            rows.append({"N": n_items, "processes": world, "composed ms": times["composed"],
+                         "sharded ms": times["sharded"], "sharded / composed": times["sharded"] / times["composed"],
+                         "its operators alone ms": times["operators"],
+                         "composed MB": route_bytes("composed", world) / 1e6,
+                         "sharded MB": route_bytes("sharded", world) / 1e6})
+            print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    name = f"scale-routes-{platform.machine()}-1thread-{dt.date.today().isoformat()}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"# Row-sharded tables: composed against sharded route\n\n{platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores here, one torch thread a gloo process (4 processes share 2 cores "
+            f"where the machine has 2); torchrec row-wise tables, fused RowWiseAdagrad; global B {BATCH}, "
+            f"{LEVELS} levels x {PER_LEVEL} candidates, D {WIDTH}, {USERS} users; median of {repeats} steps "
+            f"(rank 0, a barrier before each); MB: what a rank receives per step, bench/scale.route_bytes.\n\n"
+            + table.astype({"N": str, "processes": str}).to_markdown(index=False, floatfmt=".2f") + "\n")
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
     print(text)
     return 0
 
@@ -212,12 +347,16 @@ def main(argv=None) -> int:
     parser.add_argument("--evaluation-cost", action="store_true", help="(--evaluation) the cost, in this process")
     parser.add_argument("--models", nargs="*", default=[], help="(--evaluation) run folders whose models to compare")
     parser.add_argument("--data-dir", default=None, help="(--evaluation) where the models' datasets are")
+    parser.add_argument("--routes", action="store_true",
+                        help="the composed and sharded routes over torchrec row-wise tables (the torchrec extra)")
     args = parser.parse_args(argv)
     if args.evaluation_cost:
         print(json.dumps(final_evaluation_cost()))
         return 0
     if args.evaluation:
         return evaluation_main(args)
+    if args.routes:
+        return routes(args.repeats, args.out)
     if args.one:
         n_items, path, repeats = args.one
         print(json.dumps(one(int(n_items), path == "sparse", int(repeats))))

@@ -20,3 +20,16 @@ def test_the_quickstart_is_two_commands_and_ci_runs_exactly_them():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
     assert ci == commands
+
+
+# the torchrec / FBGEMM release built for each torch (the 1.9 pair needs torch 2.14; crossed pairs fail at import)
+TORCHREC_FOR_TORCH = {"2.13": "1.8."}
+
+
+def test_the_torchrec_pair_matches_the_pinned_torch():
+    makefile = (ROOT / "Makefile").read_text()
+    torch_pin = re.search(r"^TORCH \?= torch==(\d+\.\d+)\.", makefile, re.M).group(1)
+    torchrec, fbgemm = re.search(r"^TORCHREC \?= torchrec==(\S+) fbgemm-gpu-cpu==(\S+)$", makefile, re.M).groups()
+    assert torchrec == fbgemm and torchrec.startswith(TORCHREC_FOR_TORCH[torch_pin])
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not any(d.startswith(("torchrec", "fbgemm")) for d in extras["torchrec"])  # they come --no-deps

@@ -1,3 +1,4 @@
+import math
 import threading
 
 import numpy as np
@@ -6,7 +7,7 @@ import torch
 
 import mrl_kernels as mk
 from mrl_kernels.data import CSR
-from mrl_kernels.sampling import Membership
+from mrl_kernels.sampling import Membership, Popularity, in_batch_candidates, mixed_candidates, popularity_candidates
 
 
 def test_excluded_items_are_never_drawn():
@@ -95,3 +96,66 @@ def test_numpy_integers_are_accepted_and_an_empty_batch_is_refused():
     assert out.shape == (2, 3)
     with pytest.raises(ValueError, match="users must hold at least one user id"):
         mk.sample_candidates(torch.zeros(0, dtype=torch.long), 3, 10)
+
+
+def test_popularity_draws_in_proportion_and_gives_expected_counts():
+    pop = Popularity(torch.tensor([0.0, 1.0, 2.0, 7.0]))
+    ids = pop.draw((200_000,), torch.Generator().manual_seed(0))
+    share = torch.bincount(ids, minlength=4).double() / ids.numel()
+    assert share[0] == 0  # never an item without count
+    assert torch.allclose(share, torch.tensor([0.0, 0.1, 0.2, 0.7], dtype=torch.float64), atol=0.005)
+    log_q = pop.log_expected(torch.tensor([[1, 3, -1]]), draws=8)
+    assert torch.allclose(log_q, torch.tensor([[math.log(0.8), math.log(5.6), 0.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="counts"):
+        Popularity(torch.tensor([0.0, -1.0]))
+    train = CSR.from_pairs([0, 0, 1], [1, 2, 2], 2, 4)
+    assert torch.equal(Popularity.of(train, smoothing=1).probs, torch.tensor([1, 2, 3, 1], dtype=torch.float64) / 7)
+
+
+def test_popularity_candidates_exclude_each_users_items():
+    train = CSR.from_pairs([0, 0, 1], [3, 2, 0], 3, 5)
+    pop = Popularity(torch.tensor([1.0, 1.0, 5.0, 5.0, 1.0]))
+    users = torch.tensor([0, 1, 2, 0])
+    ids, log_q = popularity_candidates(users, 50, pop, exclude=train, generator=torch.Generator().manual_seed(1))
+    assert ids.shape == (4, 50) and not ((ids[[0, 3]] == 3) | (ids[[0, 3]] == 2)).any() and not (ids[1] == 0).any()
+    assert torch.equal(log_q, torch.log(50 * pop.probs[ids]))
+    only_own = Popularity(torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0]))  # user 0 has all the mass
+    with pytest.raises(ValueError, match=r"users \[0\] still drew their own items"):
+        popularity_candidates(users, 4, only_own, exclude=train, max_rounds=5)
+
+
+def test_in_batch_candidates_mask_own_positives_and_items():
+    users, pos = torch.tensor([0, 1, 2]), torch.tensor([4, 1, 4])
+    train = CSR.from_pairs([1], [4], 3, 5)  # user 1 has item 4
+    ids, log_q = in_batch_candidates(users, pos, exclude=train)
+    assert log_q is None
+    assert ids.tolist() == [[-1, 1, -1], [-1, -1, -1], [-1, 1, -1]]  # own/equal positives, user 1's item 4
+    pop = Popularity(torch.tensor([1.0, 1.0, 1.0, 1.0, 6.0]))
+    ids, log_q = in_batch_candidates(users, pos, popularity=pop)
+    assert ids.tolist() == [[-1, 1, -1], [4, -1, 4], [-1, 1, -1]]
+    assert torch.allclose(log_q, torch.where(ids < 0, 0.0, torch.log(3 * pop.probs[ids.clamp(min=0)])))
+    with pytest.raises(ValueError, match="pos_ids"):
+        in_batch_candidates(users, pos[:2])
+
+
+def test_mixed_candidates_log_q_is_both_sources_expected_count():
+    users, pos = torch.tensor([0, 1]), torch.tensor([2, 3])
+    pop = Popularity(torch.tensor([1.0, 1.0, 3.0, 5.0]))
+    train = CSR.from_pairs([0, 1], [0, 1], 2, 4)
+    ids, log_q = mixed_candidates(users, pos, 6, 4, pop, exclude=train, generator=torch.Generator().manual_seed(2))
+    assert ids.shape == (2, 8) and ids[:, :2].tolist() == [[-1, 3], [2, -1]]
+    assert not (ids[0, 2:] == 0).any() and not (ids[1, 2:] == 1).any()
+    want = torch.log(2 * pop.probs[ids.clamp(min=0)] + 6 / 4).masked_fill(ids < 0, 0.0)
+    assert torch.equal(log_q, want)
+    # the softmax over them with the correction: every id counts once per pool entry, padding none
+    g = torch.Generator().manual_seed(3)
+    user, item = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(4, 8, generator=g, dtype=torch.float64)
+    loss = mk.mrl_softmax_loss(user, item[pos], item, ids, (4, 8), log_q=log_q, reduction="none")
+    valid = ids >= 0
+    for b in range(2):
+        want = 0.0
+        for d in (4, 8):
+            z = (user[b, :d] * item[ids[b][valid[b]], :d]).sum(-1) - log_q[b][valid[b]]
+            zp = (user[b, :d] * item[pos[b], :d]).sum()
+            want += float(torch.tensor(0.5, dtype=torch.float32)) * (torch.cat([zp[None], z]).logsumexp(0) - zp)
+        assert abs(float(loss[b]) - float(want)) < 1e-12

@@ -8,13 +8,15 @@ from typing import Sequence
 from torch import Tensor
 
 from .. import checks  # a module import: the package and the registry import each other
+from . import reference
 
-__all__ = ["mrl_softmax_loss"]
+__all__ = ["mrl_softmax_loss", "check_log_q"]
 
 
 def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int],
                      weights: Sequence[float] | Tensor | None = None, temperature: float = 1.0, reduction: str = "mean",
-                     *, cosine: bool = False, pos_ids: Tensor | None = None, backend: str = "auto") -> Tensor:
+                     *, cosine: bool = False, pos_ids: Tensor | None = None, log_q: Tensor | None = None,
+                     pos_log_q: Tensor | None = None, backend: str = "auto") -> Tensor:
     """Matryoshka sampled softmax, fused: at every nested width, a softmax over
     the positive and a pool of candidates, each candidate's row read once.
 
@@ -38,6 +40,13 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
         cosine: score by the cosine of the prefixes instead of their inner product.
         pos_ids: optional ``(B,)`` ids of the positives: candidates equal to
             their row's positive are masked (an accidental hit is not a negative).
+        log_q: optional, the shape of ``candidates``: the log of each
+            candidate's sampling probability, subtracted from its logit ``s_j / t``
+            (the logQ correction; :mod:`mrl_kernels.sampling`'s candidate sources
+            return it with their draws). The fused kernels do not take it: with
+            ``log_q`` or ``pos_log_q`` the reference runs (by autograd), on
+            ``backend="auto"`` or ``"torch"``.
+        pos_log_q: optional ``(B,)``, subtracted from the positive's logit.
 
     Differentiable in ``user``, ``pos`` and ``item_weight`` (non-zero in the
     candidates' rows only; repeated ids sum).
@@ -56,6 +65,25 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
         candidates = candidates.masked_fill(candidates == row_pos, -1)
     if not isinstance(cosine, bool):
         raise TypeError(f"cosine must be a bool, got {type(cosine).__name__}")
+    if log_q is not None or pos_log_q is not None:
+        check_log_q(log_q, pos_log_q, candidates, user)
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"log_q runs on the reference only (backend 'auto' or 'torch'), got backend={backend!r}")
+        loss = reference.mrl_softmax_loss(user, pos, item_weight, candidates, dims, w, temperature, cosine,
+                                          log_q, pos_log_q)
+        return checks.reduce(loss, reduction)
     loss, _ = checks.backend_operator("mrl_softmax_loss", backend, user)(user, pos, item_weight, candidates, dims, w,
                                                           temperature, cosine)
     return checks.reduce(loss, reduction)
+
+
+def check_log_q(log_q: Tensor | None, pos_log_q: Tensor | None, candidates: Tensor, user: Tensor) -> None:
+    """``log_q`` the shape of ``candidates`` and ``pos_log_q`` ``(B,)``, float, on ``user``'s device (where given)."""
+    for name, t, shape in (("log_q", log_q, tuple(candidates.shape)), ("pos_log_q", pos_log_q, (user.shape[0],))):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor, got {type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
+        if tuple(t.shape) != shape or t.device != user.device:
+            raise ValueError(f"{name} must have shape {shape} on {user.device} (like the candidates), "
+                             f"got {tuple(t.shape)} on {t.device}")

@@ -16,38 +16,45 @@ def _prefix_norm(x: torch.Tensor, d: int) -> torch.Tensor:
     return acc(x[..., :d]).square().sum(-1).sqrt().clamp_min(COSINE_EPS)
 
 
-def _softmax_levels(user, pos, item_weight, candidates, dims, temperature, cosine):
+def _softmax_levels(user, pos, item_weight, candidates, dims, temperature, cosine, log_q=None, pos_log_q=None):
     """Per level l: ``(positive's score (B,), the pool's scores (B, M))`` at width
-    d_l over ``temperature`` (cosine: divided by both prefix norms too), ``-inf``
-    at padding (ids < 0). Differentiable."""
+    d_l over ``temperature`` (cosine: divided by both prefix norms too), less
+    ``log_q`` / ``pos_log_q`` where given, ``-inf`` at padding (ids < 0). Differentiable."""
     out = []
-    for d, pool in zip(dims, pools(candidates, len(dims))):
+    corrections = pools(log_q, len(dims)) if log_q is not None else [0.0] * len(dims)
+    for d, pool, correction in zip(dims, pools(candidates, len(dims)), corrections):
         rows = item_weight[pool.clamp(min=0)]
         scores, pos_score = prefix_scores(user[:, None, :], rows, d), prefix_scores(user, pos, d)
         if cosine:
             scores = scores / (_prefix_norm(user, d)[:, None] * _prefix_norm(rows, d))
             pos_score = pos_score / (_prefix_norm(user, d) * _prefix_norm(pos, d))
-        out.append((pos_score / temperature, (scores / temperature).masked_fill(pool < 0, -torch.inf)))
+        pos_logit = pos_score / temperature - (0.0 if pos_log_q is None else pos_log_q)
+        out.append((pos_logit, (scores / temperature - correction).masked_fill(pool < 0, -torch.inf)))
     return out
 
 
 def mrl_softmax_loss(user: torch.Tensor, pos: torch.Tensor, item_weight: torch.Tensor, candidates: torch.Tensor,
                      dims: Sequence[int], weights: Sequence[float] | torch.Tensor, temperature: float,
-                     cosine: bool = False) -> torch.Tensor:
+                     cosine: bool = False, log_q: torch.Tensor | None = None,
+                     pos_log_q: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row Matryoshka sampled softmax
-    ``sum_l w_l * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)`` with
-    ``s_j = <u[:d_l], e_j[:d_l]>`` (``cosine``: divided by ``|u[:d_l]| |e_j[:d_l]|``,
+    ``sum_l w_l * (logsumexp_{j in {pos} + pool_l}(z_j) - z_pos)`` with
+    ``z_j = s_j / t - log_q_j``, ``s_j = <u[:d_l], e_j[:d_l]>`` (``cosine``: divided by ``|u[:d_l]| |e_j[:d_l]|``,
     norms clamped at ``COSINE_EPS``) and pool l the ``(B, M)`` candidates (shared
     by every level) or ``candidates[:, l]``; shape ``(B,)`` in ``user``'s dtype.
-    Pool ids < 0 are padding and take no part. Differentiable by autograd."""
-    return mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature, cosine)[0]
+    ``log_q`` (the candidates' shape) and ``pos_log_q`` (``(B,)``), the logQ
+    correction, default to 0. Pool ids < 0 are padding and take no part.
+    Differentiable by autograd."""
+    return mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature, cosine,
+                                log_q, pos_log_q)[0]
 
 
-def mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature, cosine=False):
+def mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temperature, cosine=False,
+                         log_q=None, pos_log_q=None):
     """``(loss, lse)``: :func:`mrl_softmax_loss` and ``lse[b, l]``, the log-sum-exp of
-    the positive's and pool l's width-d_l scores over ``temperature`` (``(B, L)``,
+    the positive's and pool l's width-d_l logits (``(B, L)``,
     accumulation dtype), all that the fused backwards need from the forward."""
-    levels = _softmax_levels(user, pos, item_weight, candidates, dims, temperature, cosine)
+    levels = _softmax_levels(user, pos, item_weight, candidates, dims, temperature, cosine, log_q, pos_log_q)
     lse = torch.stack([torch.cat([sp[:, None], s], 1).logsumexp(1) for sp, s in levels], dim=1)
     pos_scores = torch.stack([sp for sp, _ in levels], dim=1)
     w = torch.as_tensor(weights, dtype=lse.dtype, device=lse.device)
