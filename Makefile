@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard mrl_kernels/*/*_cpu.cpp m
 	$(BIN)/pip install --no-build-isolation -e ".[plot]"
 	touch $@
 
-# the test extra: pytest, hypothesis, pyarrow, and Triton for its interpreter tests
+# the test extra: pytest, hypothesis, pyarrow, and Triton for its interpreter tests; the serve
+# extra (FAISS) for the NestedIndex tests
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --no-build-isolation -e ".[test,plot]"
+	$(BIN)/pip install --no-build-isolation -e ".[test,plot,serve]"
 	touch $@
 
 # MRL-M on the built-in synthetic data (a minute or two on 2 cores, selection and refit): runs/latest/

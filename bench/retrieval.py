@@ -3,23 +3,29 @@
 ``python -m bench.retrieval --data-dir ../shared/datasets`` writes
 ``bench/results/retrieval-<machine>-<date>.{md,json,png}``:
 
-1. **Quality.** MRL-M and BPR (the contrast) trained on phone and tool (seed 0,
-   the paper's settings, at most ``--epochs`` epochs, validation-selected, no
-   refit; runs are kept in ``--runs`` and reused). For each width in
-   ``WIDTHS`` and shortlist in ``SHORTLISTS``: test Recall@20 of the served
-   top-20 (training and validation items excluded) and its agreement with exact
-   full-width search (the fraction of the exact top-20 it returns).
-2. **Speed.** Queries per second (batches of ``BATCH`` queries, one process, all
-   threads) at N in ``SIZES`` items, D 64: exact torch search (matmul + topk),
-   ``prefix_topk`` / ``MatryoshkaIndex.search`` at width 8 per backend (float32
-   and bfloat16 shortlist tables), FAISS ``IndexFlatIP`` (exact) and an HNSW
-   index (with its build time). Each approximate method runs at the smallest
-   setting (shortlist, or HNSW's efSearch) whose top-20 agreement with exact
-   search reaches ``TARGET``; the table says which and the agreement reached.
-   The large tables are synthetic but keep the trained phone MRL-M model's
-   structure: each item is a random row of that model's item table plus
-   Gaussian noise of half its column standard deviation, and the queries are
-   that model's user vectors (stated in the report).
+1. **Quality** (``--quality``, the default). MRL-M and BPR (the contrast)
+   trained on phone and tool (seed 0, the paper's settings, at most
+   ``--epochs`` epochs, validation-selected, no refit; runs are kept in
+   ``--runs`` and reused). For each width in ``WIDTHS`` and shortlist in
+   ``SHORTLISTS``: test Recall@20 of the served top-20 (training and validation
+   items excluded) and its agreement with exact full-width search (the fraction
+   of the exact top-20 it returns).
+2. **The nested index on phone MRL-M** (always): test Recall@20 and agreement
+   served through ``MatryoshkaIndex`` (exact narrow scores) and ``NestedIndex``
+   (IVF and HNSW first stages) at widths 8, 16, 32.
+3. **Speed** at N in ``--sizes`` items, D 64: queries/s (batches of ``BATCH``
+   queries, one process, torch and FAISS on the same threads), memory and
+   top-20 agreement with exact search of every route at each of its settings:
+   exact torch search (matmul + topk), FAISS ``IndexFlatIP``, FAISS HNSW (M 32)
+   at full width over ``EF_SEARCH`` (its build time-boxed by
+   ``--hnsw-budget-s``), and ``NestedIndex`` at each width (``first_stages``);
+   the fastest setting of each route reaching agreement ``TARGET``, and the
+   Pareto plot (queries/s against agreement). The large tables are synthetic
+   but keep the trained phone MRL-M model's structure: each item is a random
+   row of that model's item table plus Gaussian noise of half its column
+   standard deviation, and the queries are that model's user vectors (no
+   held-out data: agreement is their quality measure). The report is rewritten
+   after each size, so a run stopped at the larger size keeps the smaller.
 """
 from __future__ import annotations
 
@@ -51,7 +57,7 @@ from .timing import median_ms
 WIDTHS = (4, 8, 16, 32)
 SHORTLISTS = (50, 100, 200, 500, 1000)
 SIZES = (1_000_000, 10_000_000)
-EF_SEARCH = (128, 256, 512, 1024, 2048)
+EF_SEARCH = (128, 256, 512, 1024, 2048, 4096)
 BATCH, K, TARGET = 256, 20, 0.95
 
 

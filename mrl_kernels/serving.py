@@ -251,7 +251,7 @@ class NestedIndex:
             scores, ids = ranked(query @ self.items.float().T, torch.arange(n_items).expand(batch, -1), n_items)
         else:
             params = faiss.IndexRefineSearchParameters()
-            params.k_factor = (shortlist + extra) / fetch
+            params.k_factor = (shortlist + extra + 0.5) / fetch  # FAISS truncates fetch * k_factor
             scores, ids = map(torch.from_numpy, self.index.search(query.numpy(), fetch, params=params))
         blocked = ids < 0
         if excluded.numel():
