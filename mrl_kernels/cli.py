@@ -159,8 +159,9 @@ def recommend_parser() -> argparse.ArgumentParser:
                    help="with --ann: also save the index built (--force replaces an existing file)")
     p.add_argument("--search-params", default=None, metavar="NAME=VALUE,...",
                    help="the FAISS index's search parameters, e.g. efSearch=128 or nprobe=32")
-    p.add_argument("--rerank-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                   help="with --ann: the dtype of the full-width table the shortlist is reranked with")
+    p.add_argument("--rerank-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="with --ann: the dtype of the full-width table the shortlist is reranked with "
+                        "(default float32)")
     p.add_argument("--out", default=None, help="write the table to this .parquet or .csv file instead of printing it")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
     p.add_argument("--batch-size", type=int, default=4096, help="users per search call")
@@ -176,10 +177,10 @@ def _search_params(text: str | None) -> dict:
     for part in filter(None, (text or "").split(",")):
         name, _, value = (x.strip() for x in part.partition("="))
         try:
-            params[name] = float(value)
+            params[name] = float(value) if name else None
         except ValueError:
-            name = ""
-        if not name:
+            params[name] = None
+        if params[name] is None:
             raise ValueError(f"--search-params must be NAME=NUMBER pairs separated by commas, like efSearch=128; "
                              f"got {part!r}")
     return params
@@ -206,8 +207,9 @@ def recommend_main(argv: list[str] | None = None) -> int:
         params = _search_params(args.search_params)
         if args.ann is not None and args.width is None:
             raise ValueError("--ann needs --width (the prefix width its FAISS index covers)")
-        if args.save_index is not None and args.ann is None:
-            raise ValueError("--save-index needs --ann (the index to build and save)")
+        for flag, value in (("--save-index", args.save_index), ("--rerank-dtype", args.rerank_dtype)):
+            if value is not None and args.ann is None:
+                raise ValueError(f"{flag} needs --ann (the index to build)")
         if params and args.ann is None and args.index is None:
             raise ValueError("--search-params needs --ann or --index (they set the FAISS index's parameters)")
         if args.save_index is not None and Path(args.save_index).exists() and not args.force:
@@ -218,7 +220,8 @@ def recommend_main(argv: list[str] | None = None) -> int:
             raise ValueError("--users names no user")
         index = None
         if args.ann is not None:
-            index = NestedIndex(run.index.items, args.width, args.ann, getattr(torch, args.rerank_dtype), params)
+            index = NestedIndex(run.index.items, args.width, args.ann, getattr(torch, args.rerank_dtype or "float32"),
+                                params)
             if args.save_index is not None:
                 index.save(args.save_index, force=True)
         elif args.index is not None:

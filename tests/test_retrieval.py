@@ -335,7 +335,8 @@ def test_nested_index_save_and_load_give_equal_results_and_keep_files(tmp_path, 
     index.save(mine, force=True)
     assert torch.equal(mk.NestedIndex.load(mine).search(query, 5)[1], index.search(query, 5)[1])
     blob = (tmp_path / "nested.pt").read_bytes()
-    for name, content in {"truncated": blob[:len(blob) // 2], "garbage": b"\x00 not an index" * 9, "empty": b""}.items():
+    files = {"truncated": blob[:len(blob) // 2], "garbage": b"\x00 not an index" * 9, "empty": b""}
+    for name, content in files.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=f"{name} is not an index written by NestedIndex.save"):
             mk.NestedIndex.load(tmp_path / name)
@@ -413,6 +414,8 @@ def test_mrl_recommend_serves_through_a_nested_index_and_saves_it(csv_run, capsy
     before = saved.read_bytes()
     for args, words in [(["--ann", "HNSW32"], "--ann needs --width"),
                         (["--save-index", str(tmp_path / "x.pt")], "--save-index needs --ann"),
+                        (["--index", str(saved), "--rerank-dtype", "float16"], "--rerank-dtype needs --ann"),
+                        (["--index", str(saved), "--search-params", "=4"], "NAME=NUMBER pairs"),
                         (["--search-params", "efSearch=4"], "--search-params needs --ann or --index"),
                         (["--index", str(saved), "--search-params", "efSearch"], "NAME=NUMBER pairs"),
                         (["--index", str(saved), "--search-params", "efSearch=8"], "does not apply to a 'IVF4,Flat'"),
