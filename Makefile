@@ -27,11 +27,11 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard mrl_kernels/*/*_cpu.cpp m
 	$(BIN)/pip install --no-build-isolation -e ".[plot]"
 	touch $@
 
-# the test extra: pytest, hypothesis, pyarrow, and Triton for its interpreter tests;
-# torchrec for the integration's tests
+# the test extra: pytest, hypothesis, pyarrow, Triton for its interpreter tests, implicit;
+# the serve extra (FAISS) for the NestedIndex tests; torchrec for the integration's tests
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(if $(strip $(TORCHREC)),$(BIN)/pip install --no-deps $(TORCHREC))
-	$(BIN)/pip install --no-build-isolation -e ".[test,plot$(if $(strip $(TORCHREC)),$(comma)torchrec)]"
+	$(BIN)/pip install --no-build-isolation -e ".[test,plot,serve$(if $(strip $(TORCHREC)),$(comma)torchrec)]"
 	touch $@
 
 # MRL-M on the built-in synthetic data (a minute or two on 2 cores, selection and refit): runs/latest/

@@ -3,23 +3,29 @@
 ``python -m bench.retrieval --data-dir ../shared/datasets`` writes
 ``bench/results/retrieval-<machine>-<date>.{md,json,png}``:
 
-1. **Quality.** MRL-M and BPR (the contrast) trained on phone and tool (seed 0,
-   the paper's settings, at most ``--epochs`` epochs, validation-selected, no
-   refit; runs are kept in ``--runs`` and reused). For each width in
-   ``WIDTHS`` and shortlist in ``SHORTLISTS``: test Recall@20 of the served
-   top-20 (training and validation items excluded) and its agreement with exact
-   full-width search (the fraction of the exact top-20 it returns).
-2. **Speed.** Queries per second (batches of ``BATCH`` queries, one process, all
-   threads) at N in ``SIZES`` items, D 64: exact torch search (matmul + topk),
-   ``prefix_topk`` / ``MatryoshkaIndex.search`` at width 8 per backend (float32
-   and bfloat16 shortlist tables), FAISS ``IndexFlatIP`` (exact) and an HNSW
-   index (with its build time). Each approximate method runs at the smallest
-   setting (shortlist, or HNSW's efSearch) whose top-20 agreement with exact
-   search reaches ``TARGET``; the table says which and the agreement reached.
-   The large tables are synthetic but keep the trained phone MRL-M model's
-   structure: each item is a random row of that model's item table plus
-   Gaussian noise of half its column standard deviation, and the queries are
-   that model's user vectors (stated in the report).
+1. **Quality** (``--quality``, the default). MRL-M and BPR (the contrast)
+   trained on phone and tool (seed 0, the paper's settings, at most
+   ``--epochs`` epochs, validation-selected, no refit; runs are kept in
+   ``--runs`` and reused). For each width in ``WIDTHS`` and shortlist in
+   ``SHORTLISTS``: test Recall@20 of the served top-20 (training and validation
+   items excluded) and its agreement with exact full-width search (the fraction
+   of the exact top-20 it returns).
+2. **The nested index on phone MRL-M** (always): test Recall@20 and agreement
+   served through ``MatryoshkaIndex`` (exact narrow scores) and ``NestedIndex``
+   (IVF and HNSW first stages) at widths 8, 16, 32.
+3. **Speed** at N in ``--sizes`` items, D 64: queries/s (batches of ``BATCH``
+   queries, one process, torch and FAISS on the same threads), memory and
+   top-20 agreement with exact search of every route at each of its settings:
+   exact torch search (matmul + topk), FAISS ``IndexFlatIP``, FAISS HNSW (M 32)
+   at full width over ``EF_SEARCH`` (its build time-boxed by
+   ``--hnsw-budget-s``), and ``NestedIndex`` at each width (``first_stages``);
+   the fastest setting of each route reaching agreement ``TARGET``, and the
+   Pareto plot (queries/s against agreement). The large tables are synthetic
+   but keep the trained phone MRL-M model's structure: each item is a random
+   row of that model's item table plus Gaussian noise of half its column
+   standard deviation, and the queries are that model's user vectors (no
+   held-out data: agreement is their quality measure). The report is rewritten
+   after each size, so a run stopped at the larger size keeps the smaller.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import datetime as dt
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -49,9 +56,8 @@ from .timing import median_ms
 
 WIDTHS = (4, 8, 16, 32)
 SHORTLISTS = (50, 100, 200, 500, 1000)
-SIZES = (10_000, 100_000, 1_000_000)
-SPEED_SHORTLISTS = (100, 200, 500, 1000, 2000, 5000)
-EF_SEARCH = (16, 32, 64, 128, 256, 512)
+SIZES = (1_000_000, 10_000_000)
+EF_SEARCH = (128, 256, 512, 1024, 2048, 4096)
 BATCH, K, TARGET = 256, 20, 0.95
 
 
@@ -72,14 +78,47 @@ def recall(ids: torch.Tensor, truth: list[set]) -> float:
     return float(np.mean([len(set(row) & t) / len(t) for row, t in zip(ids.tolist(), truth)]))
 
 
+def test_users(dataset: str, args) -> tuple:
+    """(users with test items, their test items, their training and validation items)."""
+    ds = data.load(dataset, args.data_dir, seed=0)
+    seen = data.CSR.union(ds.train, ds.valid)
+    users = torch.nonzero(ds.test.row_lengths() > 0).flatten()
+    truth = [set(ds.test.indices[ds.test.indptr[u]:ds.test.indptr[u + 1]].tolist()) for u in users.tolist()]
+    return users, truth, [seen.indices[seen.indptr[u]:seen.indptr[u + 1]] for u in users.tolist()]
+
+
+def nested_quality(args, run) -> pd.DataFrame:
+    """Test Recall@K on phone (MRL-M) served exactly, through the exact narrow shortlist
+    (MatryoshkaIndex) and through the nested index (IVF and HNSW first stages) at each width."""
+    users, truth, exclude = test_users("phone", args)
+    query = run.users[users]
+    _, exact = run.index.search(query, K, exclude=exclude)
+    rows = [{"route": "exact", "width": 64, "shortlist": "", "recall@20": recall(exact, truth), "agreement": 1.0}]
+    nlist = 2 ** round(np.log2(np.sqrt(run.index.items.shape[0])))
+    for width in WIDTHS[1:]:
+        routes = {"MatryoshkaIndex (exact narrow scores)": None,
+                  f"NestedIndex IVF{nlist},Flat, nprobe 32": (f"IVF{nlist},Flat", {"nprobe": 32}),
+                  "NestedIndex HNSW32, efSearch = shortlist": ("HNSW32", {})}
+        for route, stage in routes.items():
+            index = None if stage is None else mk.NestedIndex(run.index.items, width, stage[0], torch.float16,
+                                                              stage[1])
+            for shortlist in (200, 1000):
+                if index is None:
+                    ids = run.index.search(query, K, width, shortlist, exclude)[1]
+                else:
+                    if stage[0].startswith("HNSW"):
+                        index.set_params(efSearch=shortlist)
+                    ids = index.search(query, K, shortlist, exclude)[1]
+                rows.append({"route": route, "width": width, "shortlist": shortlist,
+                             "recall@20": recall(ids, truth), "agreement": agreement(ids, exact)})
+    print(pd.DataFrame(rows).to_string(index=False), flush=True)
+    return pd.DataFrame(rows)
+
+
 def quality(args) -> pd.DataFrame:
     rows = []
     for dataset in ("phone", "tool"):
-        ds = data.load(dataset, args.data_dir, seed=0)
-        seen = data.CSR.union(ds.train, ds.valid)
-        users = torch.nonzero(ds.test.row_lengths() > 0).flatten()
-        truth = [set(ds.test.indices[ds.test.indptr[u]:ds.test.indptr[u + 1]].tolist()) for u in users.tolist()]
-        exclude = [seen.indices[seen.indptr[u]:seen.indptr[u + 1]] for u in users.tolist()]
+        users, truth, exclude = test_users(dataset, args)
         for method in ("mrl-m", "bpr"):
             run = load_run(trained(dataset, method, args))
             query = run.users[users]
@@ -95,80 +134,160 @@ def quality(args) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def smallest(settings, run) -> tuple:
-    """The first setting whose agreement reaches TARGET (else the last): (setting, ids, agreement)."""
-    for setting in settings:
-        ids, reached = run(setting)
-        if reached >= TARGET:
-            break
-    return setting, ids, reached
+def exact_search(query: torch.Tensor, items: torch.Tensor, chunk_bytes: float = 2**30) -> torch.Tensor:
+    """Exact torch search (matmul + topk), in query chunks of at most ``chunk_bytes`` of scores."""
+    rows = max(1, int(chunk_bytes // (4 * items.shape[0])))
+    return torch.cat([(query[i:i + rows] @ items.T).topk(K, dim=1).indices for i in range(0, len(query), rows)])
+
+
+def first_stages(n: int) -> list[tuple]:
+    """(width, FAISS factory of the narrow index, settings) of the nested index at n items: IVF with about
+    sqrt(n) lists at every width (float32 codes at widths 8 and 16, float16 at 32: a quarter of the full
+    vector's bytes or less), and up to 10^6 items HNSW (M 32, float16 codes) at width 32 (at 10^7 its graph
+    alone would take 2.6 GB and its build on 2 cores most of an hour)."""
+    nlist = 2 ** round(np.log2(np.sqrt(n)))
+    ivf = [{"nprobe": p, "shortlist": s} for p in (16, 64) for s in (1000, 4000)]
+    wide = [{"nprobe": p, "shortlist": s} for p in (16, 32, 64, 128) for s in (1000, 2000, 4000, 8000)]
+    hnsw = [{"efSearch": s, "shortlist": s} for s in (1000, 2000, 4000)]
+    stages = [(8, f"IVF{nlist},Flat", ivf), (16, f"IVF{nlist},Flat", ivf), (32, f"IVF{nlist},SQfp16", wide)]
+    return stages + ([(32, "HNSW32_SQfp16", hnsw)] if n <= 1_000_000 else [])
+
+
+def structured_table(base_items: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """n items: random rows of a trained item table plus Gaussian noise of half its column standard deviation."""
+    items = base_items[torch.randint(0, len(base_items), (n,), generator=g)]
+    return items.add_(torch.randn(items.shape, generator=g).mul_(0.5 * base_items.std(0)))
+
+
+def build_hnsw(items: np.ndarray, budget_s: float) -> tuple:
+    """FAISS HNSW (M 32) at full width, added in chunks; (index, build seconds), index None when the
+    build passes ``budget_s`` (then the seconds it had run and the fraction of items added)."""
+    hnsw = faiss.IndexHNSWFlat(items.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    started, step = time.perf_counter(), 100_000
+    for i in range(0, len(items), step):
+        hnsw.add(items[i:i + step])
+        if time.perf_counter() - started > budget_s and i + step < len(items):
+            return None, (time.perf_counter() - started, (i + step) / len(items))
+    return hnsw, time.perf_counter() - started
 
 
 def speed(args, base_items: torch.Tensor, base_users: torch.Tensor) -> pd.DataFrame:
+    """Every route's queries/s, memory and top-K agreement with exact search, over its settings."""
     rows = []
     g = torch.Generator().manual_seed(0)
-    noise = 0.5 * base_items.std(0)
     query = base_users[torch.randperm(len(base_users), generator=g)[:BATCH]].contiguous()
-    for n in SIZES:
-        items = base_items[torch.randint(0, len(base_items), (n,), generator=g)]
-        items += torch.randn(items.shape, generator=g) * noise
-        exact_ms = median_ms(lambda: (query @ items.T).topk(K, dim=1), "cpu", args.repeats)
-        exact = (query @ items.T).topk(K, dim=1).indices
-        rows.append({"N": n, "method": "torch exact (matmul + topk)", "setting": "", "agreement": 1.0,
-                     "ms": exact_ms})
-        for backend in mk.available_backends("cpu"):
-            if backend == "triton" or (backend == "torch" and n > 100_000):
-                continue  # the interpreter; the reference sorts (B, N) scores
-            for dtype in (torch.float32, torch.bfloat16):
-                index = mk.MatryoshkaIndex(items, [8], shortlist_dtype=dtype)
+    for n in args.sizes:
+        items = structured_table(base_items, n, g)
+        exact = exact_search(query, items)
 
-                def served(shortlist):
-                    ids = index.search(query, K, 8, shortlist, backend=backend)[1]
-                    return ids, agreement(ids, exact)
-                setting, _, reached = smallest(SPEED_SHORTLISTS, served)
-                ms = median_ms(lambda: index.search(query, K, 8, setting, backend=backend), "cpu", args.repeats)
-                rows.append({"N": n, "method": f"MatryoshkaIndex width 8, {backend}, "
-                             f"{str(dtype).replace('torch.', '')} shortlist", "setting": f"shortlist {setting}",
-                             "agreement": reached, "ms": ms})
+        def add(method, setting, search, memory, build_s=None):
+            ids = search()
+            rows.append({"N": n, "method": method, "setting": setting, "agreement": agreement(ids, exact),
+                         "ms": median_ms(search, "cpu", args.repeats, warmup=1), "memory MB": memory / 2**20,
+                         "build s": build_s})
+            print({k: v for k, v in rows[-1].items()}, flush=True)
+        table_bytes = items.numel() * items.element_size()
+        add("torch exact (matmul + topk)", "", lambda: exact_search(query, items), table_bytes)
         flat = faiss.IndexFlatIP(items.shape[1])
         flat.add(items.numpy())
-        ms = median_ms(lambda: flat.search(query.numpy(), K), "cpu", args.repeats)
-        rows.append({"N": n, "method": "FAISS IndexFlatIP", "setting": "",
-                     "agreement": agreement(torch.from_numpy(flat.search(query.numpy(), K)[1]), exact), "ms": ms})
-        started = time.perf_counter()
-        hnsw = faiss.IndexHNSWFlat(items.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        hnsw.add(items.numpy())
-        build = time.perf_counter() - started
+        add("FAISS IndexFlatIP", "", lambda: torch.from_numpy(flat.search(query.numpy(), K)[1]),
+            faiss.serialize_index(flat).nbytes)
+        del flat
+        hnsw, build = build_hnsw(items.numpy(), args.hnsw_budget_s)
+        if hnsw is None:
+            rows.append({"N": n, "method": "FAISS HNSW (M 32)", "setting": f"build stopped at {build[1]:.0%} of the "
+                         f"items after {build[0]:.0f} s (--hnsw-budget-s)", "build s": build[0]})
+        else:
+            memory = faiss.serialize_index(hnsw).nbytes
+            for ef in EF_SEARCH:
+                hnsw.hnsw.efSearch = ef
+                add("FAISS HNSW (M 32)", f"efSearch {ef}", lambda: torch.from_numpy(hnsw.search(query.numpy(), K)[1]),
+                    memory, build)
+        del hnsw
+        for width, factory, settings in first_stages(n):
+            started = time.perf_counter()
+            index = mk.NestedIndex(items, width, factory, rerank_dtype=torch.float16)
+            build, memory = time.perf_counter() - started, index.nbytes()
+            for setting in settings:
+                setting = dict(setting)
+                shortlist = setting.pop("shortlist")
+                index.set_params(**setting)
+                add(f"NestedIndex width {width}, {factory}, float16 rerank",
+                    ", ".join(f"{k} {v}" for k, v in setting.items()) + f", shortlist {shortlist}",
+                    lambda: index.search(query, K, shortlist)[1], memory, build)
+            del index
+    table = pd.DataFrame(rows)
+    table["queries/s"] = BATCH / table["ms"] * 1e3
+    table["vs exact torch"] = table.groupby("N")["ms"].transform("first") / table["ms"]
+    return table
 
-        def hnsw_run(ef):
-            hnsw.hnsw.efSearch = ef
-            ids = torch.from_numpy(hnsw.search(query.numpy(), K)[1])
-            return ids, agreement(ids, exact)
-        ef, _, reached = smallest(EF_SEARCH, hnsw_run)
-        hnsw.hnsw.efSearch = ef
-        ms = median_ms(lambda: hnsw.search(query.numpy(), K), "cpu", args.repeats)
-        rows.append({"N": n, "method": "FAISS HNSW (M 32)", "setting": f"efSearch {ef}, build {build:.1f} s",
-                     "agreement": reached, "ms": ms})
-        for row in rows:
-            if row["N"] == n:
-                row.update({"queries/s": BATCH / row["ms"] * 1e3, "vs exact torch": exact_ms / row["ms"]})
-        print(pd.DataFrame([r for r in rows if r["N"] == n]).to_string(index=False), flush=True)
-    return pd.DataFrame(rows)
+
+def best_at(table: pd.DataFrame, target: float = TARGET) -> pd.DataFrame:
+    """Per size and route, the fastest setting whose agreement reaches ``target``."""
+    reached = table[table.agreement >= target].copy()
+    reached["route"] = reached.method.str.replace(r", (IVF|HNSW)\S*", ", \\1", regex=True)
+    best = reached.loc[reached.groupby(["N", "route"])["queries/s"].idxmax()]
+    return best.sort_values(["N", "queries/s"], ascending=[True, False]).drop(columns="route")
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
+    """Queries/s against top-K agreement, one panel per size: the Pareto plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for method, part in table.groupby("method"):
-        ax.plot(part.N, part["queries/s"], marker="o", label=method)
-    ax.set(xscale="log", yscale="log", xlabel="items N", ylabel="queries/s (top-20, D 64)")
-    ax.legend(fontsize=7)
+    sizes = sorted(table.N.unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5), squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        for method, part in table[(table.N == n) & table.ms.notna()].groupby("method", sort=False):
+            # every setting a point; the line joins the route's Pareto front (none faster at more agreement)
+            part = part.sort_values(["agreement", "queries/s"], ascending=False)
+            front = part[part["queries/s"] > part["queries/s"].cummax().shift(fill_value=0)]
+            line, = ax.plot(front.agreement, front["queries/s"], marker="o", ms=4, label=method)
+            ax.scatter(part.agreement, part["queries/s"], s=10, color=line.get_color(), alpha=0.5)
+        ax.axvline(TARGET, color="grey", lw=0.8, ls="--")
+        ax.set(yscale="log", xlabel=f"top-{K} agreement with exact search", ylabel="queries/s",
+               title=f"N = {n:,} items, D 64, batches of {BATCH} queries")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def report(args, quality_table: pd.DataFrame | None, nested_table: pd.DataFrame, speed_table: pd.DataFrame) -> str:
+    name = f"retrieval-{platform.machine()}-{torch.get_num_threads()}threads-{dt.date.today().isoformat()}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(speed_table, out / f"{name}.png")
+    quality_part = [] if quality_table is None else [
+        "## Quality on trained models (test users; training and validation items excluded)", "",
+        quality_table.to_markdown(index=False, floatfmt=".4f"), ""]
+    quality_part += [
+        "## The nested index on a trained model: phone MRL-M (test users; training and validation items excluded)",
+        "", f"Test Recall@{K} and top-{K} agreement with exact search; the nested index reranks from a float16 "
+        "table.", "", nested_table.to_markdown(index=False, floatfmt=".4f"), ""]
+    text = "\n".join([
+        "# Serving at a narrow width", "",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+        f"threads and {faiss.omp_get_max_threads()} FAISS (OpenMP) threads, torch {torch.__version__}, faiss "
+        f"{faiss.__version__}; `python -m bench.retrieval {' '.join(args.argv)}`.", "", *quality_part,
+        f"## Speed: top-{K} of batches of {BATCH} queries, D 64", "",
+        "Synthetic tables with the trained phone MRL-M model's structure (its test Recall@20 is in the quality "
+        "table): each item a random row of its item table plus Gaussian noise of half its column standard "
+        "deviation; queries: its user vectors. Agreement: the fraction of the exact full-width top-"
+        f"{K} returned (no held-out data on these tables). Memory: the bytes each route searches (the float32 "
+        "table; FAISS indexes' serialised size; the nested index's narrow FAISS index plus its float16 rerank "
+        "table). Build: seconds to build the index.", "",
+        f"### Fastest setting of each route reaching agreement {TARGET}", "",
+        best_at(speed_table).to_markdown(index=False, floatfmt=".3f"), "",
+        "### Every setting", "", speed_table.to_markdown(index=False, floatfmt=".3f"), "",
+        f"![queries/s against agreement]({name}.png)", ""])
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"quality": None if quality_table is None else
+                                                  quality_table.to_dict("records"),
+                                                  "nested on phone": nested_table.to_dict("records"),
+                                                  "speed": speed_table.to_dict("records")}, indent=2))
+    return text
 
 
 def main(argv=None) -> int:
@@ -177,30 +296,23 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="runs/retrieval")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--epochs", type=int, default=40, help="most training epochs of the quality models")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="items of the speed tables")
+    parser.add_argument("--hnsw-budget-s", type=float, default=1200,
+                        help="stop building the full-width HNSW index after this many seconds (reported)")
+    parser.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
+                        help="train and measure the quality models (phone and tool, MRL-M and BPR)")
     args = parser.parse_args(argv)
-    quality_table = quality(args)
-    phone = load_run(Path(args.runs) / "phone-mrl-m")
-    speed_table = speed(args, phone.index.items, phone.users)
-    name = f"retrieval-{platform.machine()}-{torch.get_num_threads()}threads-{dt.date.today().isoformat()}"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot(speed_table, out / f"{name}.png")
-    text = "\n".join([
-        "# Serving at a narrow width", "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
-        f"threads, torch {torch.__version__}, faiss {faiss.__version__}; bench/retrieval.py.", "",
-        "## Quality on trained models (test users; training and validation items excluded)", "",
-        quality_table.to_markdown(index=False, floatfmt=".4f"), "",
-        f"## Speed: top-{K} of batches of {BATCH} queries, D 64", "",
-        "Synthetic tables with the trained phone MRL-M model's structure: each item a random row of its item "
-        "table plus Gaussian noise of half its column standard deviation; queries: its user vectors. "
-        f"Approximate methods at the smallest setting reaching top-{K} agreement {TARGET} with exact search "
-        "(or their largest setting).", "",
-        speed_table.to_markdown(index=False, floatfmt=".3f"), "", f"![queries/s]({name}.png)", ""])
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"quality": quality_table.to_dict("records"),
-                                                  "speed": speed_table.to_dict("records")}, indent=2))
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    faiss.omp_set_num_threads(torch.get_num_threads())  # every route on the same threads
+    quality_table = quality(args) if args.quality else None
+    phone = load_run(trained("phone", "mrl-m", args))
+    nested_table = nested_quality(args, phone)
+    tables = []
+    for n in args.sizes:  # the report is rewritten after each size: a time-boxed run keeps what finished
+        args_n = argparse.Namespace(**{**vars(args), "sizes": [n]})
+        tables.append(speed(args_n, phone.index.items, phone.users))
+        text = report(args, quality_table, nested_table, pd.concat(tables, ignore_index=True))
     print(text)
     return 0
 

@@ -14,8 +14,8 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss, mrl_softmax_loss, nested_als_solve, prefix_topk
 from .registry import available_backends
 from .sampling import sample_candidates
-from .serving import MatryoshkaIndex, load_run
+from .serving import MatryoshkaIndex, NestedIndex, load_run
 
 __version__ = "0.1.0"
 __all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss", "prefix_topk", "nested_als_solve",
-           "sample_candidates", "available_backends", "MatryoshkaIndex", "load_run"]
+           "sample_candidates", "available_backends", "MatryoshkaIndex", "NestedIndex", "load_run"]

@@ -8,7 +8,7 @@ import torch
 
 from ..common import acc_dtype
 
-__all__ = ["excluded_mask", "shortlist_rerank", "prefix_topk"]
+__all__ = ["excluded_mask", "ranked", "shortlist_rerank", "prefix_topk"]
 
 
 def excluded_mask(offsets: torch.Tensor, ids: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -20,7 +20,7 @@ def excluded_mask(offsets: torch.Tensor, ids: torch.Tensor, n_items: int) -> tor
     return mask
 
 
-def _ranked(scores: torch.Tensor, ids: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ranked(scores: torch.Tensor, ids: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` best of ``scores`` per row with their ``ids``: descending score,
     ties to the lower id (``ids`` must be ascending along each row)."""
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :count]
@@ -34,11 +34,11 @@ def shortlist_rerank(query: torch.Tensor, item_weight: torch.Tensor, first: torc
     batch, n_items = first.shape
     first = first.masked_fill(blocked, -torch.inf)
     all_ids = torch.arange(n_items, device=query.device).expand(batch, -1)
-    _, short = _ranked(first, all_ids, min(shortlist, n_items))
+    _, short = ranked(first, all_ids, min(shortlist, n_items))
     short = short.sort(dim=1).values  # ascending ids: ties of the rerank go to the lower id
     full = (query[:, None, :].to(first.dtype) * item_weight[short].to(first.dtype)).sum(-1)
     full = full.masked_fill(blocked.gather(1, short), -torch.inf)
-    scores, ids = _ranked(full, short, min(k, short.shape[1]))
+    scores, ids = ranked(full, short, min(k, short.shape[1]))
     ids = torch.where(torch.isneginf(scores) & blocked.gather(1, ids), -1, ids)
     if k > ids.shape[1]:  # fewer items than k
         pad = k - ids.shape[1]
