@@ -34,6 +34,7 @@ from mrl_kernels.atomic import atomic_write
 from mrl_kernels.trainer import CHECKPOINT, TrainConfig, train
 
 from .baselines import _matrix, fit
+from .reproduce import width_axes
 from .tune import settings_of
 
 WIDTHS = (4, 8, 16, 32, 64)
@@ -83,11 +84,7 @@ def figure(rows: pd.DataFrame, baselines: pd.DataFrame, path: Path) -> None:
         ax.plot(WIDTHS, ours, marker="o", label="mrl-als (one model)")
         ax.plot(WIDTHS, ials, marker="s", label="iALS retrained per width")
         ax.plot(WIDTHS, MRL_M_TUNED[dataset], marker="^", label="mrl-m tuned (one model)")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(WIDTHS, [str(w) for w in WIDTHS])
-        ax.set_title(f"{dataset}, mf")
-        ax.set_xlabel("evaluation prefix width")
-        ax.set_ylabel("test Recall@20 (refit)")
+        width_axes(ax, WIDTHS, f"{dataset}, mf")
     axes[0][0].legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))

@@ -134,11 +134,7 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
             [f"prefix {w}" for w in widths]].mean()
         for method in sorted(sub.index, key=rank):
             ax.plot(widths, sub.loc[method].values, marker="o", label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(widths, [str(w) for w in widths])
-        ax.set_title(f"{dataset}, {model}")
-        ax.set_xlabel("evaluation prefix width")
-        ax.set_ylabel("test Recall@20 (refit)")
+        width_axes(ax, widths, f"{dataset}, {model}")
     axes[0][0].legend()
     fig.tight_layout()
     docs.mkdir(parents=True, exist_ok=True)
@@ -151,6 +147,15 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
     if baselines.is_file():
         text += widths_table(runs[runs.model == "mf"], pd.DataFrame(json.loads(baselines.read_text())), widths)
     return "\n".join(text)
+
+
+def width_axes(ax, widths, title: str) -> None:
+    """A Figure 3 panel's axes: the prefix widths on a log2 scale, test Recall@20."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.set_title(title)
+    ax.set_xlabel("evaluation prefix width")
+    ax.set_ylabel("test Recall@20 (refit)")
 
 
 def widths_table(frame: pd.DataFrame, baselines: pd.DataFrame, widths) -> list[str]:
