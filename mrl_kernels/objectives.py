@@ -38,6 +38,7 @@ from torch import Tensor
 from .backbones import Batch, lookup
 from .data import CSR
 from .ops import mns_bpr_loss, mrl_bpr_loss, mrl_softmax_loss
+from .ops.als import coordinate_weights, nested_mask
 from .sampling import DNS, MNS, UNIFORM, Selector
 
 __all__ = ["Loss", "BPR", "MRL", "Settings", "Objective", "Method", "Ranking", "RankingObjective", "SampledSoftmax",
@@ -205,13 +206,9 @@ class NestedLeastSquares:
         if interactions is None or interactions.nnz == 0:
             raise ValueError("nested least squares needs the training interactions (their density scales the "
                              "unobserved term)")
-        from .ops.als import coordinate_weights  # noqa: PLC0415 - the ops package imports this module's users
-
         dims = tuple(settings.dims)
         weights = torch.tensor(settings.level_weights or [1.0] * len(dims), dtype=torch.float32)
-        m = coordinate_weights(dims, weights)
-        index = torch.arange(len(m))
-        return LeastSquaresObjective(dims, (0,), weights, m[torch.maximum(index[:, None], index[None, :])],
+        return LeastSquaresObjective(dims, (0,), weights, nested_mask(coordinate_weights(dims, weights)),
                                      float(settings.alpha), settings.l2,
                                      interactions.n_rows * interactions.n_cols / interactions.nnz)
 

@@ -4,7 +4,7 @@ user validates a kernel of their own against. Each operator's reference lives
 in its folder (``mrl_kernels/ops/<operator>/reference.py``); this module only
 gathers them."""
 from .ops.common import COSINE_EPS, acc_dtype, prefix_scores
-from .ops.als.reference import coordinate_weights, nested_als_solve, nested_gram, nested_products
+from .ops.als.reference import coordinate_weights, nested_als_solve, nested_gram, nested_mask, nested_products
 from .ops.mns.reference import (level_margins, mns_bpr_loss, mns_sample, mrl_bpr_coef, mrl_bpr_loss,
                                 mrl_bpr_loss_backward)
 from .ops.prefix_topk.reference import excluded_mask, prefix_topk, shortlist_rerank
@@ -27,6 +27,7 @@ __all__ = [
     "shortlist_rerank",
     "prefix_topk",
     "coordinate_weights",
+    "nested_mask",
     "nested_gram",
     "nested_products",
     "nested_als_solve",

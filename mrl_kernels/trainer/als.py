@@ -3,11 +3,12 @@ model fitted by sweeps of :func:`mrl_kernels.ops.nested_als_solve` (every user's
 vector solved with the items fixed, then every item's), minimising iALS's
 objective summed over the nested widths,
 
-``sum_l w_l [ sum_obs alpha (1 - <x_u[:d_l], y_i[:d_l]>)^2 + sum_unobs <x_u[:d_l], y_i[:d_l]>^2 + reg (|X[:, :d_l]|^2 + |Y[:, :d_l]|^2) ]``
+``sum_l w_l [ sum_obs alpha (1 - <x_u[:d_l], y_i[:d_l]>)^2 + sum_unobs <x_u[:d_l], y_i[:d_l]>^2
++ reg (|X[:, :d_l]|^2 + |Y[:, :d_l]|^2) ]``
 
-(iALS's objective at each width, L2 term included; ``reg`` is the run's ``l2``). :class:`AlsFit` has :class:`~.fit.Fit`'s face, an
-epoch being one sweep, so selection, refit, checkpoints and ``--resume`` are the
-trainer's own."""
+(iALS's objective at each width, L2 term included; ``reg`` is the run's ``l2``).
+:class:`AlsFit` has :class:`~.fit.Fit`'s face, an epoch being one sweep, so
+selection, refit, checkpoints and ``--resume`` are the trainer's own."""
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from ..backbones import BACKBONES
 from ..data import CSR
 from ..ops import nested_als_solve
-from ..ops.als import coordinate_weights
+from ..ops.als import coordinate_weights, nested_mask
 from ..ops.checks import check_weights
 from .config import TrainConfig
 from .fit import check_stop
@@ -36,9 +37,7 @@ def nested_objective(user: Tensor, item: Tensor, interactions: CSR, dims, weight
     ``sum_l w_l sum_{u, i} <x_u[:d_l], y_i[:d_l]>^2 = <(X^T X) ⊙ M, Y^T Y>_F``, the
     observed ones corrected pair by pair, the L2 term of each width (sums in float64)."""
     m = coordinate_weights(dims, weights.to(user.dtype))
-    index = torch.arange(len(m))
-    mask = m[torch.maximum(index[:, None], index[None, :])]
-    total = float(((user.T @ user) * mask * (item.T @ item)).double().sum())
+    total = float(((user.T @ user) * nested_mask(m) * (item.T @ item)).double().sum())
     rows, cols = (torch.from_numpy(a) for a in interactions.pairs())
     ends = torch.tensor(dims) - 1
     for start in range(0, len(rows), CHUNK):

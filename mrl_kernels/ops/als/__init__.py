@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from .. import checks  # a module import: the package and the registry import each other
-from .reference import coordinate_weights, nested_gram
+from .reference import coordinate_weights, nested_gram, nested_mask
 
-__all__ = ["nested_als_solve", "nested_gram", "coordinate_weights", "ALS_DTYPES"]
+__all__ = ["nested_als_solve", "nested_gram", "nested_mask", "coordinate_weights", "ALS_DTYPES"]
 
 ALS_DTYPES = (torch.float32, torch.float64)  # least squares in half precision would not converge
 
@@ -25,14 +25,16 @@ def _check_scalar(name: str, value, low: float, strict: bool) -> float:
     return float(value)
 
 
-def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequence[int], weights=None, *, alpha: float, reg: float, cg_steps: int = 3,
-                     backend: str = "auto") -> Tensor:
+def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequence[int], weights=None, *,
+                     alpha: float, reg: float, cg_steps: int = 3, backend: str = "auto") -> Tensor:
     """One side's solve of nested iALS: every row's vector minimising, with the
     other side fixed,
 
-    ``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 + reg |x[:d_l]|^2 ]``
+    ``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2
+    + reg |x[:d_l]|^2 ]``
 
-    (iALS's objective at each width, L2 term included, summed) by conjugate gradient (implicit's solver) warm-started at ``factors``. With
+    (iALS's objective at each width, L2 term included, summed) by conjugate
+    gradient (implicit's solver) warm-started at ``factors``. With
     ``weights = (0, ..., 0, 1)`` it is implicit's iALS step exactly.
 
     Args:

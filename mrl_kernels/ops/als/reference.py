@@ -7,7 +7,8 @@ side's fixed vectors ``y_i``; row r's CSR entries ``indices[indptr[r]:indptr[r+1
 its observed items. The row's nested iALS objective (implicit's convention: an
 observed pair weighs ``alpha``, an unobserved one 1)
 
-``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2 + reg |x[:d_l]|^2 ]``
+``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2
++ reg |x[:d_l]|^2 ]``
 
 (iALS's objective at each width, its L2 term included, summed with weights
 ``w_l``) is minimal where ``A x = b`` with
@@ -29,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CG_TOLERANCE", "coordinate_weights", "nested_gram", "nested_products", "nested_als_solve"]
+__all__ = ["CG_TOLERANCE", "coordinate_weights", "nested_mask", "nested_gram", "nested_products", "nested_als_solve"]
 
 CG_TOLERANCE = 1e-20  # a row's conjugate gradient stops below this squared residual (implicit's)
 
@@ -43,15 +44,21 @@ def coordinate_weights(dims: Sequence[int], weights: Tensor) -> Tensor:
     return m
 
 
+def nested_mask(m: Tensor) -> Tensor:
+    """``M[j, k] = m[max(j, k)]``, (D, D), from the coordinate weights ``m``
+    (:func:`coordinate_weights`): how much the pair of coordinates (j, k) weighs in
+    the nested Gramian terms."""
+    index = torch.arange(len(m), device=m.device)
+    return m[torch.maximum(index[:, None], index[None, :])]
+
+
 def nested_gram(other: Tensor, dims: Sequence[int], weights: Tensor, reg: float) -> Tensor:
     """``(Y^T Y) ⊙ M + reg diag(m)``, (D, D), in ``other``'s dtype: the part of every
     row's system that all unobserved pairs (and the L2 term) share. Each coordinate
     is regularised as much as the widths that hold it weigh, so its ratio of data
     to L2 is iALS's at each width."""
     m = coordinate_weights(dims, weights.to(other.dtype))
-    index = torch.arange(len(m), device=other.device)
-    mask = m[torch.maximum(index[:, None], index[None, :])]
-    return (other.T @ other) * mask + reg * torch.diag(m)
+    return (other.T @ other) * nested_mask(m) + reg * torch.diag(m)
 
 
 def _rows(indptr: Tensor) -> Tensor:
@@ -68,12 +75,16 @@ def _coefficients(v: Tensor, y: Tensor, rows: Tensor, dims: Sequence[int], weigh
     return t
 
 
+def _observed_sum(v: Tensor, y: Tensor, rows: Tensor, dims: Sequence[int], weights: Tensor) -> Tensor:
+    """``out[r] = sum_{e in r} t_e ⊙ y_e`` (:func:`_coefficients`' ``t``), (R, D)."""
+    return torch.zeros_like(v).index_add_(0, rows, _coefficients(v, y, rows, dims, weights) * y)
+
+
 def nested_products(v: Tensor, other: Tensor, indptr: Tensor, indices: Tensor, dims: Sequence[int],
                     weights: Tensor) -> Tensor:
     """``out[r] = sum_{i in r} sum_l w_l <y_i[:d_l], v[r, :d_l]> y_i[:d_l]``, (R, D): the
     observed pairs' part of ``A v``, level by level."""
-    rows, y = _rows(indptr), other[indices]
-    return torch.zeros_like(v).index_add_(0, rows, _coefficients(v, y, rows, dims, weights.to(v.dtype)) * y)
+    return _observed_sum(v, other[indices], _rows(indptr), dims, weights.to(v.dtype))
 
 
 @torch.no_grad()
@@ -92,8 +103,7 @@ def nested_als_solve(factors: Tensor, other: Tensor, gram: Tensor, indptr: Tenso
     p, rs = r.clone(), (r * r).sum(1)
     for _ in range(cg_steps):
         active = ~(rs < CG_TOLERANCE)  # NaN stays active: it reaches the output
-        ap = p @ gram + (alpha - 1) * torch.zeros_like(p).index_add_(0, rows,
-                                                                      _coefficients(p, y, rows, dims, weights) * y)
+        ap = p @ gram + (alpha - 1) * _observed_sum(p, y, rows, dims, weights)
         step = torch.where(active, rs / torch.where(active, (p * ap).sum(1), 1), 0)[:, None]
         x += step * p
         r -= step * ap

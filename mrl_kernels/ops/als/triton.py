@@ -85,10 +85,11 @@ def nested_als_solve(factors, other, gram, indptr, indices, dims, weights, alpha
     rs = x.new_empty(rows)
     weights = weights.to(x.dtype)
     m = coordinate_weights(dims, weights)
+    cfg = config(width)
     meta = dict(other_ptr=other, indptr_ptr=indptr, indices_ptr=indices, weights_ptr=weights, m_ptr=m,
                 D=width, alpha=float(alpha), stride_on=other.stride(0), stride_od=other.stride(1),
                 DIMS=tuple(dims), L=len(dims), FP64=x.dtype == torch.float64,
-                BLOCK_D=config(width)["BLOCK_D"], num_warps=config(width)["num_warps"])
+                BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"])
     if rows == 0:
         return x
     launch(_cg_kernel, (rows,), x_ptr=x, r_ptr=r, p_ptr=p, gp_ptr=x @ gram, rs_ptr=rs, START=True, **meta)
