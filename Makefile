@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard mrl_kernels/*/*_cpu.cpp m
 	$(BIN)/pip install --no-build-isolation -e ".[plot]"
 	touch $@
 
-# the test extra: pytest, hypothesis, pyarrow, Triton for its interpreter tests, implicit;
+# the test extra: pytest (and pytest-xdist), hypothesis, pyarrow, Triton for its interpreter tests, implicit;
 # the serve extra (FAISS) for the NestedIndex tests; torchrec for the integration's tests
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(if $(strip $(TORCHREC)),$(BIN)/pip install --no-deps $(TORCHREC))
@@ -38,10 +38,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/mrl-train
 
-# the default suite (a few minutes on 2 cores): everything but the tests marked slow
+# the tests in PYTEST_WORKERS processes (pytest-xdist; 1 runs them in this one)
+PYTEST_WORKERS ?= 2
+
+# the default suite (under 4 minutes on 2 cores): everything but the tests marked slow
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
 # every test, the slow end-to-end ones too
 test-all: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)

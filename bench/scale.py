@@ -31,8 +31,10 @@ step, for the **composed** route (the candidates' rows gathered through the
 sharded lookup, ``mns_sample`` on them, the chosen rows looked up with
 gradient, ``mrl_bpr_loss``) and the **sharded** one
 (:mod:`mrl_kernels.sharded`: each rank scores its own share of every pool on
-its local shard), and the sharded route's own part alone (its operators and
-collectives, without torchrec's lookups and fused backward).
+its local shard), and the sharded route's two parts alone: its operators and
+collectives (without torchrec), and its one torchrec lookup with gradient and
+the fused backward (the batch's users and positives, and as many ids of the
+rank's own rows as the winners it owns: ``B L / W``).
 """
 from __future__ import annotations
 
@@ -219,26 +221,29 @@ def route_bytes(route: str, world: int, batch: int = BATCH) -> int:
     (a share ``(W - 1) / W`` of what it asks of the sharded tables, the rest
     being its own rows). Composed: the candidates' ids (int64) and rows, the
     chosen rows and the positives with their gradients, the users with theirs.
-    Sharded: the users all-gathered and their gradients reduced, the users' and
-    positives' own lookups, every rank's (score, id) pairs (float64) and the
-    ``(B, L)`` score sum with its gradient (an all-reduce moves about twice its size)."""
+    Sharded: the batch's user ids all-gathered and their rows read from the
+    user shards (an all-reduce of ``B x (D + 1)``; an all-reduce moves about
+    twice its size), every rank's (score, id) pairs (float64), the ``(B, L)``
+    score sum with its gradient, the users' gradients reduce-scattered, and
+    the one lookup's users and positives (the winners a rank owns stay on it)."""
     share, local = (world - 1) / world, batch // world
     lookups = 2 * (local + local) * WIDTH * 4  # users and positives, forward rows and backward gradients
     if route == "composed":
         candidates = local * LEVELS * PER_LEVEL * (8 + WIDTH * 4)
         chosen = 2 * local * LEVELS * (8 + WIDTH * 4)
         return int(share * (lookups + candidates + chosen))
-    users = 2 * batch * WIDTH * 4
+    ids = batch * 8
+    users = 2 * batch * (WIDTH + 1) * 4 + batch * WIDTH * 4
     pairs = batch * LEVELS * 16
-    scores = 2 * 2 * batch * LEVELS * 8
-    return int(share * (lookups + users + pairs + scores))
+    scores = 2 * 2 * batch * LEVELS * 4
+    return int(share * (lookups + ids + users + pairs + scores))
 
 
 def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, out: str) -> None:
     import torch.distributed as dist
 
     from mrl_kernels import mns_sample, mrl_bpr_loss, sharded
-    from mrl_kernels.torchrec_sharded import ShardedMRL, embedding_collection, shard
+    from mrl_kernels.torchrec_sharded import USERS as USER_TABLE, ShardedMRL, embedding_collection, shard
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -271,30 +276,46 @@ def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, o
         loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand)
         loss.backward()
 
-    user_rows = torch.randn(local, WIDTH, requires_grad=True)
     pos_rows = torch.randn(local, WIDTH, requires_grad=True)
 
     def operators_alone():  # the sharded route's own work: its operators and collectives, no torchrec lookup
         users, _ = batch()
         cand = mrl.draw(users, (LEVELS, max(1, PER_LEVEL // world)), generator=g)
+        user_shard, user_offset = mrl.local(USER_TABLE)
+        every_user = sharded.batch_rows(user_shard, sharded.gather_rows(users[mine]), offset=user_offset)
         shard_rows, offset = mrl.local()
-        choice = sharded.mns_sample(user_rows, shard_rows, cand, dims, offset=offset)
+        choice = sharded.mns_sample(every_user, shard_rows, cand, dims, offset=offset, gathered=True)
         neg_rows = shard_rows[choice.owned_ids - offset].detach().requires_grad_()
-        sharded.mrl_bpr_loss(user_rows, pos_rows, neg_rows, choice, dims).backward()
+        user = every_user[mine].clone().requires_grad_()
+        sharded.mrl_bpr_loss(user, pos_rows, neg_rows, choice, dims).backward()
 
-    result = {}
-    for name, step in (("composed", composed), ("sharded", sharded_route), ("operators", operators_alone)):
-        def synchronised():
+    # the routes interleaved, each step after a barrier: a drift of the machine (2 processes sharing its cores with
+    # gloo's threads) falls on all of them alike
+    _, item_offset = mrl.local()
+    item_rows = mrl.local()[0].shape[0]
+
+    def lookup_alone():  # the sharded route's torchrec part: its one lookup with gradient and the fused backward
+        users, pos = batch()
+        owned = torch.randint(item_offset, item_offset + item_rows, (BATCH * LEVELS // world,), generator=g)
+        rows = mrl.lookup(users=users[mine], pos=pos[mine], neg=owned, batch=local)
+        sum(r.sum() for r in rows.values()).backward()
+
+    steps = {"composed": composed, "sharded": sharded_route, "operators": operators_alone, "lookup": lookup_alone}
+    times = {name: [] for name in steps}
+    for repeat in range(3 + repeats):
+        for name, step in steps.items():
             dist.barrier()
+            started = time.perf_counter()
             step()
-
-        result[name] = median_ms(synchronised, "cpu", repeats)
+            if repeat >= 3:  # after 3 rounds of warm-up
+                times[name].append((time.perf_counter() - started) * 1e3)
+    result = {name: float(np.median(t)) for name, t in times.items()}
     if rank == 0:
         Path(out).write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
-def routes(repeats: int, out_dir: str) -> int:
+def routes(repeats: int, out_dir: str, sizes=ROUTE_SIZES, worlds=ROUTE_WORLDS) -> int:
     """The composed and sharded routes at every world size and catalogue size."""
     import importlib.util
     import tempfile
@@ -306,8 +327,8 @@ def routes(repeats: int, out_dir: str) -> int:
     import torch.multiprocessing as mp
 
     rows = []
-    for n_items in ROUTE_SIZES:
-        for world in ROUTE_WORLDS:
+    for n_items in sizes:
+        for world in worlds:
             with tempfile.TemporaryDirectory() as scratch:
                 out = str(Path(scratch) / "result.json")
                 mp.spawn(_route_rank, args=(world, str(Path(scratch) / "store"), n_items, repeats, out),
@@ -315,7 +336,7 @@ def routes(repeats: int, out_dir: str) -> int:
                 times = json.loads(Path(out).read_text())
             rows.append({"N": n_items, "processes": world, "composed ms": times["composed"],
                          "sharded ms": times["sharded"], "sharded / composed": times["sharded"] / times["composed"],
-                         "its operators alone ms": times["operators"],
+                         "its operators alone ms": times["operators"], "its lookup alone ms": times["lookup"],
                          "composed MB": route_bytes("composed", world) / 1e6,
                          "sharded MB": route_bytes("sharded", world) / 1e6})
             print(rows[-1], flush=True)
@@ -327,7 +348,8 @@ def routes(repeats: int, out_dir: str) -> int:
             f"{os.cpu_count()} cores here, one torch thread a gloo process (4 processes share 2 cores "
             f"where the machine has 2); torchrec row-wise tables, fused RowWiseAdagrad; global B {BATCH}, "
             f"{LEVELS} levels x {PER_LEVEL} candidates, D {WIDTH}, {USERS} users; median of {repeats} steps "
-            f"(rank 0, a barrier before each); MB: what a rank receives per step, bench/scale.route_bytes.\n\n"
+            f"(rank 0, a barrier before each, the routes interleaved); MB: what a rank receives per step, "
+            f"bench/scale.route_bytes.\n\n"
             + table.astype({"N": str, "processes": str}).to_markdown(index=False, floatfmt=".2f") + "\n")
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
@@ -335,11 +357,18 @@ def routes(repeats: int, out_dir: str) -> int:
     return 0
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--sizes", default=None,
+                        help=f"catalogue sizes, comma-separated (default {SIZES}; --routes {ROUTE_SIZES})")
+    parser.add_argument("--worlds", default=",".join(map(str, ROUTE_WORLDS)),
+                        help="(--routes) the numbers of processes, comma-separated")
     parser.add_argument("--one", nargs=3, metavar=("N", "PATH", "REPEATS"),
                         help="measure one size and path (dense or sparse) in this process, print it as JSON")
     parser.add_argument("--evaluation", action="store_true",
@@ -356,13 +385,13 @@ def main(argv=None) -> int:
     if args.evaluation:
         return evaluation_main(args)
     if args.routes:
-        return routes(args.repeats, args.out)
+        return routes(args.repeats, args.out, _ints(args.sizes) if args.sizes else ROUTE_SIZES, _ints(args.worlds))
     if args.one:
         n_items, path, repeats = args.one
         print(json.dumps(one(int(n_items), path == "sparse", int(repeats))))
         return 0
     rows = []
-    for n in map(int, args.sizes.split(",")):
+    for n in _ints(args.sizes) if args.sizes else SIZES:
         for path in ("dense", "sparse"):
             rows.append(measure(n, path, args.repeats))
             print(rows[-1], flush=True)

@@ -15,7 +15,15 @@ exactly what the one-process operators give on that pool:
   in the pool, as :func:`mrl_kernels.mns_sample` does) from one all-gather of
   ``W x B x L`` pairs. A :class:`Choice` says which winners a rank owns.
 - :func:`mrl_bpr_loss` scores each winner on its owner and sums the ``(B, L)``
-  scores over ranks; the owner alone receives the gradient of its rows.
+  scores over ranks; the owner alone receives the gradient of its rows. The
+  users' vectors it scores are those :func:`mns_sample` gathered: its forward
+  moves none again, its backward sums their gradients to their ranks (one
+  reduce-scatter of ``B x D``).
+- :func:`batch_rows` reads rows of a row-sharded table (e.g. the batch's
+  users) on every rank without a lookup: each rank fills the rows it holds,
+  one all-reduce. A trainer over sharded tables can then choose the negatives
+  before its one lookup with gradient (users, positives and the winners it
+  owns together: :class:`mrl_kernels.torchrec_sharded.ShardedMRL`).
 - :func:`mns_bpr_loss` composes the two for a table the rank holds as a tensor.
 - :func:`mrl_softmax_loss` combines per-level log-sum-exp partials across
   ranks (a max and a sum all-reduce of ``B x L``, as vocabulary-parallel cross
@@ -46,11 +54,13 @@ from .ops import checks, mns_sample as _mns_sample
 from .ops.common import acc_dtype, pools, prefix_scores
 from .ops.softmax import check_log_q
 
-__all__ = ["Choice", "gather_rows", "mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss"]
+__all__ = ["Choice", "gather_rows", "batch_rows", "mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss"]
 
 Lookup = Callable[[Tensor], Tensor]
-# all_gather_single from torch 2.13 (the older name is deprecated there)
+# the *_single names from torch 2.13 (the older ones are deprecated there)
 _ALL_GATHER = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+_ALL_GATHER_INTO = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER_INTO = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 def _group(group):
@@ -71,6 +81,51 @@ def gather_rows(x: Tensor, group=None) -> Tensor:
     return _waited(_ALL_GATHER(x.contiguous(), 0, _group(group)))
 
 
+def batch_rows(shard: Tensor, ids: Tensor, *, offset: int, group=None) -> Tensor:
+    """``table[ids]`` of a row-sharded table on every rank, without gradient:
+    ``ids`` ``(n,)`` global ids, the same on every rank (e.g. the whole batch's
+    users); each rank fills the rows it holds (``[offset, offset + N_r)``) and
+    one all-reduce sums the ``(n, D)`` rows (every other rank adds zeros)."""
+    group = _group(group)
+    checks.check_float("shard", shard, 2)
+    if not isinstance(ids, Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex or \
+            ids.dtype == torch.bool or ids.dim() != 1 or ids.device != shard.device:
+        raise ValueError(f"ids must be a one-dimensional integer tensor on {shard.device} (global row ids), got "
+                         + (f"{ids.dtype} of shape {tuple(ids.shape)} on {ids.device}" if isinstance(ids, Tensor)
+                            else type(ids).__name__))
+    _check_offset(offset)
+    with torch.no_grad():
+        here = ((ids >= offset) & (ids < offset + shard.shape[0])).nonzero()[:, 0]  # the positions this rank holds
+        held = _rows(shard.detach(), ids[here].long() - offset)
+        rows = shard.new_zeros(ids.shape[0], shard.shape[1] + 1)  # and a last column: how many ranks hold the row
+        rows.index_copy_(0, here, torch.cat([held, held.new_ones(held.shape[0], 1)], 1))
+        dist.all_reduce(rows, group=group)
+        held = rows[:, -1]
+        if bool((held != 1).any()):
+            bad = int(ids[held != 1][0])
+            raise ValueError(f"ids must be rows of the table, each held by one rank: id {bad} is held by "
+                             f"{int(held[held != 1][0])}")
+    return rows[:, :-1]
+
+
+class _Gathered(torch.autograd.Function):
+    """``users`` (the batch's ``(B, D)`` vectors, every rank's rows in rank
+    order, already gathered) as a function of this rank's rows ``user``: the
+    forward moves nothing, the backward sums the gradient over ranks and keeps
+    this rank's rows (a reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, user, users, group):
+        ctx.group = group
+        return users.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        mine = grad.new_empty(grad.shape[0] // dist.get_world_size(ctx.group), *grad.shape[1:])
+        _REDUCE_SCATTER_INTO(mine, grad.contiguous(), group=ctx.group)
+        return mine, None, None
+
+
 def _all_reduce_sum(x: Tensor, group) -> Tensor:
     """The sum over ranks, differentiable (its backward sums the gradients)."""
     return _waited(funcol.all_reduce(x, "sum", group))
@@ -86,10 +141,14 @@ def _rows_of_rank(x: Tensor, group) -> Tensor:
     return x[_own_rows(x.shape[0], group)]
 
 
-def _local_ids(candidates: Tensor, shard: Tensor, offset: int, padding: bool = False) -> Tensor:
-    """``candidates`` (global ids of this rank's rows) as rows of ``shard``; -1 at padding."""
+def _check_offset(offset) -> None:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"offset must be a non-negative int (the global id of the shard's first row), got {offset!r}")
+
+
+def _local_ids(candidates: Tensor, shard: Tensor, offset: int, padding: bool = False) -> Tensor:
+    """``candidates`` (global ids of this rank's rows) as rows of ``shard``; -1 at padding."""
+    _check_offset(offset)
     local = checks.check_ids("candidates", candidates, offset + shard.shape[0], shard.device, padding=padding)
     if checks.can_read_values(local) and local.numel():
         valid = local[local >= 0] if padding else local
@@ -103,8 +162,8 @@ def _local_ids(candidates: Tensor, shard: Tensor, offset: int, padding: bool = F
 class Choice:
     """What :func:`mns_sample` chose: ``negatives`` ``(B, L)`` global ids for
     every row of the batch, ``owned`` ``(B, L)`` whether this rank holds the
-    row of each, and ``users`` the all-gathered ``(B, D)`` user vectors
-    (differentiable, for :func:`mrl_bpr_loss`)."""
+    row of each, and ``users`` the ``(B, D)`` user vectors it scored (every
+    rank's, no gradient: :func:`mrl_bpr_loss` scores them again)."""
 
     negatives: Tensor
     owned: Tensor
@@ -117,12 +176,15 @@ class Choice:
         return self.negatives[self.owned]
 
 
-def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[int], *, offset: int, group=None,
-               backend: str = "auto") -> Choice:
+def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[int], *, offset: int,
+               gathered: bool = False, group=None, backend: str = "auto") -> Choice:
     """Matryoshka negative sampling over a row-sharded table.
 
     Args:
-        user: ``(B_r, D)`` this rank's user vectors (all-gathered to ``(B, D)``).
+        user: ``(B_r, D)`` this rank's user vectors (all-gathered to ``(B, D)``);
+            with ``gathered=True`` the whole batch's ``(B, D)`` already, every
+            rank's rows in rank order and the same on every rank (e.g. from
+            :func:`batch_rows`).
         shard: ``(N_r, D)`` this rank's rows of the item table (read, no gradient).
         candidates: ``(B, m)`` or ``(B, L, m)`` global ids in
             ``[offset, offset + N_r)``: this rank's share of every row's pool.
@@ -132,24 +194,35 @@ def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[i
     Returns the :class:`Choice`; its ``negatives`` equal
     :func:`mrl_kernels.mns_sample` on the gathered users, the whole table and
     the ranks' candidates concatenated along the last dimension in rank order.
+    No gradient flows from it: :func:`mrl_bpr_loss` takes the users' vectors
+    with theirs.
     """
     group = _group(group)
     checks.check_rows("user", user)
     dims = checks.check_dims(dims, user.shape[1])
-    users = gather_rows(user, group)
-    local = _local_ids(candidates, shard, offset)
     with torch.no_grad():
-        picks = _mns_sample(users.detach(), shard.detach(), local, dims, backend=backend)  # (B, L) rows of shard
+        users = user.detach() if gathered else _all_gather(user.detach(), group)
+        local = _local_ids(candidates, shard, offset)
+        picks = _mns_sample(users, shard.detach(), local, dims, backend=backend)  # (B, L) rows of shard
         rows = _rows(shard.detach(), picks)
-        scores = torch.stack([prefix_scores(users.detach(), rows[:, level], d) for level, d in enumerate(dims)], 1)
+        scores = torch.stack([prefix_scores(users, rows[:, level], d) for level, d in enumerate(dims)], 1)
         # float64 holds every float32 score and every id below 2^53 exactly
-        mine = torch.stack([scores.double(), (picks + offset).double()], dim=-1)
-        everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(everyone, mine, group=group)
-        everyone = torch.stack(everyone)  # (W, B, L, 2)
-        winner = everyone[..., 0].argmax(0)  # the first maximum: ties to the lowest rank
-        negatives = everyone[..., 1].gather(0, winner[None])[0].long()
-    return Choice(negatives=negatives, owned=winner == dist.get_rank(group), users=users)
+        mine = torch.stack([scores.double(), (picks + offset).double()])  # (2, B, L)
+        everyone = _all_gather(mine[None], group)  # (W, 2, B, L)
+        winner, best, negatives = torch.zeros_like(picks), everyone[0, 0], everyone[0, 1]
+        for rank in range(1, everyone.shape[0]):  # a strictly better score wins: ties to the lowest rank
+            score = everyone[rank, 0]
+            better = (score > best) | (score.isnan() & ~best.isnan())  # NaN first, as argmax
+            winner = winner.masked_fill(better, rank)
+            best, negatives = torch.where(better, score, best), torch.where(better, everyone[rank, 1], negatives)
+    return Choice(negatives=negatives.long(), owned=winner == dist.get_rank(group), users=users)
+
+
+def _all_gather(x: Tensor, group) -> Tensor:
+    """Every rank's ``x`` (the same shape on each) concatenated along dim 0, no gradient."""
+    out = x.new_empty(x.shape[0] * dist.get_world_size(group), *x.shape[1:])
+    _ALL_GATHER_INTO(out, x.contiguous(), group=group)
+    return out
 
 
 def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, dims: Sequence[int],
@@ -159,7 +232,8 @@ def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, di
 
     Args:
         user, pos: ``(B_r, D)`` this rank's user and positive vectors (``user``
-            the one given to :func:`mns_sample`).
+            equal to this rank's rows of ``choice.users``, e.g. the vectors
+            given to :func:`mns_sample`; its gradient sums every rank's use).
         neg_rows: ``(K, D)`` the rows of ``choice.owned_ids`` (looked up with
             gradient, e.g. ``shard[choice.owned_ids - offset]`` or through a
             sharded embedding's local lookup): only the owner gets their gradient.
@@ -177,14 +251,20 @@ def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, di
                          f"(the rows of choice.owned_ids), got {tuple(neg_rows.shape)}")
     w = checks.check_weights(weights, len(dims), user.device)
     reduction = checks.check_reduction(reduction)
-    users = choice.users
-    rows, levels = choice.owned.nonzero(as_tuple=True)
-    scores = []
-    for level, d in enumerate(dims):
-        at = levels == level
-        scores.append(torch.zeros(users.shape[0], dtype=acc_dtype(user.dtype), device=user.device)
-                      .index_put((rows[at],), prefix_scores(users[rows[at]], neg_rows[at], d)))
-    neg_scores = _rows_of_rank(_all_reduce_sum(torch.stack(scores, 1), group), group)  # one owner per entry
+    mine = choice.users[_own_rows(choice.users.shape[0], group)]
+    if user.shape != mine.shape or not bool(((user.detach() == mine) | (user.isnan() & mine.isnan())).all()):
+        raise ValueError("user must equal this rank's rows of choice.users (the vectors mns_sample scored)")
+    users = _Gathered.apply(user, choice.users, group)
+    # the owned winners level by level (neg_rows come row-major): one gather of each side, then a slice a level
+    owned = choice.owned.T  # (L, B): level-major
+    position = choice.owned.flatten().cumsum(0).view_as(choice.owned).T - 1  # each owned entry's row of neg_rows
+    rows = owned.nonzero()[:, 1]
+    counts = owned.sum(1).tolist()
+    scores = torch.cat([prefix_scores(u, e, d) for u, e, d in
+                        zip(_rows(users, rows).split(counts), _rows(neg_rows, position[owned]).split(counts), dims)])
+    owned_scores = torch.zeros(owned.shape, dtype=acc_dtype(user.dtype), device=user.device)
+    neg_scores = _all_reduce_sum(owned_scores.masked_scatter(owned, scores).T.contiguous(), group)  # an owner each
+    neg_scores = _rows_of_rank(neg_scores, group)
     margins = neg_scores - torch.stack([prefix_scores(user, pos, d) for d in dims], 1)
     loss = (w.to(margins.dtype) * F.softplus(margins)).sum(1).to(user.dtype)
     return _reduce(loss, reduction, users.shape[0])

@@ -10,12 +10,13 @@ One collection holds the user table (feature ``user``) and the item table
 :func:`shard` shards both row-wise over the process group with a fused
 optimizer. A step of :class:`ShardedMRL`:
 
-1. the batch's users through the collection (with gradient);
+1. the batch's user vectors read from the user table's local shards
+   (:func:`mrl_kernels.sharded.batch_rows`: one all-reduce, no lookup);
 2. each rank's candidate share drawn from its own item rows
    (:meth:`ShardedMRL.draw`) and scored on the rank's local shard, read in
    place (:func:`mrl_kernels.sharded.mns_sample`);
-3. the positives and the winners this rank owns through the collection (with
-   gradient: the owned ids stay on their rank);
+3. one lookup through the collection, with gradient: this rank's users, its
+   positives and the winners it owns (those ids stay on their rank);
 4. :func:`mrl_kernels.sharded.mrl_bpr_loss`; ``loss.backward()`` applies the
    fused optimizer to the rows looked up.
 
@@ -136,13 +137,15 @@ class ShardedMRL:
         (:meth:`draw`, ``(B, m)`` or ``(B, L, m)``); the negatives ``(B, L)``
         global ids of the whole batch. ``l2`` adds the trainer's term
         ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` (each negative on its owner)."""
-        user = self.lookup(users=users, batch=users.shape[0])["user"]
+        user_rows, user_offset = self.local(USERS)
+        every_user = sharded.batch_rows(user_rows, sharded.gather_rows(users.long()), offset=user_offset)
         shard_rows, offset = self.local()
-        choice = sharded.mns_sample(user, shard_rows, candidates, self.dims, offset=offset, backend=backend)
-        rows = self.lookup(pos=pos, neg=choice.owned_ids, batch=users.shape[0])
-        loss = sharded.mrl_bpr_loss(user, rows["pos"], rows["neg"], choice, self.dims, weights)
+        choice = sharded.mns_sample(every_user, shard_rows, candidates, self.dims, offset=offset, gathered=True,
+                                    backend=backend)
+        rows = self.lookup(users=users, pos=pos, neg=choice.owned_ids, batch=users.shape[0])
+        loss = sharded.mrl_bpr_loss(rows["user"], rows["pos"], rows["neg"], choice, self.dims, weights)
         if l2:
-            norms = user.square().sum() + rows["pos"].square().sum() + rows["neg"].square().sum()
+            norms = rows["user"].square().sum() + rows["pos"].square().sum() + rows["neg"].square().sum()
             loss = loss + l2 * norms / 2 / choice.users.shape[0]
         return loss, choice.negatives
 

@@ -22,6 +22,7 @@ def _samples(requires_grad):
     x["candidates"][:, :, 1] = x["candidates"][:, :, 0]
     plain = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in x.items()}
     g = torch.Generator().manual_seed(1)
+    log_q = torch.rand(x["candidates"].shape, generator=g).log().to(DEVICE)  # the logQ corrections
     return {
         "mns_sample": (x["user"], x["item_weight"], x["candidates"], x["dims"]),
         "mrl_bpr_loss": (x["user"], x["pos"], x["neg"], x["dims"], torch.tensor([0.2, 0.3, 0.5], device=DEVICE)),
@@ -33,11 +34,13 @@ def _samples(requires_grad):
                                   plain["item_weight"], plain["candidates"][:, :, 0],
                                   torch.rand(6, 3, generator=g).to(DEVICE), x["dims"], [True, False, False]),
         "mrl_softmax_loss": (x["user"], x["pos"], x["item_weight"], x["candidates"], x["dims"],
-                             torch.tensor([0.2, 0.3, 0.5], device=DEVICE), 0.5, True),
+                             torch.tensor([0.2, 0.3, 0.5], device=DEVICE), 0.5, True, log_q,
+                             torch.rand(6, generator=g).log().to(DEVICE)),
         "mrl_softmax_loss_backward": (torch.randn(6, generator=g).to(DEVICE), plain["user"], plain["pos"],
                                       plain["item_weight"], plain["candidates"],
                                       torch.rand(6, 3, generator=g).to(DEVICE) + 2, x["dims"],
-                                      torch.tensor([0.2, 0.3, 0.5], device=DEVICE), 0.5, False, [False, True, True]),
+                                      torch.tensor([0.2, 0.3, 0.5], device=DEVICE), 0.5, False, log_q, None,
+                                      [False, True, True]),
         "nested_als_solve": (plain["user"], plain["item_weight"], torch.eye(8, device=DEVICE) + 1,
                              torch.tensor([0, 2, 2, 3, 5, 5, 6], device=DEVICE),
                              torch.tensor([1, 5, 0, 11, 3, 7], device=DEVICE), x["dims"],
@@ -51,8 +54,10 @@ def _samples(requires_grad):
 INTERACTIONS = CSR.from_pairs(range(20), range(0, 40, 2), 30, 50)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("requires_grad", [True, False])
+@pytest.mark.parametrize("backend, requires_grad", [
+    # without gradients in Triton's interpreter (seconds of launches) with the slow tests
+    pytest.param(b, grad, marks=[pytest.mark.slow] if b == "triton" and not grad and DEVICE != "cuda" else [])
+    for b in BACKENDS for grad in (True, False)])
 def test_opcheck(backend, requires_grad):
     samples = _samples(requires_grad)
     assert set(samples) == set(OPS), "a sample for every operator of the spec"
@@ -60,8 +65,15 @@ def test_opcheck(backend, requires_grad):
         torch.library.opcheck(getattr(torch.ops.mrl_kernels, f"{name}_{backend}"), args)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("method", list(OBJECTIVES))
+# in the default suite, the methods whose steps take distinct paths: every selector (uniform, DNS, the fused MNS)
+# and loss (BPR, MRL), the softmax, least squares (no operator: the reference backend only); the other pairings
+# and backends with the slow tests
+DISTINCT_PATHS = {"bpr": ("torch",), "mrl-d": BACKENDS, "mrl-m": BACKENDS, "mrl-s": BACKENDS, "mrl-ls": ("torch",)}
+
+
+@pytest.mark.parametrize("backend, method", [
+    pytest.param(b, m, marks=[] if b in DISTINCT_PATHS.get(m, ()) else [pytest.mark.slow])
+    for m in OBJECTIVES for b in BACKENDS])
 def test_compiled_training_step_matches_eager(backend, method):
     torch._dynamo.reset()
     objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=5, layout="per-level",

@@ -97,6 +97,27 @@ def _python(code, tmp_path, **env):
                           text=True, timeout=600, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), **env})
 
 
+def test_without_the_built_library_every_source_is_handed_to_the_compiler(monkeypatch):
+    # the wiring of the first-use build (the compile itself runs with the slow tests, below): the sources setup.py
+    # builds, with its flags
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils import cpp_extension
+
+    find, calls = importlib.util.find_spec, []
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mrl_kernels._C" else find(name, *a))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs))
+    cpp._load_library()
+    package = Path(mk.__file__).parent
+    assert len(calls) == 1 and calls[0]["name"] == "mrl_kernels_cpu" and not calls[0]["is_python_module"]
+    assert calls[0]["sources"] == sorted(str(p) for p in package.glob("**/*_cpu.cpp"))
+    assert {p.name for p in map(Path, calls[0]["sources"])} >= {"mns_cpu.cpp", "softmax_cpu.cpp", "als_cpu.cpp"}
+    assert "-O3" in calls[0]["extra_cflags"] and "-fopenmp" in calls[0]["extra_ldflags"]
+
+
+@pytest.mark.slow
 def test_compiled_on_first_use_when_not_built(tmp_path):
     run = _python("""
         import torch, mrl_kernels as mk

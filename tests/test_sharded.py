@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import mrl_kernels as mk
-from mrl_kernels import reference, sharded
+from mrl_kernels import sharded
 
 from conftest import assert_close
 
@@ -163,7 +163,40 @@ def check_bad_input(rank: int, world: int) -> None:
                                  log_q=torch.zeros(2))
 
 
+def check_batch_rows(rank: int, world: int) -> None:
+    # the batch's users read from a row-sharded table on every rank, then MNS and the loss on them: as from the
+    # gathered vectors, the users' gradient summed to their ranks
+    users, pos, table, cuts, shares = inputs(world, torch.float64, 4)
+    lo, hi = cuts[rank], cuts[rank + 1]
+    ids = torch.randint(0, table.shape[0], (users.shape[0],), generator=torch.Generator().manual_seed(9))
+    ids[0] = ids[1]  # a repeated id
+    read = sharded.batch_rows(table[lo:hi], ids, offset=lo)
+    assert torch.equal(read, table[ids])
+    rows = slice(rank * 3, rank * 3 + 3)
+    pool = torch.cat(shares, dim=-1)
+    u, p, t = (x.clone().requires_grad_() for x in (table[ids], pos, table))
+    want_loss, want_neg = mk.mns_bpr_loss(u, p, t, pool, DIMS, reduction="none", backend="torch")
+    want_loss.mean().backward()
+    choice = sharded.mns_sample(read, table[lo:hi], shares[rank], DIMS, offset=lo, gathered=True)
+    assert torch.equal(choice.negatives, want_neg)
+    su, sp, st = read[rows].clone().requires_grad_(), pos[rows].clone().requires_grad_(), \
+        table[lo:hi].clone().requires_grad_()
+    loss = sharded.mrl_bpr_loss(su, sp, st[choice.owned_ids - lo], choice, DIMS, reduction="none")
+    assert_close(loss, want_loss[rows], 1e-12, 1e-12, "loss")
+    (loss.sum() / users.shape[0]).backward()
+    assert_close(su.grad, u.grad[rows], 1e-12, 1e-12, "d user")
+    assert_close(sp.grad, p.grad[rows], 1e-12, 1e-12, "d pos")
+    assert_close(st.grad, t.grad[lo:hi], 1e-12, 1e-12, "d shard")
+    with pytest.raises(ValueError, match="user must equal this rank's rows of choice.users"):
+        sharded.mrl_bpr_loss(su + 1, sp, st[choice.owned_ids - lo], choice, DIMS)
+    with pytest.raises(ValueError, match="ids must be rows of the table, each held by one rank: id 29"):
+        sharded.batch_rows(table[lo:hi], torch.tensor([0, 29]), offset=lo)
+    with pytest.raises(ValueError, match="ids must be a one-dimensional integer tensor"):
+        sharded.batch_rows(table[lo:hi], ids.double(), offset=lo)
+
+
 def check_all(rank: int, world: int) -> None:
+    check_batch_rows(rank, world)
     check_mns(rank, world)
     check_softmax(rank, world)
     check_bad_input(rank, world)
@@ -180,25 +213,3 @@ def test_needs_a_process_group():
     table = torch.randn(5, 8)
     with pytest.raises(RuntimeError, match="process group"):
         sharded.mns_sample(torch.randn(2, 8), table, torch.zeros(2, 3, dtype=torch.long), DIMS, offset=0)
-
-
-def test_log_q_equals_the_reference_and_refuses_fused_backends():
-    g = torch.Generator().manual_seed(5)
-    user, pos, table = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((4, 8), (4, 8), (11, 8)))
-    cand = torch.randint(0, 11, (4, 3, 6), generator=g)
-    log_q = torch.rand(cand.shape, generator=g, dtype=torch.float64).log()
-    got = mk.mrl_softmax_loss(user, pos, table, cand, DIMS, log_q=log_q, reduction="none")
-    # by hand: every logit less its log q
-    want = torch.zeros(4, dtype=torch.float64)
-    weight = torch.tensor(1 / len(DIMS), dtype=torch.float32).double()  # the default weights are float32
-    for level, d in enumerate(DIMS):
-        z = (user[:, None, :d] * table[cand[:, level], :d]).sum(-1) - log_q[:, level]
-        zp = (user[:, :d] * pos[:, :d]).sum(-1)
-        want += weight * (torch.cat([zp[:, None], z], 1).logsumexp(1) - zp)
-    assert_close(got, want, 1e-12, 1e-12, "logQ loss")
-    assert torch.equal(mk.mrl_softmax_loss(user, pos, table, cand, DIMS, log_q=torch.zeros_like(log_q)),
-                       reference.mrl_softmax_loss(user, pos, table, cand, DIMS, torch.full((3,), 1 / 3), 1.0).mean())
-    with pytest.raises(ValueError, match="log_q runs on the reference"):
-        mk.mrl_softmax_loss(user, pos, table, cand, DIMS, log_q=log_q, backend="cpp")
-    with pytest.raises(ValueError, match="log_q must have shape"):
-        mk.mrl_softmax_loss(user, pos, table, cand, DIMS, log_q=log_q[:, 0])

@@ -212,8 +212,8 @@ def test_an_interrupt_before_any_checkpoint_says_nothing_is_kept(tmp_path, small
 
 
 def test_sigterm_stops_like_ctrl_c_and_keeps_the_checkpoint(tmp_path):
-    run = subprocess.Popen([sys.executable, "-m", "mrl_kernels", "--epochs", "300", "--eval-every", "1",
-                            "--patience", "1000", "--out", str(tmp_path), "--no-progress"],
+    run = subprocess.Popen([sys.executable, "-m", "mrl_kernels", "--users", "300", "--items", "200", "--epochs", "300",
+                            "--eval-every", "1", "--patience", "1000", "--out", str(tmp_path), "--no-progress"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "history.csv").exists() and time.monotonic() < deadline and run.poll() is None:

@@ -53,21 +53,29 @@ POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16:
 # The per-level MNS + loss forward keeps 8 bytes in one of its 28: bfloat16, BLOCK_D 64, sm_80
 # (seen once the check took the launchers' own specialisation, the candidates' unit stride a
 # constant as a real launch makes it; 128 registers, the cap at 4 warps).
-SPILL_ALLOWANCE = {"mrl_softmax_loss": 32, "mns_bpr_loss.per-level": 8}
+# The softmax backward over per-level pools with cosine scores and the logQ correction (one load a
+# candidate more than the 243 registers it holds without) keeps 8 to 96 bytes in 14 of its 28
+# (float32, BLOCK_D 128, sm_90: 96).
+SPILL_ALLOWANCE = {"mrl_softmax_loss_backward.per-level.cosine.log-q": 96, "mrl_softmax_loss": 32,
+                   "mns_bpr_loss.per-level": 8}
 QUICK_WIDTH = 64
 
 
-def cases() -> list[tuple[str, str, str | None, bool | None]]:
-    """``(case name, op, layout, cosine)`` for every operator of the spec, each
-    candidate layout and score it takes."""
+def cases() -> list[tuple[str, str, str | None, bool | None, bool]]:
+    """``(case name, op, layout, cosine, corrected)`` for every operator of the
+    spec, each candidate layout and score it takes, with and without the logQ
+    corrections where it takes them."""
     found = []
     for spec in OPS.values():
         layouts = LAYOUTS if "candidates" in spec.inputs else (None,)
         scores = (False, True) if "cosine" in spec.inputs else (None,)
+        corrections = (False, True) if "log_q" in spec.inputs else (False,)
         for layout in layouts:
             for cosine in scores:
-                name = spec.name + (f".{layout}" if layout else "") + (".cosine" if cosine else "")
-                found.append((name, spec.name, layout, cosine))
+                for corrected in corrections:
+                    name = spec.name + (f".{layout}" if layout else "") + (".cosine" if cosine else "") + \
+                        (".log-q" if corrected else "")
+                    found.append((name, spec.name, layout, cosine, corrected))
     return found
 
 
@@ -76,12 +84,15 @@ def _example_dims(width: int) -> list[int]:
     return sorted({max(1, width >> shift) for shift in (4, 3, 2, 1, 0)})
 
 
-def example_arguments(op: str, width: int, dtype: torch.dtype, layout: str | None, cosine: bool | None) -> list:
-    """Arguments of ``op`` (by the spec's argument names) at ``width`` in ``dtype``:
-    small, well-formed, never read (the launches are only captured)."""
+def example_arguments(op: str, width: int, dtype: torch.dtype, layout: str | None, cosine: bool | None,
+                      corrected: bool = False) -> list:
+    """Arguments of ``op`` (by the spec's argument names) at ``width`` in ``dtype``
+    (with the logQ corrections if ``corrected``): small, well-formed, never read
+    (the launches are only captured)."""
     dims = _example_dims(width)
     x = make_inputs(4, width, 20, 3, dims, layout or "per-level", dtype=dtype)
     levels, acc = len(dims), acc_dtype(dtype)
+    log_q = torch.zeros(x["candidates"].shape, dtype=acc) if corrected else None
     values = {**x, "grad": torch.ones(4, dtype=dtype), "weights": torch.ones(levels),
               "coef": torch.ones(4, levels, dtype=acc), "lse": torch.ones(4, levels, dtype=acc),
               "negatives": torch.zeros(4, levels, dtype=torch.int64), "temperature": 1.0, "cosine": cosine,
@@ -89,7 +100,8 @@ def example_arguments(op: str, width: int, dtype: torch.dtype, layout: str | Non
               "k": 2, "shortlist": 5, "exclude_offsets": torch.zeros(5, dtype=torch.int64),
               "exclude_ids": torch.zeros(0, dtype=torch.int64), "factors": x["user"], "other": x["item_weight"],
               "gram": torch.eye(width, dtype=dtype), "indptr": torch.tensor([0, 2, 2, 3, 3]),
-              "indices": torch.tensor([1, 5, 0]), "alpha": 2.0, "cg_steps": 1}
+              "indices": torch.tensor([1, 5, 0]), "alpha": 2.0, "cg_steps": 1,
+              "log_q": log_q, "pos_log_q": None if log_q is None else torch.zeros(4, dtype=acc)}
     return [values[name] for name in OPS[op].inputs]
 
 
@@ -119,11 +131,11 @@ def launches(quick: bool = False) -> list[dict]:
     widths = [QUICK_WIDTH] if quick else [cfg["BLOCK_D"] for cfg in configs()]
     dtypes = {"fp32": DTYPES["fp32"]} if quick else DTYPES
     jobs, seen = [], set()
-    for name, op, layout, cosine in cases():
+    for name, op, layout, cosine, corrected in cases():
         for dtype_name, dtype in dtypes.items():
             for width in widths:
                 with captured_launches() as captured:
-                    implementations[op](*example_arguments(op, width, dtype, layout, cosine))
+                    implementations[op](*example_arguments(op, width, dtype, layout, cosine, corrected))
                 for kernel, arguments in captured:
                     signature, constexprs = _signature(kernel, arguments)
                     key = (kernel.fn.__name__, tuple(signature.items()), tuple(constexprs.items()),

@@ -8,7 +8,7 @@ from typing import Sequence
 from torch import Tensor
 
 from .. import checks  # a module import: the package and the registry import each other
-from . import reference
+from ..common import acc_dtype
 
 __all__ = ["mrl_softmax_loss", "check_log_q"]
 
@@ -43,9 +43,8 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
         log_q: optional, the shape of ``candidates``: the log of each
             candidate's sampling probability, subtracted from its logit ``s_j / t``
             (the logQ correction; :mod:`mrl_kernels.sampling`'s candidate sources
-            return it with their draws). The fused kernels do not take it: with
-            ``log_q`` or ``pos_log_q`` the reference runs (by autograd), on
-            ``backend="auto"`` or ``"torch"``.
+            return it with their draws). Every backend takes it, in the
+            accumulation dtype (float32 for half inputs); it gets no gradient.
         pos_log_q: optional ``(B,)``, subtracted from the positive's logit.
 
     Differentiable in ``user``, ``pos`` and ``item_weight`` (non-zero in the
@@ -65,15 +64,11 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
         candidates = candidates.masked_fill(candidates == row_pos, -1)
     if not isinstance(cosine, bool):
         raise TypeError(f"cosine must be a bool, got {type(cosine).__name__}")
-    if log_q is not None or pos_log_q is not None:
-        check_log_q(log_q, pos_log_q, candidates, user)
-        if backend not in ("auto", "torch"):
-            raise ValueError(f"log_q runs on the reference only (backend 'auto' or 'torch'), got backend={backend!r}")
-        loss = reference.mrl_softmax_loss(user, pos, item_weight, candidates, dims, w, temperature, cosine,
-                                          log_q, pos_log_q)
-        return checks.reduce(loss, reduction)
+    check_log_q(log_q, pos_log_q, candidates, user)
+    log_q, pos_log_q = (None if t is None else t.detach().to(acc_dtype(user.dtype)).contiguous()
+                        for t in (log_q, pos_log_q))
     loss, _ = checks.backend_operator("mrl_softmax_loss", backend, user)(user, pos, item_weight, candidates, dims, w,
-                                                          temperature, cosine)
+                                                                         temperature, cosine, log_q, pos_log_q)
     return checks.reduce(loss, reduction)
 
 

@@ -64,10 +64,11 @@ def mrl_softmax_loss_lse(user, pos, item_weight, candidates, dims, weights, temp
 def mrl_softmax_loss_backward(grad: torch.Tensor, user: torch.Tensor, pos: torch.Tensor, item_weight: torch.Tensor,
                               candidates: torch.Tensor, lse: torch.Tensor, dims: Sequence[int],
                               weights: Sequence[float] | torch.Tensor, temperature: float, cosine: bool = False,
+                              log_q: torch.Tensor | None = None, pos_log_q: torch.Tensor | None = None,
                               output_mask: Sequence[bool] = (True, True, True)
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The explicit gradient of :func:`mrl_softmax_loss` from the saved ``lse``.
-    At level l, with ``p_j = exp(s_j / t - lse_l)`` the softmax over the positive
+    At level l, with ``p_j = exp(s_j / t - log_q_j - lse_l)`` the softmax over the positive
     and pool l, ``c_j = grad * w_l / t * (p_j - [j = pos])`` is the gradient of
     the loss in score ``s_j``. For inner products ``d e_j += c_j u`` and
     ``d u += c_j e_j`` (over ``[:d_l]``); for cosines ``s_j = <u, e_j> / (|u| |e_j|)``,
@@ -88,17 +89,19 @@ def mrl_softmax_loss_backward(grad: torch.Tensor, user: torch.Tensor, pos: torch
         cosines = dots / (u_norm * e_norm)
         return c / (u_norm * e_norm), -c * cosines / e_norm ** 2, -c * cosines / u_norm ** 2
 
-    for level, (d, pool) in enumerate(zip(dims, pools(candidates, len(dims)))):
+    corrections = pools(log_q, len(dims)) if log_q is not None else [0.0] * len(dims)
+    pos_correction = 0.0 if pos_log_q is None else pos_log_q
+    for level, (d, pool, correction) in enumerate(zip(dims, pools(candidates, len(dims)), corrections)):
         valid = pool >= 0
         rows = table[pool.clamp(min=0)]
         u_norm = _prefix_norm(u, d) if cosine else ones
         p_norm, e_norm = (_prefix_norm(p, d), _prefix_norm(rows, d)) if cosine else (ones, ones)
         dots, pos_dots = prefix_scores(u[:, None, :], rows, d), prefix_scores(u, p, d)
         scale = (u_norm[:, None] * e_norm) if cosine else ones
-        probs = torch.where(valid, torch.exp(dots / scale / temperature - lse[:, level, None]), 0.0)
+        probs = torch.where(valid, torch.exp(dots / scale / temperature - correction - lse[:, level, None]), 0.0)
         cross, own, user_own = pieces(g[:, level, None] * probs, dots, u_norm[:, None] if cosine else ones, e_norm)
         pos_scale = (u_norm * p_norm) if cosine else ones
-        c_pos = g[:, level] * (torch.exp(pos_dots / pos_scale / temperature - lse[:, level]) - 1)
+        c_pos = g[:, level] * (torch.exp(pos_dots / pos_scale / temperature - pos_correction - lse[:, level]) - 1)
         p_cross, p_own, p_user_own = pieces(c_pos, pos_dots, u_norm, p_norm)
         grad_user[:, :d] += ((cross[..., None] * rows[..., :d]).sum(1) + user_own.sum(1, keepdim=True) * u[:, :d]
                              + p_cross[:, None] * p[:, :d] + p_user_own[:, None] * u[:, :d])

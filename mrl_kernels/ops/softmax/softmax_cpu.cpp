@@ -6,7 +6,8 @@
 // scores (and, for cosine scores, its prefix norms) are accumulated segment by
 // segment, and every level it serves keeps an online log-sum-exp (running
 // maximum, and the sum of exp(score - maximum)) started from the positive's
-// score. Ids < 0 are padding. The backward recomputes the scores, turns them
+// score. Ids < 0 are padding; log_q / pos_log_q, where given, are subtracted
+// from the candidates' / the positive's logits. The backward recomputes the scores, turns them
 // into softmax weights with the saved lse, and writes per candidate the
 // coefficients of its column segments; a second pass adds the candidates'
 // gradients into the item gradient with each thread owning a range of item ids
@@ -18,6 +19,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "../common.h"
@@ -90,10 +92,22 @@ inline void row_scores(const T* u, const T* row, const std::vector<int64_t>& dim
   }
 }
 
+// The logQ corrections as pointers (null where not given): log_q laid out as the
+// candidates, pos_log_q one a row.
+template <typename T>
+struct Corrections {
+  const T* candidates;
+  const T* pos;
+  T of(const int64_t* ids, const Pools& pools, int64_t m) const {  // the correction of candidate m of a pool
+    return candidates ? candidates[(ids - pools.ids) + m] : T(0);
+  }
+  T of_pos(int64_t b) const { return pos ? pos[b] : T(0); }
+};
+
 template <typename T>
 void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& item_weight, const Tensor& candidates,
                           const std::vector<int64_t>& dims, const Tensor& weights, double temperature, bool cosine,
-                          Tensor& loss, Tensor& lse) {
+                          const Corrections<T>& corrections, Tensor& loss, Tensor& lse) {
   const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
   const Rows<T> U = rows_of<T>(user), P = rows_of<T>(pos), I = rows_of<T>(item_weight);
   const Pools pools = pools_of(candidates, L);
@@ -107,8 +121,10 @@ void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& i
       const T* u = U[b];
       user_norms(u, dims, cosine, u_norms.data());
       row_scores(u, P[b], dims, 0, L - 1, cosine, u_norms.data(), pos_scores.data(), norms.data());
+      const T pos_q = corrections.of_pos(b);
       for (int64_t l = 0; l < L; ++l) {
-        top[l] = pos_scores[l] * inv_t;
+        pos_scores[l] = pos_scores[l] * inv_t - pos_q;  // the positive's logit
+        top[l] = pos_scores[l];
         total[l] = 1;
       }
       for (int64_t q = 0; q < pools.P; ++q) {
@@ -118,8 +134,9 @@ void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& i
           if (m + kPrefetch < pools.M && ids[m + kPrefetch] >= 0) prefetch_row(I[ids[m + kPrefetch]], dims[last]);
           if (ids[m] < 0) continue;
           row_scores(u, I[ids[m]], dims, first, last, cosine, u_norms.data(), scores.data(), norms.data());
+          const T correction = corrections.of(ids, pools, m);
           for (int64_t l = first; l <= last; ++l) {
-            const T x = scores[l] * inv_t;
+            const T x = scores[l] * inv_t - correction;
             if (x > top[l]) {
               total[l] = total[l] * std::exp(top[l] - x) + 1;
               top[l] = x;
@@ -132,7 +149,7 @@ void softmax_forward_impl(const Tensor& user, const Tensor& pos, const Tensor& i
       T row_loss = 0;
       for (int64_t l = 0; l < L; ++l) {
         lse_out[b * L + l] = top[l] + std::log(total[l]);
-        row_loss += static_cast<T>(w[l]) * (lse_out[b * L + l] - pos_scores[l] * inv_t);
+        row_loss += static_cast<T>(w[l]) * (lse_out[b * L + l] - pos_scores[l]);
       }
       loss_out[b] = row_loss;
     }
@@ -190,8 +207,8 @@ inline void score_gradient(const T* u, const T* row, const std::vector<int64_t>&
 template <typename T>
 void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor& pos, const Tensor& item_weight,
                            const Tensor& candidates, const Tensor& lse, const std::vector<int64_t>& dims,
-                           const Tensor& weights, double temperature, bool cosine, Tensor& grad_user,
-                           Tensor& grad_pos, Tensor& grad_items) {
+                           const Tensor& weights, double temperature, bool cosine, const Corrections<T>& corrections,
+                           Tensor& grad_user, Tensor& grad_pos, Tensor& grad_items) {
   const int64_t B = user.size(0), D = user.size(1), L = static_cast<int64_t>(dims.size());
   const Rows<T> U = rows_of<T>(user), P = rows_of<T>(pos), I = rows_of<T>(item_weight);
   const Pools pools = pools_of(candidates, L);
@@ -219,7 +236,8 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
       user_norms(u, dims, cosine, u_norms.data());
       row_scores(u, p, dims, 0, L - 1, cosine, u_norms.data(), scores.data(), norms.data());
       for (int64_t l = 0; l < L; ++l)
-        coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t * (std::exp(scores[l] * inv_t - row_lse[l]) - 1);
+        coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t *
+                  (std::exp(scores[l] * inv_t - corrections.of_pos(b) - row_lse[l]) - 1);
       score_gradient(u, p, dims, 0, L - 1, cosine, scores.data(), u_norms.data(), norms.data(), coef.data(), gu_b,
                      cross.data(), self.data(), scratch.data());
       add_by_segment(gp_b, cross.data(), u, dims, L - 1);
@@ -232,8 +250,10 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
           T* segment = rows_grad ? segments.data() + ((b * pools.P + q) * pools.M + m) * stride : unkept.data();
           const T* row = I[ids[m]];
           row_scores(u, row, dims, first, last, cosine, u_norms.data(), scores.data(), norms.data());
+          const T correction = corrections.of(ids, pools, m);
           for (int64_t l = first; l <= last; ++l)
-            coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t * std::exp(scores[l] * inv_t - row_lse[l]);
+            coef[l] = g_data[b] * static_cast<T>(w[l]) * inv_t *
+                      std::exp(scores[l] * inv_t - correction - row_lse[l]);
           score_gradient(u, row, dims, first, last, cosine, scores.data(), u_norms.data(), norms.data(), coef.data(),
                          gu_b, segment, cosine ? segment + L : self.data(), scratch.data());
         }
@@ -259,16 +279,29 @@ void softmax_backward_impl(const Tensor& grad, const Tensor& user, const Tensor&
   });
 }
 
+// An optional correction in the kernels' dtype, contiguous (undefined where not given).
+Tensor correction_of(const std::optional<Tensor>& t, const Tensor& user) {
+  return t.has_value() ? t->to(user.scalar_type()).contiguous() : Tensor();
+}
+
+template <typename T>
+Corrections<T> corrections_of(const Tensor& log_q, const Tensor& pos_log_q) {
+  return {log_q.defined() ? log_q.data_ptr<T>() : nullptr, pos_log_q.defined() ? pos_log_q.data_ptr<T>() : nullptr};
+}
+
 std::tuple<Tensor, Tensor> mrl_softmax_loss(const Tensor& user, const Tensor& pos, const Tensor& item_weight,
                                             const Tensor& candidates, at::IntArrayRef dims, const Tensor& weights,
-                                            double temperature, bool cosine) {
+                                            double temperature, bool cosine, const std::optional<Tensor>& log_q,
+                                            const std::optional<Tensor>& pos_log_q) {
   check_cpu_float(user, "user");
   const int64_t B = user.size(0), L = static_cast<int64_t>(dims.size());
   const Tensor u = user.contiguous(), p = pos.contiguous(), table = rowwise(item_weight);
   const Tensor cand = candidates.to(at::kLong).contiguous(), w = weights.to(at::kFloat).contiguous();
+  const Tensor lq = correction_of(log_q, user), plq = correction_of(pos_log_q, user);
   Tensor loss = at::empty({B}, user.options()), lse = at::empty({B, L}, user.options());
   AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_softmax_loss_cpu", [&] {
-    softmax_forward_impl<scalar_t>(u, p, table, cand, as_vector(dims), w, temperature, cosine, loss, lse);
+    softmax_forward_impl<scalar_t>(u, p, table, cand, as_vector(dims), w, temperature, cosine,
+                                   corrections_of<scalar_t>(lq, plq), loss, lse);
   });
   return {loss, lse};
 }
@@ -277,16 +310,19 @@ std::tuple<Tensor, Tensor, Tensor> mrl_softmax_loss_backward(const Tensor& grad,
                                                              const Tensor& item_weight, const Tensor& candidates,
                                                              const Tensor& lse, at::IntArrayRef dims,
                                                              const Tensor& weights, double temperature, bool cosine,
+                                                             const std::optional<Tensor>& log_q,
+                                                             const std::optional<Tensor>& pos_log_q,
                                                              std::array<bool, 3> output_mask) {
   check_cpu_float(user, "user");
   const Tensor u = user.contiguous(), p = pos.contiguous(), table = rowwise(item_weight);
   const Tensor cand = candidates.to(at::kLong).contiguous(), w = weights.to(at::kFloat).contiguous();
   const Tensor g = grad.to(user.scalar_type()).contiguous(), saved = lse.to(user.scalar_type()).contiguous();
+  const Tensor lq = correction_of(log_q, user), plq = correction_of(pos_log_q, user);
   Tensor grad_user = at::empty(user.sizes(), user.options()), grad_pos = at::empty(pos.sizes(), pos.options());
   Tensor grad_items = output_mask[2] ? at::zeros(item_weight.sizes(), item_weight.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(user.scalar_type(), "mrl_softmax_loss_backward_cpu", [&] {
-    softmax_backward_impl<scalar_t>(g, u, p, table, cand, saved, as_vector(dims), w, temperature, cosine, grad_user,
-                                    grad_pos, grad_items);
+    softmax_backward_impl<scalar_t>(g, u, p, table, cand, saved, as_vector(dims), w, temperature, cosine,
+                                    corrections_of<scalar_t>(lq, plq), grad_user, grad_pos, grad_items);
   });
   return masked(grad_user, grad_pos, grad_items, output_mask, user.options());
 }
