@@ -221,22 +221,21 @@ def route_bytes(route: str, world: int, batch: int = BATCH) -> int:
     (a share ``(W - 1) / W`` of what it asks of the sharded tables, the rest
     being its own rows). Composed: the candidates' ids (int64) and rows, the
     chosen rows and the positives with their gradients, the users with theirs.
-    Sharded: the batch's user ids all-gathered and their rows read from the
-    user shards (an all-reduce of ``B x (D + 1)``; an all-reduce moves about
-    twice its size), every rank's (score, id) pairs (float64), the ``(B, L)``
-    score sum with its gradient, the users' gradients reduce-scattered, and
-    the one lookup's users and positives (the winners a rank owns stay on it)."""
+    Sharded: the batch's user rows read from the user shards (an all-reduce of
+    ``B x (D + 1)``; an all-reduce moves about twice its size), every rank's
+    (score, id) pairs (float64), the winners' score gradients gathered, the
+    users' gradients reduce-scattered, and the one lookup's users and
+    positives (the winners a rank owns stay on it)."""
     share, local = (world - 1) / world, batch // world
     lookups = 2 * (local + local) * WIDTH * 4  # users and positives, forward rows and backward gradients
     if route == "composed":
         candidates = local * LEVELS * PER_LEVEL * (8 + WIDTH * 4)
         chosen = 2 * local * LEVELS * (8 + WIDTH * 4)
         return int(share * (lookups + candidates + chosen))
-    ids = batch * 8
     users = 2 * batch * (WIDTH + 1) * 4 + batch * WIDTH * 4
     pairs = batch * LEVELS * 16
-    scores = 2 * 2 * batch * LEVELS * 4
-    return int(share * (lookups + ids + users + pairs + scores))
+    score_gradients = batch * LEVELS * 4
+    return int(share * (lookups + users + pairs + score_gradients))
 
 
 def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, out: str) -> None:
@@ -273,7 +272,7 @@ def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, o
     def sharded_route():
         users, pos = batch()
         cand = mrl.draw(users, (LEVELS, max(1, PER_LEVEL // world)), generator=g)
-        loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand)
+        loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand, every_user=users)
         loss.backward()
 
     pos_rows = torch.randn(local, WIDTH, requires_grad=True)
@@ -282,7 +281,7 @@ def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, o
         users, _ = batch()
         cand = mrl.draw(users, (LEVELS, max(1, PER_LEVEL // world)), generator=g)
         user_shard, user_offset = mrl.local(USER_TABLE)
-        every_user = sharded.batch_rows(user_shard, sharded.gather_rows(users[mine]), offset=user_offset)
+        every_user = sharded.batch_rows(user_shard, users, offset=user_offset)
         shard_rows, offset = mrl.local()
         choice = sharded.mns_sample(every_user, shard_rows, cand, dims, offset=offset, gathered=True)
         neg_rows = shard_rows[choice.owned_ids - offset].detach().requires_grad_()

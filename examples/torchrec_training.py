@@ -55,7 +55,7 @@ def train(dataset: data.Dataset, dims=(4, 8, 16, 32, 64), epochs: int = 20, batc
             users, pos = users_all[rows], items_all[rows]
             mine = slice(rank * per_rank, (rank + 1) * per_rank)
             cand = mrl.draw(users, (len(dims), share), exclude=dataset.train, generator=draw_gen)
-            loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand, l2=l2)
+            loss, _ = mrl.mns_bpr_loss(users[mine], pos[mine], cand, l2=l2, every_user=users)
             loss.backward()  # the fused optimizer updates the rows looked up
             total += float(loss.detach())
             steps += 1

@@ -14,11 +14,11 @@ exactly what the one-process operators give on that pool:
   the best over ranks (ties to the lowest rank, that is to the lowest position
   in the pool, as :func:`mrl_kernels.mns_sample` does) from one all-gather of
   ``W x B x L`` pairs. A :class:`Choice` says which winners a rank owns.
-- :func:`mrl_bpr_loss` scores each winner on its owner and sums the ``(B, L)``
-  scores over ranks; the owner alone receives the gradient of its rows. The
-  users' vectors it scores are those :func:`mns_sample` gathered: its forward
-  moves none again, its backward sums their gradients to their ranks (one
-  reduce-scatter of ``B x D``).
+- :func:`mrl_bpr_loss` takes each winner's score from those pairs and the
+  users' vectors :func:`mns_sample` gathered, so its forward exchanges
+  nothing; its backward gathers the scores' gradients (``B x L``), the owner
+  of each winner alone receives the gradient of its row, and one
+  reduce-scatter (``B x D``) sums the users' gradients to their ranks.
 - :func:`batch_rows` reads rows of a row-sharded table (e.g. the batch's
   users) on every rank without a lookup: each rank fills the rows it holds,
   one all-reduce. A trainer over sharded tables can then choose the negatives
@@ -30,8 +30,8 @@ exactly what the one-process operators give on that pool:
   entropy does), with an optional logQ correction.
 
 Bytes exchanged per step: the users' ``B x D`` (forward all-gather, backward
-reduce), a few ``B x L`` scores and ids, against ``B x L x M x D`` when the
-candidates' rows are gathered through the sharded lookup.
+reduce-scatter), a few ``B x L`` scores and ids, against ``B x L x M x D`` when
+the candidates' rows are gathered through the sharded lookup.
 
 Losses follow the one-process operators with one convention: the returned
 value is this rank's rows' share, so that the ranks' losses **sum** to the
@@ -108,6 +108,24 @@ def batch_rows(shard: Tensor, ids: Tensor, *, offset: int, group=None) -> Tensor
     return rows[:, :-1]
 
 
+class _WinnerScores(torch.autograd.Function):
+    """The winners' scores of this rank's rows (``(B_r, L)``, the values
+    :func:`mns_sample` chose by: no exchange) as a function of the scores of
+    the winners this rank owns (``owned_scores`` ``(B, L)``, zeros elsewhere):
+    the backward gathers every rank's gradient and keeps the owned entries."""
+
+    @staticmethod
+    def forward(ctx, owned_scores, scores, owned, group):
+        ctx.save_for_backward(owned)
+        ctx.group = group
+        return scores[_own_rows(scores.shape[0], group)].clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (owned,) = ctx.saved_tensors
+        return _all_gather(grad, ctx.group).masked_fill(~owned, 0.0), None, None, None
+
+
 class _Gathered(torch.autograd.Function):
     """``users`` (the batch's ``(B, D)`` vectors, every rank's rows in rank
     order, already gathered) as a function of this rank's rows ``user``: the
@@ -137,10 +155,6 @@ def _rows(table: Tensor, ids: Tensor) -> Tensor:
     return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
 
 
-def _rows_of_rank(x: Tensor, group) -> Tensor:
-    return x[_own_rows(x.shape[0], group)]
-
-
 def _check_offset(offset) -> None:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"offset must be a non-negative int (the global id of the shard's first row), got {offset!r}")
@@ -162,12 +176,14 @@ def _local_ids(candidates: Tensor, shard: Tensor, offset: int, padding: bool = F
 class Choice:
     """What :func:`mns_sample` chose: ``negatives`` ``(B, L)`` global ids for
     every row of the batch, ``owned`` ``(B, L)`` whether this rank holds the
-    row of each, and ``users`` the ``(B, D)`` user vectors it scored (every
-    rank's, no gradient: :func:`mrl_bpr_loss` scores them again)."""
+    row of each, ``users`` the ``(B, D)`` user vectors it scored (every
+    rank's) and ``scores`` ``(B, L)`` the winners' scores (no gradient:
+    :func:`mrl_bpr_loss` gives them theirs)."""
 
     negatives: Tensor
     owned: Tensor
     users: Tensor
+    scores: Tensor
 
     @property
     def owned_ids(self) -> Tensor:
@@ -215,7 +231,8 @@ def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[i
             better = (score > best) | (score.isnan() & ~best.isnan())  # NaN first, as argmax
             winner = winner.masked_fill(better, rank)
             best, negatives = torch.where(better, score, best), torch.where(better, everyone[rank, 1], negatives)
-    return Choice(negatives=negatives.long(), owned=winner == dist.get_rank(group), users=users)
+    return Choice(negatives=negatives.long(), owned=winner == dist.get_rank(group), users=users,
+                  scores=best.to(scores.dtype))
 
 
 def _all_gather(x: Tensor, group) -> Tensor:
@@ -228,7 +245,8 @@ def _all_gather(x: Tensor, group) -> Tensor:
 def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, dims: Sequence[int],
                  weights: Sequence[float] | Tensor | None = None, reduction: str = "mean", *, group=None) -> Tensor:
     """The MRL loss of :func:`mrl_kernels.mrl_bpr_loss` for this rank's rows,
-    the negatives' scores computed on their owners.
+    the negatives' scores those :func:`mns_sample` chose by, their gradients
+    computed on their owners.
 
     Args:
         user, pos: ``(B_r, D)`` this rank's user and positive vectors (``user``
@@ -236,7 +254,8 @@ def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, di
             given to :func:`mns_sample`; its gradient sums every rank's use).
         neg_rows: ``(K, D)`` the rows of ``choice.owned_ids`` (looked up with
             gradient, e.g. ``shard[choice.owned_ids - offset]`` or through a
-            sharded embedding's local lookup): only the owner gets their gradient.
+            sharded embedding's local lookup): only the owner gets their
+            gradient; rows whose scores are not the chosen ones are refused.
         choice: from :func:`mns_sample`.
         reduction: ``"mean"`` (this rank's rows summed over the global batch:
             the ranks' values sum to the one-process mean), ``"sum"`` or ``"none"``
@@ -262,9 +281,13 @@ def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, di
     counts = owned.sum(1).tolist()
     scores = torch.cat([prefix_scores(u, e, d) for u, e, d in
                         zip(_rows(users, rows).split(counts), _rows(neg_rows, position[owned]).split(counts), dims)])
+    chosen_by = choice.scores.T[owned]
+    if not torch.allclose(scores.detach(), chosen_by, rtol=1e-4, atol=1e-5, equal_nan=True):
+        raise ValueError("neg_rows must be the rows of choice.owned_ids: their scores differ from the ones "
+                         "mns_sample chose them by")
     owned_scores = torch.zeros(owned.shape, dtype=acc_dtype(user.dtype), device=user.device)
-    neg_scores = _all_reduce_sum(owned_scores.masked_scatter(owned, scores).T.contiguous(), group)  # an owner each
-    neg_scores = _rows_of_rank(neg_scores, group)
+    owned_scores = owned_scores.masked_scatter(owned, scores).T
+    neg_scores = _WinnerScores.apply(owned_scores, choice.scores, choice.owned, group)
     margins = neg_scores - torch.stack([prefix_scores(user, pos, d) for d in dims], 1)
     loss = (w.to(margins.dtype) * F.softplus(margins)).sum(1).to(user.dtype)
     return _reduce(loss, reduction, users.shape[0])

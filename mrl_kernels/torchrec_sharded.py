@@ -131,14 +131,24 @@ class ShardedMRL:
         return out.view(users.shape[0], *shape)
 
     def mns_bpr_loss(self, users: Tensor, pos: Tensor, candidates: Tensor, weights=None, l2: float = 0.0,
-                     backend: str = "auto") -> tuple[Tensor, Tensor]:
+                     backend: str = "auto", every_user: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(loss, negatives)`` for this rank's batch rows ``users``, ``pos``
         (``(B_r,)`` ids), ``candidates`` this rank's share of every row's pool
         (:meth:`draw`, ``(B, m)`` or ``(B, L, m)``); the negatives ``(B, L)``
         global ids of the whole batch. ``l2`` adds the trainer's term
-        ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` (each negative on its owner)."""
+        ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` (each negative on its owner).
+        ``every_user``: the whole batch's user ids ``(B,)`` (every rank's rows
+        in rank order, as :meth:`draw` takes them) where the caller has them;
+        otherwise they are gathered."""
         user_rows, user_offset = self.local(USERS)
-        every_user = sharded.batch_rows(user_rows, sharded.gather_rows(users.long()), offset=user_offset)
+        if every_user is None:
+            every_user = sharded.gather_rows(users.long())
+        elif every_user.shape != (users.shape[0] * self.world,) or \
+                not torch.equal(every_user[self.rank * users.shape[0]:(self.rank + 1) * users.shape[0]], users):
+            raise ValueError(f"every_user must be the whole batch's {users.shape[0] * self.world} user ids, this "
+                             f"rank's users at rows [{self.rank * users.shape[0]}, "
+                             f"{(self.rank + 1) * users.shape[0]})")
+        every_user = sharded.batch_rows(user_rows, every_user.long(), offset=user_offset)
         shard_rows, offset = self.local()
         choice = sharded.mns_sample(every_user, shard_rows, candidates, self.dims, offset=offset, gathered=True,
                                     backend=backend)

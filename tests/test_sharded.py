@@ -189,6 +189,8 @@ def check_batch_rows(rank: int, world: int) -> None:
     assert_close(st.grad, t.grad[lo:hi], 1e-12, 1e-12, "d shard")
     with pytest.raises(ValueError, match="user must equal this rank's rows of choice.users"):
         sharded.mrl_bpr_loss(su + 1, sp, st[choice.owned_ids - lo], choice, DIMS)
+    with pytest.raises(ValueError, match="neg_rows must be the rows of choice.owned_ids"):
+        sharded.mrl_bpr_loss(su, sp, st[choice.owned_ids - lo] + 1, choice, DIMS)
     with pytest.raises(ValueError, match="ids must be rows of the table, each held by one rank: id 29"):
         sharded.batch_rows(table[lo:hi], torch.tensor([0, 29]), offset=lo)
     with pytest.raises(ValueError, match="ids must be a one-dimensional integer tensor"):

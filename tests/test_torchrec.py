@@ -50,7 +50,9 @@ def step_and_compare(rank: int, world: int, loss_name: str) -> None:
     pool = everyone(cand)
     u, t = user_table.clone().requires_grad_(), item_table.clone().requires_grad_()
     if loss_name == "mns":
-        loss, negatives = mrl.mns_bpr_loss(users[mine], pos[mine], cand)
+        with pytest.raises(ValueError, match="every_user must be the whole batch's 6 user ids"):
+            mrl.mns_bpr_loss(users[mine], pos[mine], cand, every_user=users[:3])
+        loss, negatives = mrl.mns_bpr_loss(users[mine], pos[mine], cand)  # the example passes every_user
         want, want_neg = mk.mns_bpr_loss(u[users], t[pos], t, pool, DIMS, backend="torch")
         assert torch.equal(negatives, want_neg)
     else:
