@@ -290,12 +290,12 @@ def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, o
 
     # the routes interleaved, each step after a barrier: a drift of the machine (2 processes sharing its cores with
     # gloo's threads) falls on all of them alike
-    _, item_offset = mrl.local()
-    item_rows = mrl.local()[0].shape[0]
+    item_shard, item_offset = mrl.local()
 
     def lookup_alone():  # the sharded route's torchrec part: its one lookup with gradient and the fused backward
         users, pos = batch()
-        owned = torch.randint(item_offset, item_offset + item_rows, (BATCH * LEVELS // world,), generator=g)
+        owned = torch.randint(item_offset, item_offset + item_shard.shape[0], (BATCH * LEVELS // world,),
+                              generator=g)
         rows = mrl.lookup(users=users[mine], pos=pos[mine], neg=owned, batch=local)
         sum(r.sum() for r in rows.values()).backward()
 
