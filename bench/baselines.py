@@ -31,9 +31,9 @@ import scipy.sparse as sp
 import torch
 from threadpoolctl import threadpool_limits
 
-from mrl_kernels import data
+from mrl_kernels.training import data
 from mrl_kernels.atomic import atomic_write
-from mrl_kernels.metrics import evaluate
+from mrl_kernels.training.metrics import evaluate
 
 WIDTHS = (4, 8, 16, 32, 64)
 GRIDS = {

@@ -1,4 +1,4 @@
-"""The full-ranking evaluation that :mod:`mrl_kernels.metrics` replaced, kept as
+"""The full-ranking evaluation that :mod:`mrl_kernels.training.metrics` replaced, kept as
 the baseline of ``python -m bench.scale --evaluation`` and of the tests that
 show the one-pass evaluation gives the same metrics: each width on its own, a
 ``(users, N)`` score product per batch of users (as many as 1 GiB of scores and
@@ -10,8 +10,8 @@ from typing import Sequence
 
 import torch
 
-from mrl_kernels.data import CSR
-from mrl_kernels.metrics import KS
+from mrl_kernels.ops import CSR
+from mrl_kernels.training.metrics import KS
 
 __all__ = ["dense_evaluate", "dense_prefix_evaluate"]
 

@@ -12,7 +12,7 @@ import sys
 import torch
 
 import mrl_kernels as mk
-from mrl_kernels.testing import make_inputs
+from mrl_kernels.ops.testing import make_inputs
 
 from .timing import median_ms
 

@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from mrl_kernels import data
+from mrl_kernels.training import data
 from mrl_kernels.atomic import atomic_write
-from mrl_kernels.trainer import CHECKPOINT, TrainConfig, train
+from mrl_kernels.training import CHECKPOINT, TrainConfig, train
 
 from .baselines import _matrix, fit
 from .reproduce import width_axes

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mrl_kernels.objectives import OBJECTIVES
+from mrl_kernels.training.objectives import OBJECTIVES
 
 from .timing import median_ms
 from .workloads import backends, workload
@@ -68,7 +68,7 @@ def op_table(device: str, batches, repeats: int, limits: dict) -> pd.DataFrame:
 
 EPOCH_RUN = """
 import json, resource, sys
-from mrl_kernels.trainer import TrainConfig, train
+from mrl_kernels.training import TrainConfig, train
 r = train(TrainConfig(dataset="phone", data_dir=sys.argv[1], method=sys.argv[2], backend=sys.argv[3],
                       epochs=2, eval_every=2, out=sys.argv[4], progress=False), log=lambda _: None)
 print(json.dumps({"seconds_per_epoch": r["seconds_per_epoch"],

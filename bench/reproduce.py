@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrl_kernels.objectives import OBJECTIVES
-from mrl_kernels.trainer import RECIPES
+from mrl_kernels.training.objectives import OBJECTIVES
+from mrl_kernels.training import RECIPES
 
 DATASETS = ("phone", "tool")
 MODELS = ("mf", "lightgcn")
@@ -53,8 +53,8 @@ def run_one(job: tuple) -> str:
     dataset, model, method, seed, protocol, data_dir, root = job
     import torch
 
-    from mrl_kernels import data
-    from mrl_kernels.trainer import CHECKPOINT, PAPER_RECIPE, TrainConfig, train
+    from mrl_kernels.training import data
+    from mrl_kernels.training import CHECKPOINT, PAPER_RECIPE, TrainConfig, train
 
     torch.set_num_threads(1)  # one run per core
     out = Path(root) / (f"{dataset}-{model}-{method}-s{seed}" + SUFFIX[protocol])

@@ -48,9 +48,9 @@ import pandas as pd
 import torch
 
 import mrl_kernels as mk
-from mrl_kernels import data
+from mrl_kernels.training import data
 from mrl_kernels.serving import load_run
-from mrl_kernels.trainer import TrainConfig, train
+from mrl_kernels.training import TrainConfig, train
 
 from .timing import median_ms
 
@@ -104,7 +104,7 @@ def nested_quality(args, run) -> pd.DataFrame:
                                                               stage[1])
             for shortlist in (200, 1000):
                 if index is None:
-                    ids = run.index.search(query, K, width, shortlist, exclude)[1]
+                    ids = run.index.search(query, K, width=width, shortlist=shortlist, exclude=exclude)[1]
                 else:
                     if stage[0].startswith("HNSW"):
                         index.set_params(efSearch=shortlist)

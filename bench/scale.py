@@ -7,14 +7,14 @@ the fused operator and fused Adam over dense tables; ``sparse``: ``--sparse``,
 row-sparse lookups and lazy Adam), the median time of one MRL-M training step
 (B 2048, 5 levels x 16 candidates, D 64, 30,000 users, one thread: the trainer's
 own step), the process's peak memory, and the time to evaluate 1,000 users by
-full ranking at full width (``mrl_kernels.metrics.evaluate``). Each (N, path) runs in its own
+full ranking at full width (``mrl_kernels.training.metrics.evaluate``). Each (N, path) runs in its own
 process, so its peak memory is its own; a process that runs out of memory is
 reported as such.
 
 ``python -m bench.scale --evaluation`` writes
 ``bench/results/scale-eval-<machine>-1thread-<date>.{md,json}``: a run's final
 evaluation (the test at every prefix width) at 10^6 items, per 1000 users, by the
-evaluation :mod:`mrl_kernels.metrics` replaced (``bench/dense_eval.py``: a
+evaluation :mod:`mrl_kernels.training.metrics` replaced (``bench/dense_eval.py``: a
 ``(users, N)`` product per width, dense masks, ``torch.topk``) and by the one-pass
 one, side by side in one process; with ``--models`` (run folders of phone / tool)
 both evaluations' metrics on those models, and how many top-50 rankings a
@@ -30,7 +30,7 @@ fused RowWiseAdagrad, one thread a process) and the bytes a rank receives per
 step, for the **composed** route (the candidates' rows gathered through the
 sharded lookup, ``mns_sample`` on them, the chosen rows looked up with
 gradient, ``mrl_bpr_loss``) and the **sharded** one
-(:mod:`mrl_kernels.sharded`: each rank scores its own share of every pool on
+(:mod:`mrl_kernels.distributed.sharded`: each rank scores its own share of every pool on
 its local shard), and the sharded route's two parts alone: its operators and
 collectives (without torchrec), and its one torchrec lookup with gradient and
 the fused backward (the batch's users and positives, and as many ids of the
@@ -57,9 +57,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mrl_kernels import data
-from mrl_kernels.metrics import evaluate, prefix_evaluate
-from mrl_kernels.trainer import PAPER_RECIPE, Fit, TrainConfig
+from mrl_kernels.training import data
+from mrl_kernels.training.metrics import evaluate, prefix_evaluate
+from mrl_kernels.training import PAPER_RECIPE, Fit, TrainConfig
 
 from .dense_eval import dense_prefix_evaluate
 from .timing import median_ms
@@ -70,7 +70,7 @@ USERS, INTERACTIONS, BATCH = 30_000, 300_000, 2048
 
 def one(n_items: int, sparse: bool, repeats: int) -> dict:
     """In this process (its peak memory is the measurement's): the median step
-    time of the trainer's own :class:`~mrl_kernels.trainer.Fit` on ``n_items``
+    time of the trainer's own :class:`~mrl_kernels.training.Fit` on ``n_items``
     items, the time to evaluate 1,000 users, and the peak memory."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -203,7 +203,7 @@ def evaluation_main(args) -> int:
             f"## The test at widths {DIMS}, per 1000 users\n\n"
             f"{EVAL_ITEMS} items, D {DIMS[-1]}, {USERS} users, {INTERACTIONS} random training interactions, one "
             f"validation and one test item for each of {EVAL_USERS} users, random tables; the replaced evaluation "
-            f"(bench/dense_eval.py) and the one-pass one (mrl_kernels.metrics.prefix_evaluate) in one process.\n\n"
+            f"(bench/dense_eval.py) and the one-pass one (mrl_kernels.training.metrics.prefix_evaluate) in one process.\n\n"
             + pd.DataFrame([cost]).drop(columns=["widths"]).to_markdown(index=False, floatfmt=".3g")
             + ("\n\n## The same metrics on trained models\n\n" + pd.DataFrame(same).to_markdown(index=False)
                if same else "")
@@ -241,8 +241,9 @@ def route_bytes(route: str, world: int, batch: int = BATCH) -> int:
 def _route_rank(rank: int, world: int, store: str, n_items: int, repeats: int, out: str) -> None:
     import torch.distributed as dist
 
-    from mrl_kernels import mns_sample, mrl_bpr_loss, sharded
-    from mrl_kernels.torchrec_sharded import USERS as USER_TABLE, ShardedMRL, embedding_collection, shard
+    from mrl_kernels import mns_sample, mrl_bpr_loss
+    from mrl_kernels.distributed import sharded
+    from mrl_kernels.distributed.torchrec_sharded import USERS as USER_TABLE, ShardedMRL, embedding_collection, shard
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)

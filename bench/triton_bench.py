@@ -36,7 +36,7 @@ import triton
 
 import mrl_kernels as mk
 from mrl_kernels.ops import triton_common
-from mrl_kernels.testing import make_inputs
+from mrl_kernels.ops.testing import make_inputs
 
 from . import costs
 from .timing import median_ms

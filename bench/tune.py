@@ -33,12 +33,13 @@ import optuna
 import pandas as pd
 import torch
 
-from mrl_kernels import data, load_run
+from mrl_kernels import load_run
+from mrl_kernels.training import data
 from mrl_kernels.atomic import atomic_write
-from mrl_kernels.metrics import prefix_evaluate
-from mrl_kernels.sampling import LAYOUTS
-from mrl_kernels.trainer import CHECKPOINT, TrainConfig, recipe, train
-from mrl_kernels.trainer.config import METHODS, SOLVED
+from mrl_kernels.training.metrics import prefix_evaluate
+from mrl_kernels.ops import LAYOUTS
+from mrl_kernels.training import CHECKPOINT, TrainConfig, recipe, train
+from mrl_kernels.training.config import METHODS, SOLVED
 
 SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before a trial stops
 

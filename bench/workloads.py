@@ -4,7 +4,7 @@ pytest-benchmark suite (``pytest bench/ --benchmark-only``) and the report
 from __future__ import annotations
 
 import mrl_kernels as mk
-from mrl_kernels.testing import make_inputs
+from mrl_kernels.ops.testing import make_inputs
 
 from . import costs
 

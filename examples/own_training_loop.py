@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import mrl_kernels as mk
-from mrl_kernels import data
-from mrl_kernels.metrics import evaluate
+from mrl_kernels.training import data
+from mrl_kernels.training.metrics import evaluate
 
 DIMS = (4, 8, 16, 32, 64)
 

@@ -1,6 +1,6 @@
 """MRL-M (MNS + the MRL loss) over torchrec tables sharded row-wise, without
 moving candidate rows: each rank draws its share of every pool from its own
-item rows and scores it on its local shard (:mod:`mrl_kernels.sharded`); the
+item rows and scores it on its local shard (:mod:`mrl_kernels.distributed.sharded`); the
 tables are updated by torchrec's fused RowWiseAdagrad.
 
 Needs the torchrec extra (``pip install "mrl_kernels[torchrec]"``). Run, e.g.
@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mrl_kernels import data
+from mrl_kernels.training import data
 from mrl_kernels.atomic import atomic_write_text
-from mrl_kernels.metrics import evaluate
-from mrl_kernels.torchrec_sharded import ITEMS, USERS, ShardedMRL, embedding_collection, shard
+from mrl_kernels.training.metrics import evaluate
+from mrl_kernels.distributed.torchrec_sharded import ITEMS, USERS, ShardedMRL, embedding_collection, shard
 
 
 def train(dataset: data.Dataset, dims=(4, 8, 16, 32, 64), epochs: int = 20, batch_size: int = 2048,

@@ -11,9 +11,8 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 - :func:`nested_als_solve`: one side's solve of nested (Matryoshka) least squares.
 - :func:`sample_candidates`: uniform candidate ids with exclusion.
 """
-from .ops import mns_bpr_loss, mns_sample, mrl_bpr_loss, mrl_softmax_loss, nested_als_solve, prefix_topk
-from .registry import available_backends
-from .sampling import sample_candidates
+from .ops import (CSR, available_backends, mns_bpr_loss, mns_sample, mrl_bpr_loss, mrl_softmax_loss, nested_als_solve,
+                  prefix_topk, sample_candidates)
 from .serving import MatryoshkaIndex, NestedIndex, load_run
 
 __version__ = "0.1.0"

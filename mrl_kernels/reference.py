@@ -8,6 +8,7 @@ from .ops.als.reference import coordinate_weights, nested_als_solve, nested_gram
 from .ops.mns.reference import (level_margins, mns_bpr_loss, mns_sample, mrl_bpr_coef, mrl_bpr_loss,
                                 mrl_bpr_loss_backward)
 from .ops.prefix_topk.reference import excluded_mask, prefix_topk, shortlist_rerank
+from .ops.lazy_adam.reference import lazy_adam
 from .ops.softmax.reference import mrl_softmax_loss, mrl_softmax_loss_backward, mrl_softmax_loss_lse
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "nested_gram",
     "nested_products",
     "nested_als_solve",
+    "lazy_adam",
 ]

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["acc_dtype", "acc", "prefix_scores", "pools", "masked", "COSINE_EPS", "LAYOUTS"]
+__all__ = ["acc_dtype", "acc", "prefix_scores", "pools", "masked", "reduce", "COSINE_EPS", "LAYOUTS"]
 
 COSINE_EPS = 1e-12  # prefix norms are clamped here, as in F.normalize (the Triton and C++ kernels too)
 # candidate layouts: a (B, L, M) pool per level, or one (B, M) pool shared by every level
@@ -41,3 +41,12 @@ def pools(candidates: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
 def masked(gradients, output_mask: Sequence[bool]) -> tuple[torch.Tensor, ...]:
     """``gradients`` with the ones ``output_mask`` masks replaced by empty tensors."""
     return tuple(g if needed else g.new_empty(0) for g, needed in zip(gradients, output_mask))
+
+
+def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``loss`` per row, summed (``"sum"``), averaged (``"mean"``) or as it is (``"none"``)."""
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss

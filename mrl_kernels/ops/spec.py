@@ -3,7 +3,7 @@
 Each operator folder (:data:`PACKAGES`) has a ``spec.py`` whose ``SPECS`` are
 :class:`OpSpec` entries: name, schema, shape (fake) function and gradient
 rule. Every backend's ``torch.library`` registration is made from :data:`OPS`
-(:mod:`mrl_kernels.library`); a backend only supplies implementations, one
+(:mod:`mrl_kernels.ops.library`); a backend only supplies implementations, one
 module per operator folder (``reference.py`` for ``"torch"``, ``triton.py`` for
 ``"triton"``, a ``*_cpu.cpp`` source for ``"cpp"``).
 
@@ -27,7 +27,7 @@ __all__ = ["NAMESPACE", "PACKAGES", "OpSpec", "OPS", "qualified_name", "fake_gra
 
 NAMESPACE = "mrl_kernels"
 # the operator folders of mrl_kernels.ops, each with spec.py, reference.py, triton.py and a C++ source
-PACKAGES = ("mns", "softmax", "prefix_topk", "als")
+PACKAGES = ("mns", "softmax", "prefix_topk", "als", "lazy_adam")
 
 
 def qualified_name(op: str, backend: str) -> str:
@@ -50,6 +50,11 @@ class OpSpec:
     @property
     def inputs(self) -> list[str]:
         return [a.name for a in self.parsed.arguments]
+
+    @property
+    def mutated(self) -> tuple[str, ...]:
+        """The inputs it writes in place (``Tensor(a!)`` in the schema)."""
+        return tuple(a.name for a in self.parsed.arguments if a.alias_info is not None and a.alias_info.is_write)
 
     @property
     def outputs(self) -> list[str]:

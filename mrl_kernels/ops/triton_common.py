@@ -10,7 +10,7 @@ through its strides, so non-contiguous inputs work; switches are UPPER_CASE
 placeholder (:func:`placeholder`), never another tensor.
 
 :func:`captured_launches` records the launches instead of running them: the
-compile-only check (:mod:`mrl_kernels.backends.triton.aot`) takes each kernel's
+compile-only check (:mod:`mrl_kernels.ops.backends.triton.aot`) takes each kernel's
 signature and constants from the launchers themselves.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends.triton import interpreting
+from .backends.triton import interpreting
 
 __all__ = ["COSINE_EPS", "level_scores", "row_block", "load_rows", "column", "segment_columns", "TILE", "WARPS",
            "config", "configs", "level_meta", "strides", "no_strides", "placeholder", "launch", "captured_launches"]

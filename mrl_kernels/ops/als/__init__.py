@@ -4,25 +4,18 @@ folder holds its spec (``spec.py``), reference (``reference.py``), Triton kernel
 (``triton.py``) and C++ kernel (``als_cpu.cpp``)."""
 from __future__ import annotations
 
-from numbers import Real
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .. import checks  # a module import: the package and the registry import each other
+from .. import _checks as checks, registry
+from ..common import reduce
 from .reference import coordinate_weights, nested_gram, nested_mask
 
 __all__ = ["nested_als_solve", "nested_gram", "nested_mask", "coordinate_weights", "ALS_DTYPES"]
 
 ALS_DTYPES = (torch.float32, torch.float64)  # least squares in half precision would not converge
-
-
-def _check_scalar(name: str, value, low: float, strict: bool) -> float:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and (value > low if strict else value >= low)
-    if not ok or not float(value) < float("inf"):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
-    return float(value)
 
 
 def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequence[int], weights=None, *,
@@ -42,7 +35,7 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
         other: ``(N, D)`` the other side's vectors, fixed.
         interactions: the rows' observed items, a CSR with ``indptr`` (R + 1,) and
             ``indices`` (ids in ``[0, N)``), tensors or arrays (e.g. a
-            :class:`~mrl_kernels.data.CSR`, or ``transpose()`` of one for the other
+            :class:`~mrl_kernels.ops.CSR`, or ``transpose()`` of one for the other
             side); a row with none is zero (its exact solution).
         dims: nested widths, the last ``D``.
         weights: per-level weights ``w_l`` (>= 0; default ``1 / L`` each).
@@ -62,9 +55,9 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
         raise ValueError(f"other has width {other.shape[1]} but factors has width {width}")
     dims = checks.check_dims(dims, width)
     weights = checks.check_weights(weights, len(dims), factors.device)
-    alpha = _check_scalar("alpha", alpha, 0.0, strict=True)
-    reg = _check_scalar("reg", reg, 0.0, strict=False)
-    cg_steps = checks.check_positive("cg_steps", cg_steps)
+    alpha = checks.check_real("alpha", alpha, low=0.0, low_open=True)
+    reg = checks.check_real("reg", reg, low=0.0)
+    cg_steps = checks.check_int("cg_steps", cg_steps)
     if not (hasattr(interactions, "indptr") and hasattr(interactions, "indices")):
         raise TypeError(f"interactions must be a CSR with indptr and indices, got {type(interactions).__name__}")
     indptr, indices = checks.check_csr("interactions", interactions.indptr, interactions.indices, factors.device)
@@ -72,5 +65,5 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
         raise ValueError(f"interactions has {len(indptr) - 1} rows but factors has {rows}")
     indices = checks.check_ids("indices", indices, other.shape[0], factors.device)
     gram = nested_gram(other, dims, weights, reg)
-    solve = checks.backend_operator("nested_als_solve", backend, factors)
+    solve = registry.operator_for("nested_als_solve", backend, factors)
     return solve(factors, other, gram, indptr, indices, dims, weights, alpha, cg_steps)

@@ -2,14 +2,15 @@
 fused in :func:`mns_bpr_loss`. This folder holds their spec (``spec.py``),
 reference (``reference.py``), Triton kernels (``triton.py``) and C++ kernels
 (``mns_cpu.cpp``). Every function takes ``backend="auto" | "torch" | "triton" |
-"cpp"`` (:mod:`mrl_kernels.registry`)."""
+"cpp"`` (:mod:`mrl_kernels.ops.registry`)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 from torch import Tensor
 
-from .. import checks  # a module import: the package and the registry import each other
+from .. import _checks as checks, registry
+from ..common import reduce
 
 __all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss"]
 
@@ -31,7 +32,7 @@ def mns_sample(user: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequ
         position in the pool. Not differentiable.
     """
     candidates, dims = checks.check_sampling(user, item_weight, candidates, dims)
-    return checks.backend_operator("mns_sample", backend, user)(user, item_weight, candidates, dims)
+    return registry.operator_for("mns_sample", backend, user)(user, item_weight, candidates, dims)
 
 
 def mrl_bpr_loss(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int],
@@ -61,8 +62,8 @@ def mrl_bpr_loss(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int],
         raise ValueError(f"neg must have L = len(dims) = {len(dims)} vectors per row, got {neg.shape[1]}")
     w = checks.check_weights(weights, len(dims), user.device)
     reduction = checks.check_reduction(reduction)
-    loss, _ = checks.backend_operator("mrl_bpr_loss", backend, user)(user, pos, neg, dims, w)
-    return checks.reduce(loss, reduction)
+    loss, _ = registry.operator_for("mrl_bpr_loss", backend, user)(user, pos, neg, dims, w)
+    return reduce(loss, reduction)
 
 
 def mns_bpr_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int],
@@ -79,6 +80,6 @@ def mns_bpr_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Ten
     checks.check_pos(pos, user)
     w = checks.check_weights(weights, len(dims), user.device)
     reduction = checks.check_reduction(reduction)
-    fused = checks.backend_operator("mns_bpr_loss", backend, user)
+    fused = registry.operator_for("mns_bpr_loss", backend, user)
     loss, negatives, _ = fused(user, pos, item_weight, candidates, dims, w)
-    return checks.reduce(loss, reduction), negatives
+    return reduce(loss, reduction), negatives

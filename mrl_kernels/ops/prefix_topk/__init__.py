@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import checks  # a module import: the package and the registry import each other
+from .. import _checks as checks, registry
+from .reference import ranked, ranking_order
 
-__all__ = ["prefix_topk", "exclusion"]
+__all__ = ["prefix_topk", "exclusion", "ranked", "ranking_order"]
 
 
 def exclusion(exclude, batch: int, n_items: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(offsets (B + 1,), ids)`` int64 on ``device`` from ``exclude``: None, a
-    :class:`~mrl_kernels.data.CSR` with one row per query, or a sequence of B
+    :class:`~mrl_kernels.ops.CSR` with one row per query, or a sequence of B
     id collections (tensors, arrays or lists)."""
     if exclude is None:
         return torch.zeros(batch + 1, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64,
@@ -51,7 +52,7 @@ def prefix_topk(query: Tensor, item_weight: Tensor, k: int, width: int, shortlis
         shortlist: how many items the narrow pass keeps (``>= k``, or ``>= N``:
             exact search, for any k).
         exclude: items each query must not get (e.g. its training interactions),
-            in neither pass: a :class:`~mrl_kernels.data.CSR` with one row per
+            in neither pass: a :class:`~mrl_kernels.ops.CSR` with one row per
             query, or a sequence of B id collections.
         narrow: the items' first ``width`` columns, ``(N, width)``, to score the
             shortlist pass with instead of ``item_weight[:, :width]`` (e.g. a
@@ -66,8 +67,8 @@ def prefix_topk(query: Tensor, item_weight: Tensor, k: int, width: int, shortlis
     checks.check_float("item_weight", item_weight, 2, like=("query", query))
     if item_weight.shape[1] != dim:
         raise ValueError(f"item_weight has width {item_weight.shape[1]} but query has width {dim}")
-    k, shortlist = checks.check_positive("k", k), checks.check_positive("shortlist", shortlist)
-    width = checks.check_positive("width", width)
+    k, shortlist = checks.check_int("k", k), checks.check_int("shortlist", shortlist)
+    width = checks.check_int("width", width)
     if width > dim:
         raise ValueError(f"width must be at most the embedding width {dim}, got {width}")
     if shortlist < min(k, item_weight.shape[0]):
@@ -83,5 +84,5 @@ def prefix_topk(query: Tensor, item_weight: Tensor, k: int, width: int, shortlis
             raise ValueError(f"narrow must have shape ({item_weight.shape[0]}, {width}) (N, width), "
                              f"got {tuple(narrow.shape)}")
     offsets, ids = exclusion(exclude, batch, item_weight.shape[0], query.device)
-    search = checks.backend_operator("prefix_topk", backend, query)
+    search = registry.operator_for("prefix_topk", backend, query)
     return search(query, narrow, item_weight, k, shortlist, offsets, ids)

@@ -8,7 +8,7 @@ import torch
 
 from ..common import acc_dtype
 
-__all__ = ["excluded_mask", "ranked", "shortlist_rerank", "prefix_topk"]
+__all__ = ["excluded_mask", "ranking_order", "ranked", "shortlist_rerank", "prefix_topk"]
 
 
 def excluded_mask(offsets: torch.Tensor, ids: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -20,10 +20,21 @@ def excluded_mask(offsets: torch.Tensor, ids: torch.Tensor, n_items: int) -> tor
     return mask
 
 
+def ranking_order(values: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The positions of each row's entries in the ranking's order, the one order
+    of every ranking in the package (retrieval, evaluation, serving):
+    descending value (NaN first), ties to the lower id (``ids`` None: the
+    column positions are the ids)."""
+    if ids is None:
+        return torch.sort(values, dim=1, descending=True, stable=True).indices
+    by_id = ids.argsort(dim=1)
+    return by_id.gather(1, torch.sort(values.gather(1, by_id), dim=1, descending=True, stable=True).indices)
+
+
 def ranked(scores: torch.Tensor, ids: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``count`` best of ``scores`` per row with their ``ids``: descending score,
-    ties to the lower id (``ids`` must be ascending along each row)."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :count]
+    """The ``count`` best of ``scores`` per row with their ``ids``, in the
+    ranking's order (:func:`ranking_order`; ``ids`` ascending along each row)."""
+    order = ranking_order(scores)[:, :count]
     return scores.gather(1, order), ids.gather(1, order)
 
 

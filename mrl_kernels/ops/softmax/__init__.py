@@ -7,8 +7,8 @@ from typing import Sequence
 
 from torch import Tensor
 
-from .. import checks  # a module import: the package and the registry import each other
-from ..common import acc_dtype
+from .. import _checks as checks, registry
+from ..common import acc_dtype, reduce
 
 __all__ = ["mrl_softmax_loss", "check_log_q"]
 
@@ -42,7 +42,7 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
             their row's positive are masked (an accidental hit is not a negative).
         log_q: optional, the shape of ``candidates``: the log of each
             candidate's sampling probability, subtracted from its logit ``s_j / t``
-            (the logQ correction; :mod:`mrl_kernels.sampling`'s candidate sources
+            (the logQ correction; :mod:`mrl_kernels.ops.candidates`
             return it with their draws). Every backend takes it, in the
             accumulation dtype (float32 for half inputs); it gets no gradient.
         pos_log_q: optional ``(B,)``, subtracted from the positive's logit.
@@ -54,7 +54,7 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
     checks.check_pos(pos, user)
     w = checks.check_weights(weights, len(dims), user.device)
     reduction = checks.check_reduction(reduction)
-    temperature = checks.check_temperature(temperature)
+    temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
     if pos_ids is not None:
         pos_ids = checks.check_ids("pos_ids", pos_ids, item_weight.shape[0], user.device)
         if pos_ids.shape != (user.shape[0],):
@@ -67,9 +67,9 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
     check_log_q(log_q, pos_log_q, candidates, user)
     log_q, pos_log_q = (None if t is None else t.detach().to(acc_dtype(user.dtype)).contiguous()
                         for t in (log_q, pos_log_q))
-    loss, _ = checks.backend_operator("mrl_softmax_loss", backend, user)(user, pos, item_weight, candidates, dims, w,
+    loss, _ = registry.operator_for("mrl_softmax_loss", backend, user)(user, pos, item_weight, candidates, dims, w,
                                                                          temperature, cosine, log_q, pos_log_q)
-    return checks.reduce(loss, reduction)
+    return reduce(loss, reduction)
 
 
 def check_log_q(log_q: Tensor | None, pos_log_q: Tensor | None, candidates: Tensor, user: Tensor) -> None:

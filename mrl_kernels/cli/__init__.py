@@ -1,0 +1,2 @@
+"""The command lines: ``mrl-train`` (:mod:`.train`) and ``mrl-recommend``
+(:mod:`.recommend`)."""

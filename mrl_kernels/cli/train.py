@@ -1,0 +1,159 @@
+"""``mrl-train``: train one of the paper's methods and write its metrics.
+
+Bare ``mrl-train`` trains MRL-M on the built-in synthetic data (a minute or two on
+2 cores) and writes runs/<time>-synthetic-mrl-m/ (runs/latest points at it):
+metrics.json, history.csv, curves.png and checkpoint.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ..ops import LAYOUTS
+from ..ops.registry import names as backend_names
+from ..training import PAPER_RECIPE, Interrupted, TrainConfig, recipe, request_stop, train
+from ..training.backbones import BACKBONES
+from ..training.config import LEAST_SQUARES, METHODS, ONLY_FOR, SOLVED
+from ..training.data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
+
+
+def _numbers(kind, example: str):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s like {example}, got {text!r}")
+    return parse
+
+
+_dims = _numbers(int, "4,8,16,32,64")
+
+
+def _defaults(name: str, methods=METHODS) -> str:
+    """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
+    if name in ONLY_FOR:
+        return "; ".join(f"{m}: {recipe(m)[name]}" for m in methods)
+    tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER_RECIPE[name]]
+    common = f"{PAPER_RECIPE[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
+    return "; ".join(([common] if len(tuned) < len(methods) else []) + tuned)
+
+
+def parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="mrl-train", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default=d.dataset,
+                   help="synthetic | phone | tool | sport | ml100k | a folder in the authors' format | a .csv/.parquet "
+                        "table with columns user,item")
+    p.add_argument("--data-dir", default=None,
+                   help="where named datasets live (missing ones are downloaded there); default $MRL_DATA, else "
+                        "~/.cache/mrl_kernels")
+    p.add_argument("--users", type=int, default=None, help=f"synthetic data: users (default {SYNTHETIC_USERS})")
+    p.add_argument("--items", type=int, default=None, help=f"synthetic data: items (default {SYNTHETIC_ITEMS})")
+    p.add_argument("--interactions", type=int, default=None,
+                   help=f"synthetic data: interactions (default {SYNTHETIC_PER_USER} a user), with the planted "
+                        "category tree")
+    p.add_argument("--model", default=d.model, choices=tuple(BACKBONES),
+                   help="the backbone: mf (matrix factorisation) or lightgcn")
+    p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
+    p.add_argument("--method", default=d.method, choices=METHODS,
+                   help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
+                        "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width)"
+                        "; mrl-ls: nested least squares (iALS's objective summed over the widths) by gradient, "
+                        "no negatives sampled; or mrl-als: the same objective solved by alternating least "
+                        "squares (mf), an epoch being one sweep")
+    p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
+    p.add_argument("--candidates", type=int, default=argparse.SUPPRESS,
+                   help=f"candidates per pool (default: {_defaults('candidates')})")
+    p.add_argument("--layout", default=argparse.SUPPRESS, choices=LAYOUTS,
+                   help="pools: one per level (the authors' layout) or one shared by all levels "
+                        f"(default: {_defaults('layout')})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs to train")
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS,
+                   help=f"(user, positive) pairs per step (default: {_defaults('batch_size')})")
+    p.add_argument("--lr", type=float, default=argparse.SUPPRESS,
+                   help=f"Adam's learning rate (default: {_defaults('lr')})")
+    p.add_argument("--l2", type=float, default=argparse.SUPPRESS,
+                   help=f"L2 weight on the batch's rows; mrl-als: on the tables, implicit's regularization "
+                        f"(default: {_defaults('l2')})")
+    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
+                   help=f"mrl-s: the softmax temperature (default: {_defaults('temperature', ('mrl-s',))})")
+    p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help=f"mrl-s: cosine scores of the prefixes (default: {_defaults('cosine', ('mrl-s',))})")
+    p.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
+                   help=f"mrl-als, mrl-ls: the weight of an observed pair, an unobserved one weighing 1 "
+                        f"(default: {_defaults('alpha', LEAST_SQUARES)})")
+    p.add_argument("--level-weights", type=_numbers(float, "1,1,1,1,1"), default=argparse.SUPPRESS,
+                   help="mrl-als, mrl-ls: the weight of each width's iALS objective (default: 1 each, their sum; "
+                        "0,0,0,0,1 is iALS at full width)")
+    p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
+                   help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps', SOLVED)})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
+    p.add_argument("--eval-every", type=int, default=argparse.SUPPRESS,
+                   help=f"epochs between validation evaluations (default: {_defaults('eval_every')})")
+    p.add_argument("--patience", type=int, default=argparse.SUPPRESS,
+                   help=f"stop after this many evaluations without a better validation Recall@20 (default: "
+                        f"{_defaults('patience')})")
+    p.add_argument("--out", default=None,
+                   help="the run folder; default a new runs/<time>-<dataset>-<method> (runs/latest points at it)")
+    p.add_argument("--device", default=d.device, help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--backend", default=d.backend, choices=("auto", *backend_names()),
+                   help="the operators' backend (auto: triton on CUDA, cpp on the CPU, else torch)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default runs/latest) from its checkpoint")
+    p.add_argument("--track-test", action="store_true",
+                   help="also record test metrics at every evaluation in history.csv (to compare with protocols "
+                        "that select epochs on the test set; selection here always uses the validation split)")
+    p.add_argument("--eval-users", type=int, default=None, metavar="N",
+                   help="evaluate (for selection and the reported metrics) a sample of N users with held-out items, "
+                        "seeded by --seed, the same at every evaluation and recorded in metrics.json (default: all)")
+    p.add_argument("--no-refit", action="store_true",
+                   help="report the selected model's test metrics instead of refitting: by default a fresh model "
+                        "is trained on train + validation for the selected number of epochs and reported")
+    path = p.add_mutually_exclusive_group()
+    path.add_argument("--sparse", dest="sparse", action="store_const", const=True, default=None,
+                      help="row-sparse training (mf): sparse lookups, MNS + a gathered MRL loss instead of the fused "
+                           "operator, and lazy Adam (mrl_kernels.training.LazyAdam), so a step costs about the same for any "
+                           "table size; default: on for mf from 1,000,000 items")
+    path.add_argument("--dense", dest="sparse", action="store_const", const=False,
+                      help="dense tables, the fused operator and fused Adam (default below 1,000,000 items)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=args.layers, method=args.method, dims=args.dims,
+        epochs=args.epochs, seed=args.seed,
+        # the method's defaults where not given (their flags default to SUPPRESS)
+        **{name: getattr(args, name, None)
+           for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine", "eval_every",
+                        "patience", "alpha", "level_weights", "cg_steps")},
+        device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
+        track_test=args.track_test, eval_users=args.eval_users, refit=not args.no_refit, sparse=args.sparse,
+        synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)
+        else (args.users, args.items, args.interactions),
+    )
+    # Ctrl-C and SIGTERM stop the run after the current step or batch of evaluated users (a second one at once)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        train(config, resume=args.resume)
+    except (DataError, ValueError, RuntimeError, OSError) as exc:
+        print(f"mrl-train: error: {exc}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"mrl-train: {exc}", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""A run's settings (:class:`TrainConfig`), the per-method recipes that fill the
+ones left unset (:func:`recipe`), and their checks."""
+from __future__ import annotations
+
+import math
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import LAYOUTS
+from ..ops._checks import check_dims, check_int, check_real
+from ..ops.registry import names as backend_names
+from .backbones import BACKBONES
+from .objectives import OBJECTIVES
+
+__all__ = ["PAPER_RECIPE", "RECIPES", "recipe", "TrainConfig", "SPARSE_FROM", "METHODS", "SOLVED", "LEAST_SQUARES",
+           "ONLY_FOR"]
+
+# methods fitted by alternating least squares (trainer/als.py), not by gradient: each epoch
+# is one sweep (every user's vector solved, then every item's); ``l2`` is the L2 weight
+# ``reg`` of the least-squares objective (implicit's ``regularization``), not a per-batch one
+SOLVED = ("mrl-als",)
+METHODS = (*OBJECTIVES, *SOLVED)
+LEAST_SQUARES = ("mrl-als", "mrl-ls")  # nested least squares, solved or by gradient
+# the settings only some methods take, and which
+ONLY_FOR = {"alpha": LEAST_SQUARES, "level_weights": LEAST_SQUARES, "cg_steps": SOLVED}
+
+# The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
+# one pool per level): every method's default unless RECIPES says otherwise.
+PAPER_RECIPE = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4,
+                "temperature": 1.0, "cosine": False, "eval_every": 5, "patience": 10}
+# Per-method defaults chosen on the validation split of tool by python -m bench.tune
+# (runs/tune, docs/reproduction.md); the same for every dataset. mrl-m: L2 1e-2 (the
+# paper's 1e-4 under-regularises: validation Recall@20 0.0788 against 0.0676, best of
+# 45 trials over lr, L2, batch size, candidates and layout).
+RECIPES: dict[str, dict] = {"mrl-m": {"l2": 1e-2},
+                            # mrl-als: implicit's width-64 iALS settings on tool (docs/baselines.json),
+                            # equal level weights, its conjugate-gradient steps; selection every sweep
+                            "mrl-als": {"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "eval_every": 1,
+                                        "patience": 3},
+                            # mrl-ls: mrl-als's alpha; not tuned
+                            "mrl-ls": {"alpha": 40.0}}
+# items from which mf trains row-sparse by default: there a dense step took 421 ms and a
+# sparse one 29 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
+# quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 38 -> 25 ms)
+SPARSE_FROM = 1_000_000
+
+
+def recipe(method: str) -> dict:
+    """The default settings of ``method``: the paper's, with its tuned ones over them."""
+    return {**PAPER_RECIPE, **RECIPES.get(method, {})}
+
+
+@dataclass
+class TrainConfig:
+    """A training run. The settings left None (candidates, layout, batch size, lr,
+    L2, temperature, cosine, eval_every, patience; alpha and cg_steps for mrl-als)
+    take the method's defaults, :func:`recipe`."""
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    synthetic_size: tuple[int, int, int] | None = None  # (users, items, interactions) of synthetic data
+    model: str = "mf"
+    layers: int = 1  # LightGCN's propagation layers
+    method: str = "mrl-m"
+    dims: tuple[int, ...] = (4, 8, 16, 32, 64)
+    candidates: int | None = None
+    layout: str | None = None
+    epochs: int = 300
+    batch_size: int | None = None
+    lr: float | None = None
+    l2: float | None = None
+    temperature: float | None = None  # the softmax objectives' (mrl-s)
+    cosine: bool | None = None  # mrl-s: cosine scores instead of inner products
+    seed: int = 0
+    eval_every: int | None = None  # epochs between validation evaluations
+    patience: int | None = None  # evaluations without a better validation Recall@20 before the stop
+    device: str = "cpu"
+    backend: str = "auto"
+    out: str | None = None  # None: a new folder under runs/
+    progress: bool = True
+    track_test: bool = False  # also record test metrics at each evaluation (never used for selection)
+    # users evaluated (selection and reported metrics): a sample of this many of those with held-out
+    # items, seeded by `seed` (metrics.sample_users); None: all of them
+    eval_users: int | None = None
+    refit: bool = True  # after selection, train afresh on train + validation for the selected epochs
+    # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
+    # mf from SPARSE_FROM items
+    sparse: bool | None = None
+    # mrl-als only: the weight of an observed pair (implicit's alpha), the per-level weights
+    # of the nested objective (None: 1 each), conjugate-gradient steps per solve
+    alpha: float | None = None
+    level_weights: tuple[float, ...] | None = None
+    cg_steps: int | None = None
+
+    def __post_init__(self):
+        for name, value in recipe(self.method).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        for name, allowed in (("model", BACKBONES), ("method", METHODS), ("layout", LAYOUTS),
+                              ("backend", ("auto", *backend_names()))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        check_dims(self.dims, self.dims[-1] if self.dims else 0)  # the last width is the embedding's
+        for name in ("candidates", "epochs", "batch_size", "eval_every", "patience", "layers"):
+            check_int(name, getattr(self, name))
+        if self.eval_users is not None:
+            check_int("eval_users", self.eval_users)
+        check_real("lr", self.lr, low=0.0, low_open=True)
+        check_real("temperature", self.temperature, low=0.0, low_open=True)
+        check_real("l2", self.l2, low=0.0)
+        for name, methods in ONLY_FOR.items():
+            if self.method not in methods and getattr(self, name) is not None:
+                raise ValueError(f"{name} only applies to {', '.join(methods)}, not --method {self.method}")
+        if self.method in LEAST_SQUARES:
+            self._check_least_squares()
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device!r} is not a torch device: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available here (torch {torch.__version__})")
+
+    def _check_least_squares(self) -> None:
+        if self.method in SOLVED:
+            if self.model != "mf":
+                raise ValueError(f"--method {self.method} solves matrix factorisation in closed form: it needs "
+                                 f"--model mf, got {self.model}")
+            if self.sparse:
+                raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
+            check_int("cg_steps", self.cg_steps)
+        check_real("alpha", self.alpha, low=0.0, low_open=True)
+        if self.level_weights is not None:
+            weights = tuple(self.level_weights)
+            if len(weights) != len(self.dims):
+                raise ValueError(f"level_weights must have one weight per width of dims {list(self.dims)}; "
+                                 f"got {list(weights)}")
+            if not all(0 <= w < math.inf for w in weights) or not sum(weights) > 0:
+                raise ValueError(f"level_weights must be finite, >= 0 and not all 0; got {list(weights)}")
+
+    def sparse_for(self, n_items: int) -> bool:
+        """Whether to train row-sparse on ``n_items`` items: as set, else mf from
+        :data:`SPARSE_FROM` items."""
+        return self.sparse if self.sparse is not None else self.model == "mf" and n_items >= SPARSE_FROM

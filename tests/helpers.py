@@ -1,0 +1,35 @@
+"""What the tests share: the device they run on, the fast backends tested
+against the reference, where the paper's datasets are, and an assert_close
+that names the worst mismatches. Imported as ``from helpers import ...`` (the
+tests folder is on pytest's pythonpath); conftest.py chooses Triton's
+interpreter before anything imports Triton."""
+import os
+from pathlib import Path
+
+import torch
+
+from mrl_kernels.ops import registry
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the backends tested against the reference: every one that runs here but the reference itself
+FAST = [name for name in registry.available_backends(DEVICE) if not registry.declared()[name].fallback]
+
+# the paper's datasets: $MRL_DATA where the user set it, else ../shared/datasets beside the repo
+DATA_PLACES = [Path(p) for p in (os.environ.get("MRL_DATA"),) if p] + \
+    [Path(__file__).resolve().parents[2] / "shared" / "datasets"]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = "") -> None:
+    """torch.testing.assert_close that also names the worst mismatches and any NaN/inf."""
+    actual, expected = actual.detach().cpu(), expected.detach().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.double(), expected.double()
+    bad = ~torch.isfinite(a) & torch.isfinite(e)
+    assert not bad.any(), f"{name}: non-finite values at {bad.nonzero()[:5].tolist()}"
+    err = (a - e).abs() - (atol + rtol * e.abs())
+    if (err > 0).any():
+        worst = err.flatten().topk(min(5, err.numel())).indices
+        rows = [(tuple(torch.unravel_index(i, err.shape)[j].item() for j in range(err.dim())),
+                 a.flatten()[i].item(), e.flatten()[i].item()) for i in worst]
+        raise AssertionError(f"{name}: {int((err > 0).sum())} of {err.numel()} outside atol={atol}, rtol={rtol}; "
+                             f"worst (index, actual, expected): {rows}")
