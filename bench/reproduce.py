@@ -33,8 +33,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrl_kernels.training.objectives import OBJECTIVES
-from mrl_kernels.training import RECIPES
+from mrl_kernels.training.methods import METHODS
+
+GRADIENT_METHODS = [name for name, method in METHODS.items() if not method.solved]
 
 DATASETS = ("phone", "tool")
 MODELS = ("mf", "lightgcn")
@@ -122,7 +123,7 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
                                           for k in zip(table.dataset, table.model, table.method)]
     table["seeds"] = runs.groupby(keys).seed.count().values
     table["train s"] = runs.groupby(keys)["train_seconds"].mean().values.round(0)
-    order = {m: i for i, m in enumerate(OBJECTIVES)}
+    order = {m: i for i, m in enumerate(GRADIENT_METHODS)}
     rank = lambda method: order[method.split()[0]] + ("(tuned)" in method) / 2  # noqa: E731 - tuned after its method
     table = table.sort_values(keys, key=lambda c: c.map(rank) if c.name == "method" else c)
 
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--methods", default=",".join(OBJECTIVES))
+    parser.add_argument("--methods", default=",".join(GRADIENT_METHODS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--protocols", default="refit,authors,tuned",
                         help="refit: every configuration with the paper's settings; authors: MF MRL-M's "
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
                              for model in args.models.split(",") for method in args.methods.split(",")]
                 if "tuned" in protocols and "mf" in args.models.split(","):
                     jobs += [(dataset, "mf", method, seed, "tuned", args.data_dir, str(root))
-                             for method in args.methods.split(",") if method in RECIPES]
+                             for method in args.methods.split(",") if METHODS[method].recipe]
         with ProcessPoolExecutor(args.workers) as pool:
             for line in pool.map(run_one, jobs):
                 print(line, flush=True)

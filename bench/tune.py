@@ -39,7 +39,7 @@ from mrl_kernels.atomic import atomic_write
 from mrl_kernels.training.metrics import prefix_evaluate
 from mrl_kernels.ops import LAYOUTS
 from mrl_kernels.training import CHECKPOINT, TrainConfig, recipe, train
-from mrl_kernels.training.config import METHODS, SOLVED
+from mrl_kernels.training.methods import METHODS
 
 SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before a trial stops
 
@@ -53,7 +53,7 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
     alpha (docs/baselines.json's tuned widths span 0.1-1000 and 4-625), level weights
     ``w_l = ratio^(L-1-l)`` (ratio > 1 weighs the narrow widths more), 3 or 6
     conjugate-gradient steps."""
-    if method in SOLVED:
+    if METHODS[method].solved:
         ratio = trial.suggest_float("level_ratio", 0.25, 4.0, log=True)
         return {"l2": trial.suggest_float("l2", 1.0, 3000.0, log=True),
                 "alpha": trial.suggest_float("alpha", 2.0, 1000.0, log=True),
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", default="tool")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--model", default="mf")
-    parser.add_argument("--method", default="mrl-s", choices=METHODS)
+    parser.add_argument("--method", default="mrl-s", choices=tuple(METHODS))
     parser.add_argument("--select", choices=("full", "mean-width"), default=None,
                         help="what a trial scores: full-width validation Recall@20, or its mean over the widths "
                              "(default: mean-width for mrl-als, else full)")
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default=None, help="default runs/tune/<dataset>-<model>-<method>")
     args = parser.parse_args(argv)
-    args.select = args.select or ("mean-width" if args.method in SOLVED else "full")
+    args.select = args.select or ("mean-width" if METHODS[args.method].solved else "full")
     out = Path(args.out or f"runs/tune/{args.dataset}-{args.model}-{args.method}")
     out.mkdir(parents=True, exist_ok=True)
     study = _study(out, args.seed)  # created once, before the workers open it

@@ -9,10 +9,14 @@ from pathlib import Path
 import torch
 
 from mrl_kernels.ops import registry
+from mrl_kernels.training.methods import METHODS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # the backends tested against the reference: every one that runs here but the reference itself
 FAST = [name for name in registry.available_backends(DEVICE) if not registry.declared()[name].fallback]
+
+# the methods trained by gradient steps (each with an objective)
+GRADIENT_METHODS = [name for name, method in METHODS.items() if not method.solved]
 
 # the paper's datasets: $MRL_DATA where the user set it, else ../shared/datasets beside the repo
 DATA_PLACES = [Path(p) for p in (os.environ.get("MRL_DATA"),) if p] + \

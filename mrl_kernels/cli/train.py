@@ -15,9 +15,9 @@ import pandas as pd
 
 from ..ops import LAYOUTS
 from ..ops.registry import names as backend_names
-from ..training import PAPER_RECIPE, Interrupted, TrainConfig, recipe, request_stop, train
+from ..training import Interrupted, TrainConfig, request_stop, train
 from ..training.backbones import BACKBONES
-from ..training.config import LEAST_SQUARES, METHODS, ONLY_FOR, SOLVED
+from ..training.methods import METHODS, ONLY_SOME, PAPER_RECIPE, recipe
 from ..training.data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 
 
@@ -33,10 +33,15 @@ def _numbers(kind, example: str):
 _dims = _numbers(int, "4,8,16,32,64")
 
 
-def _defaults(name: str, methods=METHODS) -> str:
+def _takers(name: str) -> list[str]:
+    """The methods that take ``name``."""
+    return [m for m, method in METHODS.items() if name in method.takes] if name in ONLY_SOME else list(METHODS)
+
+
+def _defaults(name: str, methods=tuple(METHODS)) -> str:
     """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
-    if name in ONLY_FOR:
-        return "; ".join(f"{m}: {recipe(m)[name]}" for m in methods)
+    if name in ONLY_SOME:
+        return "; ".join(f"{m}: {recipe(m)[name]}" for m in _takers(name))
     tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER_RECIPE[name]]
     common = f"{PAPER_RECIPE[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
     return "; ".join(([common] if len(tuned) < len(methods) else []) + tuned)
@@ -60,12 +65,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=d.model, choices=tuple(BACKBONES),
                    help="the backbone: mf (matrix factorisation) or lightgcn")
     p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
-    p.add_argument("--method", default=d.method, choices=METHODS,
-                   help="negative selector x loss: bpr (uniform), bpr-d (DNS), bpr-m (MNS, BPR), mrl-d (DNS, MRL "
-                        "loss), mrl-m (MNS, MRL loss), mrl-s (sampled softmax over every candidate at every width)"
-                        "; mrl-ls: nested least squares (iALS's objective summed over the widths) by gradient, "
-                        "no negatives sampled; or mrl-als: the same objective solved by alternating least "
-                        "squares (mf), an epoch being one sweep")
+    p.add_argument("--method", default=d.method, choices=tuple(METHODS),
+                   help="; ".join(f"{name}: {method.summary}" for name, method in METHODS.items()))
     p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
     p.add_argument("--candidates", type=int, default=argparse.SUPPRESS,
                    help=f"candidates per pool (default: {_defaults('candidates')})")
@@ -86,12 +87,12 @@ def parser() -> argparse.ArgumentParser:
                    help=f"mrl-s: cosine scores of the prefixes (default: {_defaults('cosine', ('mrl-s',))})")
     p.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
                    help=f"mrl-als, mrl-ls: the weight of an observed pair, an unobserved one weighing 1 "
-                        f"(default: {_defaults('alpha', LEAST_SQUARES)})")
+                        f"(default: {_defaults('alpha')})")
     p.add_argument("--level-weights", type=_numbers(float, "1,1,1,1,1"), default=argparse.SUPPRESS,
                    help="mrl-als, mrl-ls: the weight of each width's iALS objective (default: 1 each, their sum; "
                         "0,0,0,0,1 is iALS at full width)")
     p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
-                   help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps', SOLVED)})")
+                   help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps')})")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=argparse.SUPPRESS,
                    help=f"epochs between validation evaluations (default: {_defaults('eval_every')})")

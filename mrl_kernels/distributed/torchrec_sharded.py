@@ -33,8 +33,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import sharded
-from ..ops import CSR, Membership
-from ..ops.candidates import _redraw_seen
+from ..ops import CSR
+from ..ops.candidates import uniform_draw
+from ..ops.common import l2_term
 
 try:
     import torchrec
@@ -119,16 +120,8 @@ class ShardedMRL:
         for the batch's ``users`` (``(B,)``, every rank's, in rank order), each
         user's items in ``exclude`` redrawn."""
         local, offset = self.local()
-        rows = local.shape[0]
         shape = (num,) if isinstance(num, int) else tuple(num)
-
-        def draw(size):
-            return torch.randint(offset, offset + rows, size, generator=generator)
-
-        out = draw((users.shape[0], *shape)).view(users.shape[0], -1)
-        if exclude is not None:
-            out = _redraw_seen(users, out, Membership.of(exclude, users.device), draw, max_rounds=max_rounds)
-        return out.view(users.shape[0], *shape)
+        return uniform_draw(users, shape, offset, offset + local.shape[0], exclude, generator, max_rounds)
 
     def mns_bpr_loss(self, users: Tensor, pos: Tensor, candidates: Tensor, weights=None, l2: float = 0.0,
                      backend: str = "auto", every_user: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -156,7 +149,7 @@ class ShardedMRL:
         loss = sharded.mrl_bpr_loss(rows["user"], rows["pos"], rows["neg"], choice, self.dims, weights)
         if l2:
             norms = rows["user"].square().sum() + rows["pos"].square().sum() + rows["neg"].square().sum()
-            loss = loss + l2 * norms / 2 / choice.users.shape[0]
+            loss = loss + l2_term(l2, norms, choice.users.shape[0])
         return loss, choice.negatives
 
     def softmax_loss(self, users: Tensor, pos: Tensor, candidates: Tensor, temperature: float = 1.0,

@@ -15,7 +15,7 @@ from torch import Tensor
 from ._checks import check_int
 from .csr import CSR
 
-__all__ = ["Membership", "sample_candidates", "Popularity", "popularity_candidates", "in_batch_candidates",
+__all__ = ["Membership", "sample_candidates", "uniform_draw", "Popularity", "popularity_candidates", "in_batch_candidates",
            "mixed_candidates"]
 
 
@@ -94,13 +94,8 @@ def sample_candidates(
     (nothing is left to draw)."""
     users = _check_users(users)
     num, n_items = check_int("num", num), check_int("n_items", n_items)
-
-    def draw(shape):
-        return torch.randint(0, n_items, shape, generator=generator, device=users.device)
-
-    out = draw((users.shape[0], num))
     if exclude is None:
-        return out
+        return uniform_draw(users, (num,), 0, n_items, generator=generator)
     if exclude.n_cols != n_items:
         raise ValueError(f"exclude has {exclude.n_cols} columns but n_items is {n_items}")
     seen = Membership.of(exclude, users.device)
@@ -110,12 +105,30 @@ def sample_candidates(
     if bool(full.any()):
         raise ValueError(f"users {users[full].unique().tolist()[:10]} have every item; no negative can be sampled")
     few_left = (n_items - seen.lengths[users]) * 2 < n_items
+    out = uniform_draw(users, (num,), 0, n_items, exclude, generator, keep=few_left)
     if bool(few_left.any()):
         for user in users[few_left].unique().tolist():
             at = torch.nonzero(users == user).flatten()
             left = _items_left(exclude, user, n_items).to(users.device)
             out[at] = left[torch.randint(0, len(left), (len(at), num), generator=generator, device=users.device)]
-    return _redraw_seen(users, out, seen, draw, keep=few_left)
+    return out
+
+
+def uniform_draw(users: Tensor, shape: tuple[int, ...], low: int, high: int, exclude: CSR | None = None,
+                 generator: torch.Generator | None = None, max_rounds: int | None = None,
+                 keep: Tensor | None = None) -> Tensor:
+    """``(B, *shape)`` int64 ids drawn uniformly from ``[low, high)`` on ``users``'
+    device, every id its row's user has in ``exclude`` redrawn (vectorised
+    rejection, :func:`_redraw_seen`; rows where ``keep`` is set are left as
+    drawn): the one uniform draw of :func:`sample_candidates` and of a rank's
+    share of the items (``[low, high)`` its rows)."""
+    def draw(size):
+        return torch.randint(low, high, size, generator=generator, device=users.device)
+
+    out = draw((users.shape[0], *shape)).view(users.shape[0], -1)
+    if exclude is not None:
+        out = _redraw_seen(users, out, Membership.of(exclude, users.device), draw, keep, max_rounds)
+    return out.view(users.shape[0], *shape)
 
 
 def _check_users(users: Tensor) -> Tensor:

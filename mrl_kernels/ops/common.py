@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["acc_dtype", "acc", "prefix_scores", "pools", "masked", "reduce", "COSINE_EPS", "LAYOUTS"]
+__all__ = ["acc_dtype", "acc", "prefix_scores", "pools", "masked", "reduce", "l2_term", "COSINE_EPS", "LAYOUTS"]
 
 COSINE_EPS = 1e-12  # prefix norms are clamped here, as in F.normalize (the Triton and C++ kernels too)
 # candidate layouts: a (B, L, M) pool per level, or one (B, M) pool shared by every level
@@ -50,3 +50,11 @@ def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def l2_term(weight: float, squares: torch.Tensor, batch: int) -> torch.Tensor:
+    """The L2 term the paper's trainers add to a batch's loss, ``weight * squares
+    / 2 / batch``: ``squares`` the sum of the squared entries of the rows it covers
+    (the batch's users, positives and chosen negatives: the operators' losses
+    hold no L2 term of their own)."""
+    return weight * squares / 2 / batch

@@ -9,12 +9,14 @@ train + validation; final test metrics. In parts:
 - :mod:`~.data`: the datasets (the authors' files, tables, synthetic data), splits, downloads;
 - :mod:`~.backbones`: MF and LightGCN (``BACKBONES``);
 - :mod:`~.selectors`: how a batch's negatives come from its candidates (uniform, DNS, MNS);
-- :mod:`~.objectives`: the methods (``METHODS``: a frozen type each), their losses and L2 term;
+- :mod:`~.objectives`: the objectives (a frozen type each), their losses and L2 term;
+- :mod:`~.methods`: the method table ``METHODS`` (objective, settings, recipe of each ``--method``);
 - :mod:`~.metrics`: Recall / NDCG by full ranking, every prefix width in one pass;
 - :mod:`~.optim`: :class:`LazyAdam`, Adam for row-sparse gradients;
 - :mod:`~.als`: ``mrl-als``, nested least squares solved in sweeps;
-- :mod:`~.config`: :class:`TrainConfig`, the per-method recipes (:func:`recipe`), the checks;
-- :mod:`~.fit`: :class:`Fit`, a model with its objective, optimizer and generators, by step and epoch;
+- :mod:`~.config`: :class:`TrainConfig` and its checks;
+- :mod:`~.fit`: :class:`Fitter`, what every fit provides; :class:`Fit`, a model with its objective, optimizer and
+  generators, by step and epoch;
 - :mod:`~.loop`: :func:`train`, the selection and the refit, resumable (:class:`RunState`);
 - :mod:`~.checkpoint`: the checkpoint format (checksums of itself and of the data);
 - :mod:`~.outputs`: the run folder (``runs/latest``, the lock), ``history.csv``, ``curves.png``, ``metrics.json``;
@@ -31,11 +33,12 @@ continued (``resume=True``), never overwritten.
 """
 from .checkpoint import CHECKPOINT
 from .optim import LazyAdam
-from .config import PAPER_RECIPE, RECIPES, TrainConfig, recipe
-from .fit import Fit, request_stop
+from .config import TrainConfig
+from .fit import Fit, Fitter, request_stop
 from .group import Group
 from .loop import Interrupted, RunState, train
+from .methods import METHODS, PAPER_RECIPE, recipe
 from .outputs import RUNS
 
-__all__ = ["TrainConfig", "PAPER_RECIPE", "RECIPES", "recipe", "train", "Interrupted", "request_stop", "CHECKPOINT",
-           "RUNS", "Fit", "Group", "RunState", "LazyAdam"]
+__all__ = ["TrainConfig", "METHODS", "PAPER_RECIPE", "recipe", "train", "Interrupted", "request_stop", "CHECKPOINT",
+           "RUNS", "Fit", "Fitter", "Group", "RunState", "LazyAdam"]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..ops import CSR, nested_als_solve
 from ..ops._checks import check_weights
-from ..ops.als import coordinate_weights, nested_mask
+from ..ops.als import coordinate_weights, nested_mask, observed_terms, unobserved_products
 from .backbones import BACKBONES
 from .config import TrainConfig
 from .fit import check_stop
@@ -36,13 +36,11 @@ def nested_objective(user: Tensor, item: Tensor, interactions: CSR, dims, weight
     ``sum_l w_l sum_{u, i} <x_u[:d_l], y_i[:d_l]>^2 = <(X^T X) ⊙ M, Y^T Y>_F``, the
     observed ones corrected pair by pair, the L2 term of each width (sums in float64)."""
     m = coordinate_weights(dims, weights.to(user.dtype))
-    total = float(((user.T @ user) * nested_mask(m) * (item.T @ item)).double().sum())
+    total = float(unobserved_products(user, item, nested_mask(m)).double().sum())
     rows, cols = (torch.from_numpy(a) for a in interactions.pairs())
-    ends = torch.tensor(dims) - 1
     for start in range(0, len(rows), CHUNK):
         u, i = rows[start:start + CHUNK], cols[start:start + CHUNK]
-        scores = (user[u] * item[i]).cumsum(1)[:, ends].double()  # (pairs, L) prefix scores
-        total += float(((alpha * (1 - scores) ** 2 - scores ** 2) * weights.double()).sum())
+        total += float(observed_terms(user[u], item[i], dims, weights, alpha, dtype=torch.float64).sum())
     m = m.double()
     return total + reg * float((user.double().square().sum(0) * m).sum() + (item.double().square().sum(0) * m).sum())
 

@@ -1,5 +1,5 @@
-"""A run's settings (:class:`TrainConfig`), the per-method recipes that fill the
-ones left unset (:func:`recipe`), and their checks."""
+"""A run's settings (:class:`TrainConfig`), filled where unset by the method's
+recipe (:func:`~mrl_kernels.training.methods.recipe`), and their checks."""
 from __future__ import annotations
 
 import math
@@ -12,44 +12,14 @@ from ..ops import LAYOUTS
 from ..ops._checks import check_dims, check_int, check_real
 from ..ops.registry import names as backend_names
 from .backbones import BACKBONES
-from .objectives import OBJECTIVES
+from .methods import METHODS, ONLY_SOME, recipe
 
-__all__ = ["PAPER_RECIPE", "RECIPES", "recipe", "TrainConfig", "SPARSE_FROM", "METHODS", "SOLVED", "LEAST_SQUARES",
-           "ONLY_FOR"]
+__all__ = ["TrainConfig", "SPARSE_FROM"]
 
-# methods fitted by alternating least squares (trainer/als.py), not by gradient: each epoch
-# is one sweep (every user's vector solved, then every item's); ``l2`` is the L2 weight
-# ``reg`` of the least-squares objective (implicit's ``regularization``), not a per-batch one
-SOLVED = ("mrl-als",)
-METHODS = (*OBJECTIVES, *SOLVED)
-LEAST_SQUARES = ("mrl-als", "mrl-ls")  # nested least squares, solved or by gradient
-# the settings only some methods take, and which
-ONLY_FOR = {"alpha": LEAST_SQUARES, "level_weights": LEAST_SQUARES, "cg_steps": SOLVED}
-
-# The paper's recipe (MF, Adam lr 1e-3, batch 2048, L2 1e-4, 16 candidates a pool,
-# one pool per level): every method's default unless RECIPES says otherwise.
-PAPER_RECIPE = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4,
-                "temperature": 1.0, "cosine": False, "eval_every": 5, "patience": 10}
-# Per-method defaults chosen on the validation split of tool by python -m bench.tune
-# (runs/tune, docs/reproduction.md); the same for every dataset. mrl-m: L2 1e-2 (the
-# paper's 1e-4 under-regularises: validation Recall@20 0.0788 against 0.0676, best of
-# 45 trials over lr, L2, batch size, candidates and layout).
-RECIPES: dict[str, dict] = {"mrl-m": {"l2": 1e-2},
-                            # mrl-als: implicit's width-64 iALS settings on tool (docs/baselines.json),
-                            # equal level weights, its conjugate-gradient steps; selection every sweep
-                            "mrl-als": {"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "eval_every": 1,
-                                        "patience": 3},
-                            # mrl-ls: mrl-als's alpha; not tuned
-                            "mrl-ls": {"alpha": 40.0}}
 # items from which mf trains row-sparse by default: there a dense step took 421 ms and a
 # sparse one 29 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
 # quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 38 -> 25 ms)
 SPARSE_FROM = 1_000_000
-
-
-def recipe(method: str) -> dict:
-    """The default settings of ``method``: the paper's, with its tuned ones over them."""
-    return {**PAPER_RECIPE, **RECIPES.get(method, {})}
 
 
 @dataclass
@@ -95,7 +65,7 @@ class TrainConfig:
     cg_steps: int | None = None
 
     def __post_init__(self):
-        for name, value in recipe(self.method).items():
+        for name, value in recipe(self.method if self.method in METHODS else "mrl-m").items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
 
@@ -113,10 +83,12 @@ class TrainConfig:
         check_real("lr", self.lr, low=0.0, low_open=True)
         check_real("temperature", self.temperature, low=0.0, low_open=True)
         check_real("l2", self.l2, low=0.0)
-        for name, methods in ONLY_FOR.items():
-            if self.method not in methods and getattr(self, name) is not None:
-                raise ValueError(f"{name} only applies to {', '.join(methods)}, not --method {self.method}")
-        if self.method in LEAST_SQUARES:
+        method = METHODS[self.method]
+        for name in sorted(ONLY_SOME - method.takes):
+            if getattr(self, name) is not None:
+                takers = [m for m, found in METHODS.items() if name in found.takes]
+                raise ValueError(f"{name} only applies to {', '.join(takers)}, not --method {self.method}")
+        if "alpha" in method.takes:
             self._check_least_squares()
         try:
             device = torch.device(self.device)
@@ -126,7 +98,7 @@ class TrainConfig:
             raise ValueError(f"device {self.device!r}: CUDA is not available here (torch {torch.__version__})")
 
     def _check_least_squares(self) -> None:
-        if self.method in SOLVED:
+        if METHODS[self.method].solved:
             if self.model != "mf":
                 raise ValueError(f"--method {self.method} solves matrix factorisation in closed form: it needs "
                                  f"--model mf, got {self.model}")

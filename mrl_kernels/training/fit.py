@@ -1,22 +1,24 @@
-"""What trains: a model with its objective, optimizer and generators
+"""What trains: the protocol every fit follows (:class:`Fitter`), the
+gradient-trained fit, a model with its objective, optimizer and generators
 (:class:`Fit`), one step or one epoch at a time, and the stop request that ends
 an epoch early (:func:`request_stop`)."""
 from __future__ import annotations
 
 import math
 import threading
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from ..ops import CSR, sample_candidates
-from .backbones import BACKBONES
-from .objectives import OBJECTIVES
-from .optim import LazyAdam
+from .backbones import BACKBONES, Backbone
 from .config import TrainConfig
 from .group import Group
+from .methods import METHODS
+from .optim import LazyAdam
 
-__all__ = ["Fit", "Diverged", "Interrupted", "request_stop", "check_stop", "STOP"]
+__all__ = ["Fitter", "Fit", "Diverged", "Interrupted", "request_stop", "check_stop", "STOP"]
 
 STOP = threading.Event()  # set by request_stop: the epoch ends after the current step, an evaluation after its batch
 
@@ -46,6 +48,23 @@ def check_stop() -> None:
         raise KeyboardInterrupt
 
 
+class Fitter(Protocol):
+    """What fits a method, by gradient steps (:class:`Fit`) or by sweeps
+    (:class:`~mrl_kernels.training.als.AlsFit`), made afresh from the run's
+    settings and interactions: the model, whether its tables train row-sparse,
+    one epoch (its mean loss; it ends early on a stop request), and the state a
+    checkpoint keeps and a resume loads."""
+
+    model: Backbone
+    sparse: bool
+
+    def epoch(self) -> float: ...
+
+    def state(self) -> dict: ...
+
+    def load(self, saved: dict) -> None: ...
+
+
 class Fit:
     """A model, its objective, optimizer and sampling generator, trained on
     ``interactions`` (made afresh from the seed, so the selection run and the
@@ -58,7 +77,7 @@ class Fit:
         self.sparse = config.sparse_for(interactions.n_cols)
         self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers, self.sparse).to(device)
         self.step_model = self.group.wrap(self.model)
-        self.objective = OBJECTIVES[config.method].build(config, interactions)
+        self.objective = METHODS[config.method].objective(config, interactions)
         if self.sparse:  # lazy Adam: moments and weights of the rows in the batch only
             self.optimizer = LazyAdam(self.model.parameters(), lr=config.lr)
         else:  # the fused (single-kernel) Adam: on 2 CPU cores 9x faster than the for-loop one

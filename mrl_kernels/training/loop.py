@@ -28,9 +28,10 @@ from .backbones import BACKBONES
 from .data import Dataset, load
 from .metrics import evaluate, hierarchy_purity, prefix_evaluate, sample_users
 from .als import AlsFit
-from .config import SOLVED, TrainConfig
-from .fit import STOP, Diverged, Fit, Interrupted, check_stop
+from .config import TrainConfig
+from .fit import STOP, Diverged, Fit, Fitter, Interrupted, check_stop
 from .group import Group
+from .methods import METHODS
 
 __all__ = ["train", "Interrupted", "RunState", "SELECT_BY"]
 
@@ -274,9 +275,9 @@ class _Run:
         return result
 
 
-def _fit(config: TrainConfig, interactions: CSR, device: torch.device, group: Group):
-    """What trains ``config.method``: sweeps of least squares, or gradient steps."""
-    return (AlsFit if config.method in SOLVED else Fit)(config, interactions, device, group)
+def _fit(config: TrainConfig, interactions: CSR, device: torch.device, group: Group) -> Fitter:
+    """What fits ``config.method``: sweeps of least squares, or gradient steps."""
+    return (AlsFit if METHODS[config.method].solved else Fit)(config, interactions, device, group)
 
 
 def _table(row: dict) -> str:

@@ -6,12 +6,12 @@ import torch
 from mrl_kernels.ops import registry
 from mrl_kernels.training.backbones import MF
 from mrl_kernels.ops import CSR
-from mrl_kernels.training.objectives import OBJECTIVES
+from mrl_kernels.training.methods import METHODS
 from mrl_kernels.ops.spec import OPS
 from mrl_kernels.ops.testing import make_inputs
 from mrl_kernels.training import TrainConfig
 
-from helpers import DEVICE
+from helpers import DEVICE, GRADIENT_METHODS
 
 BACKENDS = registry.available_backends(DEVICE)
 
@@ -76,10 +76,10 @@ DISTINCT_PATHS = {"bpr": ("torch",), "mrl-d": BACKENDS, "mrl-m": BACKENDS, "mrl-
 
 @pytest.mark.parametrize("backend, method", [
     pytest.param(b, m, marks=[] if b in DISTINCT_PATHS.get(m, ()) else [pytest.mark.slow])
-    for m in OBJECTIVES for b in BACKENDS])
+    for m in GRADIENT_METHODS for b in BACKENDS])
 def test_compiled_training_step_matches_eager(backend, method):
     torch._dynamo.reset()
-    objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=5, layout="per-level",
+    objective = METHODS[method].objective(TrainConfig(method=method, dims=(4, 8, 16), candidates=5, layout="per-level",
                                                      l2=1e-4, backend=backend), INTERACTIONS)
 
     def make():

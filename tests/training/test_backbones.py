@@ -8,10 +8,10 @@ import torch
 from mrl_kernels.ops import registry
 from mrl_kernels.training import data
 from mrl_kernels.training.backbones import LightGCN, MF, normalized_adjacency
-from mrl_kernels.training.objectives import OBJECTIVES
+from mrl_kernels.training.methods import METHODS
 from mrl_kernels.training import TrainConfig, train
 
-from helpers import DEVICE
+from helpers import DEVICE, GRADIENT_METHODS
 
 
 def tiny():
@@ -48,7 +48,7 @@ def test_lightgcn_propagation_is_the_mean_of_dense_layer_outputs(layers):
     assert torch.equal(batch.reg_user, model.user_weight[[2, 0]]) and batch.reg_items is model.item_weight
 
 
-@pytest.mark.parametrize("method", list(OBJECTIVES))
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_every_objective_trains_on_lightgcn(tmp_path, method):
     ds = data.synthetic(seed=0, n_users=200, n_items=150)
     result = train(TrainConfig(model="lightgcn", method=method, dims=(4, 8, 16), epochs=2, eval_every=1,
@@ -62,7 +62,7 @@ def test_a_step_on_the_propagated_table_matches_every_backend_and_compiles(backe
     torch._dynamo.reset()
     dims = [4, 8, 16]
     config = TrainConfig(method="mrl-m", dims=tuple(dims), candidates=5, layout="per-level", l2=1e-4)
-    objectives = {name: OBJECTIVES["mrl-m"].build(replace(config, backend=name)) for name in {backend, "torch"}}
+    objectives = {name: METHODS["mrl-m"].objective(replace(config, backend=name)) for name in {backend, "torch"}}
     ds = data.synthetic(seed=0, n_users=60, n_items=40)
     users, pos = torch.randint(0, 60, (16,)), torch.randint(0, 40, (16,))
     cand = torch.randint(0, 40, (16, *objectives["torch"].candidate_shape))  # (16, 3, 5)

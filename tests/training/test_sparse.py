@@ -6,20 +6,20 @@ import torch
 from mrl_kernels.training import data
 from mrl_kernels.training.backbones import MF
 from mrl_kernels.ops import CSR
-from mrl_kernels.training.objectives import OBJECTIVES
+from mrl_kernels.training.methods import METHODS
 from mrl_kernels.training.optim import LazyAdam
 from mrl_kernels.training import Fit, TrainConfig, train
 from mrl_kernels.training import config as trainer_config
 
-from helpers import DEVICE
+from helpers import DEVICE, GRADIENT_METHODS
 
 # the training interactions an objective may read (least squares: their density)
 INTERACTIONS = CSR.from_pairs(range(20), range(0, 40, 2), 30, 50)
 
 
-@pytest.mark.parametrize("method", list(OBJECTIVES))
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_sparse_lookups_give_the_dense_loss_and_gradients(method):
-    objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=6, layout="per-level",
+    objective = METHODS[method].objective(TrainConfig(method=method, dims=(4, 8, 16), candidates=6, layout="per-level",
                                                      l2=1e-2), INTERACTIONS)
     users, pos = torch.randint(0, 30, (24,)), torch.randint(0, 50, (24,))
     cand = torch.randint(0, 50, (24, *objective.candidate_shape))

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import filelock
@@ -17,8 +18,10 @@ from mrl_kernels.ops import registry
 from mrl_kernels.training import data, metrics
 from mrl_kernels import training as trainer
 from mrl_kernels.training.backbones import BACKBONES
-from mrl_kernels.training.objectives import OBJECTIVES
+from mrl_kernels.training.methods import METHODS
 from mrl_kernels.training import Interrupted, TrainConfig, checkpoint, train
+
+from helpers import GRADIENT_METHODS
 
 SMALL = dict(dims=(4, 8, 16), batch_size=256, eval_every=2, progress=False)
 
@@ -45,7 +48,7 @@ OPERATORS = {"bpr": {"mrl_bpr_loss"}, "bpr-d": {"mns_bpr_loss"}, "bpr-m": {"mns_
              "mrl-ls": set()}
 
 
-@pytest.mark.parametrize("method", list(OBJECTIVES))
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_every_method_trains_and_writes_its_outputs(tmp_path, small, method):
     config = TrainConfig(method=method, epochs=4, out=str(tmp_path), **SMALL)
     result = train(config, log=lambda _: None, dataset=small)
@@ -295,7 +298,7 @@ def test_cli_help_gives_every_option_a_description_and_default():
 
 
 def test_unset_settings_take_the_method_recipe_and_given_ones_win(monkeypatch):
-    monkeypatch.setitem(trainer.RECIPES, "mrl-s", {"l2": 0.5, "temperature": 0.2})
+    monkeypatch.setitem(METHODS, "mrl-s", replace(METHODS["mrl-s"], recipe={"l2": 0.5, "temperature": 0.2}))
     assert TrainConfig(method="mrl-s").l2 == 0.5 and TrainConfig(method="mrl-s").temperature == 0.2
     assert TrainConfig(method="mrl-s", l2=0.01).l2 == 0.01
     assert TrainConfig(method="bpr").l2 == trainer.PAPER_RECIPE["l2"]
@@ -388,7 +391,7 @@ def test_mrl_als_at_one_level_is_implicits_ials(small):
     (dict(alpha=-1.0), "alpha must be a finite number > 0"),
     (dict(cg_steps=0), "cg_steps must be an int >= 1"),
     (dict(sparse=True), "no sparse path"),
-    (dict(method="mrl-m"), "alpha only applies to mrl-als, mrl-ls, not --method mrl-m"),
+    (dict(method="mrl-m"), "alpha only applies to mrl-ls, mrl-als, not --method mrl-m"),
     (dict(method="mrl-ls"), "cg_steps only applies to mrl-als, not --method mrl-ls"),
 ])
 def test_mrl_als_settings_are_checked(change, words):
@@ -400,11 +403,11 @@ def test_least_squares_by_gradient_is_its_objective_pair_by_pair():
     """mrl-ls's batch loss: the observed pairs' nested iALS terms, every (user, item) pair
     of the batch's rows through the Gramians, scaled by users x items / observed."""
     from mrl_kernels.training.backbones import Batch
-    from mrl_kernels.training.objectives import OBJECTIVES
+    from mrl_kernels.training.methods import METHODS
 
     interactions = data.CSR.from_pairs([0, 1, 2, 2], [1, 3, 0, 4], 3, 6)
     config = TrainConfig(method="mrl-ls", dims=(2, 5), l2=0.1, alpha=3.0, level_weights=(0.5, 2.0))
-    objective = OBJECTIVES["mrl-ls"].build(config, interactions)
+    objective = METHODS["mrl-ls"].objective(config, interactions)
     assert objective.candidate_shape == (0,)
     g = torch.Generator().manual_seed(0)
     user, pos = (torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -420,7 +423,7 @@ def test_least_squares_by_gradient_is_its_objective_pair_by_pair():
     torch.testing.assert_close(loss, expected.to(loss.dtype), rtol=1e-6, atol=1e-6)
     assert torch.autograd.gradcheck(lambda u, p: objective(Batch(u, p, p, u, p, p), None), (user, pos))
     with pytest.raises(ValueError, match="needs the training interactions"):
-        OBJECTIVES["mrl-ls"].build(config)
+        METHODS["mrl-ls"].objective(config)
 
 
 @pytest.mark.parametrize("model", ["mf", "lightgcn"])

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 from .. import _checks as checks, registry
-from ..common import reduce
-from .reference import coordinate_weights, nested_gram, nested_mask
+from .reference import coordinate_weights, nested_gram, nested_mask, observed_terms, unobserved_products
 
-__all__ = ["nested_als_solve", "nested_gram", "nested_mask", "coordinate_weights", "ALS_DTYPES"]
+__all__ = ["nested_als_solve", "nested_gram", "nested_mask", "coordinate_weights", "observed_terms", "unobserved_products",
+           "ALS_DTYPES"]
 
 ALS_DTYPES = (torch.float32, torch.float64)  # least squares in half precision would not converge
 

@@ -30,7 +30,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CG_TOLERANCE", "coordinate_weights", "nested_mask", "nested_gram", "nested_products", "nested_als_solve"]
+__all__ = ["CG_TOLERANCE", "coordinate_weights", "nested_mask", "nested_gram", "nested_products", "observed_terms",
+           "unobserved_products", "nested_als_solve"]
 
 CG_TOLERANCE = 1e-20  # a row's conjugate gradient stops below this squared residual (implicit's)
 
@@ -50,6 +51,24 @@ def nested_mask(m: Tensor) -> Tensor:
     the nested Gramian terms."""
     index = torch.arange(len(m), device=m.device)
     return m[torch.maximum(index[:, None], index[None, :])]
+
+
+def observed_terms(user: Tensor, item: Tensor, dims: Sequence[int], weights: Tensor, alpha: float,
+                   dtype: torch.dtype | None = None) -> Tensor:
+    """``w_l [alpha (1 - s_l)^2 - s_l^2]``, (P, L), of P observed pairs (rows of
+    ``user`` and ``item``), ``s_l`` their prefix scores (in ``dtype`` if given): what
+    an observed pair adds to the nested objective beyond the unobserved term
+    every pair has (:func:`unobserved_products`)."""
+    scores = (user * item).cumsum(1)[:, [d - 1 for d in dims]]
+    if dtype is not None:
+        scores, weights = scores.to(dtype), weights.to(dtype)
+    return (alpha * (1 - scores) ** 2 - scores ** 2) * weights
+
+
+def unobserved_products(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """``(X^T X) ⊙ M ⊙ (Y^T Y)``, (D, D), whose sum is every pair's
+    ``sum_l w_l <x[:d_l], y[:d_l]>^2`` (``M`` from :func:`nested_mask`)."""
+    return (x.T @ x) * mask * (y.T @ y)
 
 
 def nested_gram(other: Tensor, dims: Sequence[int], weights: Tensor, reg: float) -> Tensor:
