@@ -45,7 +45,7 @@ PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
-# every test, the slow end-to-end ones too, in one process (tests/test_int64_scale.py
+# every test, the slow end-to-end ones too, in one process (tests/ops/test_int64_scale.py
 # takes about 12 GiB a case: two at once exceed this machine's 24 GiB)
 test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

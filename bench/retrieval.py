@@ -108,7 +108,7 @@ def nested_quality(args, run) -> pd.DataFrame:
                 else:
                     if stage[0].startswith("HNSW"):
                         index.set_params(efSearch=shortlist)
-                    ids = index.search(query, K, shortlist, exclude)[1]
+                    ids = index.search(query, K, shortlist=shortlist, exclude=exclude)[1]
                 rows.append({"route": route, "width": width, "shortlist": shortlist,
                              "recall@20": recall(ids, truth), "agreement": agreement(ids, exact)})
     print(pd.DataFrame(rows).to_string(index=False), flush=True)
@@ -127,7 +127,7 @@ def quality(args) -> pd.DataFrame:
                          "recall@20": recall(exact, truth), "agreement": 1.0})
             for width in WIDTHS:
                 for shortlist in SHORTLISTS:
-                    _, ids = run.index.search(query, K, width, shortlist, exclude)
+                    _, ids = run.index.search(query, K, width=width, shortlist=shortlist, exclude=exclude)
                     rows.append({"dataset": dataset, "method": method, "width": width, "shortlist": shortlist,
                                  "recall@20": recall(ids, truth), "agreement": agreement(ids, exact)})
             print(pd.DataFrame(rows[-len(WIDTHS) * len(SHORTLISTS) - 1:]).to_string(index=False), flush=True)
@@ -214,7 +214,7 @@ def speed(args, base_items: torch.Tensor, base_users: torch.Tensor) -> pd.DataFr
                 index.set_params(**setting)
                 add(f"NestedIndex width {width}, {factory}, float16 rerank",
                     ", ".join(f"{k} {v}" for k, v in setting.items()) + f", shortlist {shortlist}",
-                    lambda: index.search(query, K, shortlist)[1], memory, build)
+                    lambda: index.search(query, K, shortlist=shortlist)[1], memory, build)
             del index
     table = pd.DataFrame(rows)
     table["queries/s"] = BATCH / table["ms"] * 1e3

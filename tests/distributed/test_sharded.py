@@ -2,7 +2,6 @@
 processes give the one-process operators' negatives and losses on the same
 candidates (the ranks' shares concatenated in rank order), and their gradients,
 each table row's on its owner alone."""
-import os
 
 import pytest
 import torch

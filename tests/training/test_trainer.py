@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import filelock
@@ -12,35 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from mrl_kernels import atomic, load_run
-from mrl_kernels.cli import train as train_cli
+from mrl_kernels import atomic
 from mrl_kernels.ops import registry
 from mrl_kernels.training import data, metrics
 from mrl_kernels import training as trainer
 from mrl_kernels.training.backbones import BACKBONES
-from mrl_kernels.training.methods import METHODS
 from mrl_kernels.training import Interrupted, TrainConfig, checkpoint, train
 
-from helpers import GRADIENT_METHODS
-
-SMALL = dict(dims=(4, 8, 16), batch_size=256, eval_every=2, progress=False)
-
-
-@pytest.fixture(scope="module")
-def small():
-    return data.synthetic(seed=0, n_users=300, n_items=200)
-
-
-@pytest.fixture(scope="module")
-def finished(small, tmp_path_factory):
-    """A finished 2-epoch run made without --out (runs/<time>-synthetic-mrl-m in a
-    folder of its own): its folder and metrics. Tests copy it before changing it."""
-    where = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(where)  # runs/ is relative to the working directory
-        result = train(TrainConfig(epochs=2, **SMALL), log=lambda _: None, dataset=small)
-    return where / result["config"]["out"], result
-
+from helpers import GRADIENT_METHODS, SMALL, same_run
 
 # the operators each method calls on dense tables
 OPERATORS = {"bpr": {"mrl_bpr_loss"}, "bpr-d": {"mns_bpr_loss"}, "bpr-m": {"mns_sample"},
@@ -127,13 +105,7 @@ def test_resume_during_the_refit_equals_an_uninterrupted_run(tmp_path, small, mo
     monkeypatch.undo()
     resumed = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **SMALL), log=lambda _: None, dataset=small,
                     resume=True)
-    assert _same_run(straight, resumed)
-
-
-def _same_run(a: dict, b: dict) -> bool:
-    """Equal metrics.json contents but for timings and the folder."""
-    drop = ("seconds_per_epoch", "wall_seconds", "config")
-    return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    assert same_run(straight, resumed)
 
 
 def test_two_threads_give_the_same_bytes_and_resume_equals_an_uninterrupted_run(tmp_path):
@@ -149,7 +121,7 @@ def test_two_threads_give_the_same_bytes_and_resume_equals_an_uninterrupted_run(
                           resume=True))
     finally:
         torch.set_num_threads(before)
-    assert _same_run(runs[0], runs[1]) and _same_run(runs[0], runs[2])
+    assert same_run(runs[0], runs[1]) and same_run(runs[0], runs[2])
     weights = [checkpoint.read(tmp_path / name / "checkpoint.pt", torch.device("cpu"))["model"]
                for name in "abc"]
     for other in weights[1:]:
@@ -256,63 +228,6 @@ def test_early_stopping(tmp_path, small):
     assert result["epochs_run"] < 200
 
 
-def test_cli_runs_on_an_authors_folder(tmp_path, shared_datasets, capsys):
-    code = train_cli.main(["--dataset", str(shared_datasets / "ml100k"), "--epochs", "2", "--eval-every", "1",
-                     "--dims", "8,16", "--out", str(tmp_path), "--no-progress"])
-    assert code == 0
-    assert "recall@20" in capsys.readouterr().out
-    assert json.loads((tmp_path / "metrics.json").read_text())["dataset"] == "ml100k"
-
-
-@pytest.mark.parametrize("argv, words", [
-    (["--dataset", "missing-dir"], "unknown dataset 'missing-dir'"),
-    (["--dims", "8,4"], "dims must be strictly increasing"),
-    (["--batch-size", "0"], "batch_size must be an int >= 1"),
-    (["--lr", "-1"], "lr must be a finite number > 0"),
-    (["--eval-users", "0"], "eval_users must be an int >= 1"),
-    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nonsense"], "device"),
-    (["--resume"], "there is no checkpoint to resume"),
-])
-def test_cli_errors_are_one_line(tmp_path, capsys, argv, words):
-    assert train_cli.main([*argv, "--out", str(tmp_path), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("mrl-train: error:") and words in err and "\n" not in err
-
-
-def test_one_progress_bar_labelled_evaluations_and_why_it_stopped(tmp_path, capsys):
-    assert train_cli.main(["--epochs", "4", "--eval-every", "2", "--users", "300", "--items", "200", "--dims", "4,8,16",
-                     "--out", str(tmp_path)]) == 0
-    captured = capsys.readouterr()
-    assert "training:" in captured.err and "4/4" in captured.err and "valid recall@20" in captured.err
-    assert captured.err.count("training:") >= 1 and "epoch 1" not in captured.err  # no bar per epoch
-    assert "validation metrics, epoch 2:" in captured.out and "validation metrics, epoch 4:" in captured.out
-    assert "reached --epochs 4; best epoch" in captured.out and "wall time" in captured.out
-
-
-def test_cli_help_gives_every_option_a_description_and_default():
-    for action in train_cli.parser()._actions:
-        if action.dest != "help":
-            assert action.help, action.dest
-    text = " ".join(train_cli.parser().format_help().split())
-    assert "(default: mrl-m)" in text and "(default: 0.001, the paper's" in text
-
-
-def test_unset_settings_take_the_method_recipe_and_given_ones_win(monkeypatch):
-    monkeypatch.setitem(METHODS, "mrl-s", replace(METHODS["mrl-s"], recipe={"l2": 0.5, "temperature": 0.2}))
-    assert TrainConfig(method="mrl-s").l2 == 0.5 and TrainConfig(method="mrl-s").temperature == 0.2
-    assert TrainConfig(method="mrl-s", l2=0.01).l2 == 0.01
-    assert TrainConfig(method="bpr").l2 == trainer.PAPER_RECIPE["l2"]
-    assert "mrl-s: 0.5" in " ".join(train_cli.parser().format_help().split())
-    args = train_cli.parser().parse_args(["--method", "mrl-s", "--lr", "0.01"])
-    assert args.lr == 0.01 and not hasattr(args, "l2")  # an unset flag leaves the method's default
-
-
-def test_cli_rejects_bad_dims_syntax(capsys):
-    with pytest.raises(SystemExit):
-        train_cli.main(["--dims", "4,x"])
-    assert "comma-separated ints" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_mrl_m_beats_bpr_on_synthetic(tmp_path):
     """The built-in default job: MRL-M ranks better than BPR on the planted
@@ -327,114 +242,6 @@ def test_mrl_m_beats_bpr_on_synthetic(tmp_path):
     assert coarse["mrl-m"] > max(coarse["bpr"], 0.5)
 
 
-ALS = dict(method="mrl-als", dims=(4, 8, 16), l2=1.0, alpha=10.0, progress=False)
-
-
-def test_mrl_als_sweeps_lower_its_objective_and_serve_like_every_method(tmp_path, small):
-    result = train(TrainConfig(epochs=5, patience=100, out=str(tmp_path), **ALS), log=lambda _: None, dataset=small)
-    history = pd.read_csv(tmp_path / "history.csv")
-    assert history.epoch.tolist() == [1, 2, 3, 4, 5]  # mrl-als evaluates every sweep by default
-    assert history.loss.is_monotonic_decreasing, "each conjugate-gradient solve lowers the objective"
-    assert set(result["prefix"]) == {"4", "8", "16"} and result["refit_epochs"] == result["best_epoch"]
-    assert result["config"]["alpha"] == 10.0 and result["config"]["cg_steps"] == 3
-    assert result["backends"]["nested_als_solve"] == "cpp"
-    # the first sweeps of a nested least-squares fit beat a random model by far
-    assert result["test"]["recall@20"] > 5 * train(
-        TrainConfig(epochs=1, eval_every=1, lr=1e-9, out=str(tmp_path / "random"), progress=False, dims=(4, 8, 16)),
-        log=lambda _: None, dataset=small)["test"]["recall@20"]
-    run = load_run(tmp_path)
-    table = run.recommend(run.user_ids[:3], 5)
-    assert len(table) == 15
-
-
-def test_mrl_als_resumes_exactly(tmp_path, small):
-    config = {**ALS, "refit": False, "patience": 100}
-    straight = train(TrainConfig(epochs=4, out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=small)
-    train(TrainConfig(epochs=2, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small)
-    resumed = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small,
-                    resume=True)
-    assert _same_run(straight, resumed)
-
-
-def test_mrl_als_at_one_level_is_implicits_ials(small):
-    """Weights (0, ..., 0, 1): a sweep is implicit's iteration, users then items, with l2 as its
-    regularization (each half compared from the same inputs)."""
-    implicit_als = pytest.importorskip("implicit.cpu._als", reason="implicit is not installed (the bench extra)")
-    import numpy as np
-    import scipy.sparse
-    from threadpoolctl import threadpool_limits
-
-    from mrl_kernels.training.als import AlsFit
-
-    # l2 10: conjugate gradient's first steps from the tiny random start amplify float32 rounding
-    # in proportion to the system's condition number
-    fit = AlsFit(TrainConfig(**{**ALS, "l2": 10.0, "level_weights": (0.0, 0.0, 1.0)}), small.train,
-                 torch.device("cpu"))
-    users, items = (t.detach().numpy().copy() for t in fit.model.tables())
-    fit.epoch()
-    ours_users, ours_items = (t.detach().numpy() for t in fit.model.tables())
-    rows, cols = small.train.pairs()
-    confidence = scipy.sparse.csr_matrix((np.full(len(rows), 10.0, dtype=np.float32), (rows, cols)),
-                                         shape=(small.n_users, small.n_items))
-    with threadpool_limits(1, "blas"):
-        implicit_als.least_squares_cg(confidence, users, items, 10.0, num_threads=1, cg_steps=3)
-        np.testing.assert_allclose(ours_users, users, atol=1e-5, rtol=1e-4)
-        implicit_als.least_squares_cg(confidence.T.tocsr(), items, ours_users.copy(), 10.0, num_threads=1,
-                                      cg_steps=3)
-    np.testing.assert_allclose(ours_items, items, atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("change, words", [
-    (dict(model="lightgcn"), "needs --model mf"),
-    (dict(level_weights=(1.0, 1.0)), "level_weights must have one weight per width"),
-    (dict(level_weights=(0.0, 0.0, 0.0)), "not all 0"),
-    (dict(alpha=-1.0), "alpha must be a finite number > 0"),
-    (dict(cg_steps=0), "cg_steps must be an int >= 1"),
-    (dict(sparse=True), "no sparse path"),
-    (dict(method="mrl-m"), "alpha only applies to mrl-ls, mrl-als, not --method mrl-m"),
-    (dict(method="mrl-ls"), "cg_steps only applies to mrl-als, not --method mrl-ls"),
-])
-def test_mrl_als_settings_are_checked(change, words):
-    with pytest.raises(ValueError, match=words):
-        TrainConfig(**{**ALS, "cg_steps": 3, **change}).check()
-
-
-def test_least_squares_by_gradient_is_its_objective_pair_by_pair():
-    """mrl-ls's batch loss: the observed pairs' nested iALS terms, every (user, item) pair
-    of the batch's rows through the Gramians, scaled by users x items / observed."""
-    from mrl_kernels.training.backbones import Batch
-    from mrl_kernels.training.methods import METHODS
-
-    interactions = data.CSR.from_pairs([0, 1, 2, 2], [1, 3, 0, 4], 3, 6)
-    config = TrainConfig(method="mrl-ls", dims=(2, 5), l2=0.1, alpha=3.0, level_weights=(0.5, 2.0))
-    objective = METHODS["mrl-ls"].objective(config, interactions)
-    assert objective.candidate_shape == (0,)
-    g = torch.Generator().manual_seed(0)
-    user, pos = (torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    batch = Batch(user, pos, pos, user, pos, pos)
-    observed = unobserved = 0.0
-    for level, d in enumerate((2, 5)):
-        w = (0.5, 2.0)[level]
-        s = (user[:, :d] * pos[:, :d]).sum(1)
-        observed = observed + w * (3.0 * (1 - s) ** 2 - s ** 2).mean()
-        unobserved = unobserved + w * ((user[:, :d] @ pos[:, :d].T) ** 2).mean()
-    expected = observed + 3 * 6 / 4 * unobserved + 0.1 * (user.square().sum() + pos.square().sum()) / 2 / 7
-    loss = objective(batch, torch.zeros(7, 0, dtype=torch.int64))
-    torch.testing.assert_close(loss, expected.to(loss.dtype), rtol=1e-6, atol=1e-6)
-    assert torch.autograd.gradcheck(lambda u, p: objective(Batch(u, p, p, u, p, p), None), (user, pos))
-    with pytest.raises(ValueError, match="needs the training interactions"):
-        METHODS["mrl-ls"].objective(config)
-
-
-@pytest.mark.parametrize("model", ["mf", "lightgcn"])
-def test_least_squares_by_gradient_trains_any_backbone(tmp_path, small, model):
-    result = train(TrainConfig(method="mrl-ls", model=model, epochs=4, lr=1e-2, out=str(tmp_path), **SMALL),
-                   log=lambda _: None, dataset=small)
-    history = pd.read_csv(tmp_path / "history.csv")
-    assert history.loss.is_monotonic_decreasing
-    assert result["test"]["recall@20"] > 0.1
-
-
 def test_eval_users_samples_the_evaluated_users_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, small):
     config = {**SMALL, "refit": False, "eval_users": 40}
     straight = train(TrainConfig(epochs=4, out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=small)
@@ -447,7 +254,7 @@ def test_eval_users_samples_the_evaluated_users_and_a_resumed_run_equals_an_unin
     train(TrainConfig(epochs=2, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small)
     resumed = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small,
                     resume=True)
-    assert _same_run(straight, resumed)
+    assert same_run(straight, resumed)
     everyone = train(TrainConfig(epochs=4, out=str(tmp_path / "c"), **{**config, "eval_users": None}),
                      log=lambda _: None, dataset=small)
     assert everyone["config"]["evaluated_users"]["test"] == int((small.test.row_lengths() > 0).sum()) > 40

@@ -1,0 +1,121 @@
+"""Nested least squares: mrl-als (solved in sweeps) and mrl-ls (by gradient)."""
+
+import pandas as pd
+import pytest
+import torch
+
+from mrl_kernels import load_run
+from mrl_kernels.training import data
+from mrl_kernels.training import TrainConfig, train
+
+from helpers import SMALL, same_run
+
+
+ALS = dict(method="mrl-als", dims=(4, 8, 16), l2=1.0, alpha=10.0, progress=False)
+
+
+def test_mrl_als_sweeps_lower_its_objective_and_serve_like_every_method(tmp_path, small):
+    result = train(TrainConfig(epochs=5, patience=100, out=str(tmp_path), **ALS), log=lambda _: None, dataset=small)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history.epoch.tolist() == [1, 2, 3, 4, 5]  # mrl-als evaluates every sweep by default
+    assert history.loss.is_monotonic_decreasing, "each conjugate-gradient solve lowers the objective"
+    assert set(result["prefix"]) == {"4", "8", "16"} and result["refit_epochs"] == result["best_epoch"]
+    assert result["config"]["alpha"] == 10.0 and result["config"]["cg_steps"] == 3
+    assert result["backends"]["nested_als_solve"] == "cpp"
+    # the first sweeps of a nested least-squares fit beat a random model by far
+    assert result["test"]["recall@20"] > 5 * train(
+        TrainConfig(epochs=1, eval_every=1, lr=1e-9, out=str(tmp_path / "random"), progress=False, dims=(4, 8, 16)),
+        log=lambda _: None, dataset=small)["test"]["recall@20"]
+    run = load_run(tmp_path)
+    table = run.recommend(run.user_ids[:3], 5)
+    assert len(table) == 15
+
+
+def test_mrl_als_resumes_exactly(tmp_path, small):
+    config = {**ALS, "refit": False, "patience": 100}
+    straight = train(TrainConfig(epochs=4, out=str(tmp_path / "a"), **config), log=lambda _: None, dataset=small)
+    train(TrainConfig(epochs=2, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small)
+    resumed = train(TrainConfig(epochs=4, out=str(tmp_path / "b"), **config), log=lambda _: None, dataset=small,
+                    resume=True)
+    assert same_run(straight, resumed)
+
+
+def test_mrl_als_at_one_level_is_implicits_ials(small):
+    """Weights (0, ..., 0, 1): a sweep is implicit's iteration, users then items, with l2 as its
+    regularization (each half compared from the same inputs)."""
+    implicit_als = pytest.importorskip("implicit.cpu._als", reason="implicit is not installed (the bench extra)")
+    import numpy as np
+    import scipy.sparse
+    from threadpoolctl import threadpool_limits
+
+    from mrl_kernels.training.als import AlsFit
+
+    # l2 10: conjugate gradient's first steps from the tiny random start amplify float32 rounding
+    # in proportion to the system's condition number
+    fit = AlsFit(TrainConfig(**{**ALS, "l2": 10.0, "level_weights": (0.0, 0.0, 1.0)}), small.train,
+                 torch.device("cpu"))
+    users, items = (t.detach().numpy().copy() for t in fit.model.tables())
+    fit.epoch()
+    ours_users, ours_items = (t.detach().numpy() for t in fit.model.tables())
+    rows, cols = small.train.pairs()
+    confidence = scipy.sparse.csr_matrix((np.full(len(rows), 10.0, dtype=np.float32), (rows, cols)),
+                                         shape=(small.n_users, small.n_items))
+    with threadpool_limits(1, "blas"):
+        implicit_als.least_squares_cg(confidence, users, items, 10.0, num_threads=1, cg_steps=3)
+        np.testing.assert_allclose(ours_users, users, atol=1e-5, rtol=1e-4)
+        implicit_als.least_squares_cg(confidence.T.tocsr(), items, ours_users.copy(), 10.0, num_threads=1,
+                                      cg_steps=3)
+    np.testing.assert_allclose(ours_items, items, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(model="lightgcn"), "needs --model mf"),
+    (dict(level_weights=(1.0, 1.0)), "level_weights must have one weight per width"),
+    (dict(level_weights=(0.0, 0.0, 0.0)), "not all 0"),
+    (dict(alpha=-1.0), "alpha must be a finite number > 0"),
+    (dict(cg_steps=0), "cg_steps must be an int >= 1"),
+    (dict(sparse=True), "no sparse path"),
+    (dict(method="mrl-m"), "alpha only applies to mrl-ls, mrl-als, not --method mrl-m"),
+    (dict(method="mrl-ls"), "cg_steps only applies to mrl-als, not --method mrl-ls"),
+])
+def test_mrl_als_settings_are_checked(change, words):
+    with pytest.raises(ValueError, match=words):
+        TrainConfig(**{**ALS, "cg_steps": 3, **change}).check()
+
+
+def test_least_squares_by_gradient_is_its_objective_pair_by_pair():
+    """mrl-ls's batch loss: the observed pairs' nested iALS terms, every (user, item) pair
+    of the batch's rows through the Gramians, scaled by users x items / observed."""
+    from mrl_kernels.training.backbones import Batch
+    from mrl_kernels.training.methods import METHODS
+
+    interactions = data.CSR.from_pairs([0, 1, 2, 2], [1, 3, 0, 4], 3, 6)
+    config = TrainConfig(method="mrl-ls", dims=(2, 5), l2=0.1, alpha=3.0, level_weights=(0.5, 2.0))
+    objective = METHODS["mrl-ls"].objective(config, interactions)
+    assert objective.candidate_shape == (0,)
+    g = torch.Generator().manual_seed(0)
+    user, pos = (torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    batch = Batch(user, pos, pos, user, pos, pos)
+    observed = unobserved = 0.0
+    for level, d in enumerate((2, 5)):
+        w = (0.5, 2.0)[level]
+        s = (user[:, :d] * pos[:, :d]).sum(1)
+        observed = observed + w * (3.0 * (1 - s) ** 2 - s ** 2).mean()
+        unobserved = unobserved + w * ((user[:, :d] @ pos[:, :d].T) ** 2).mean()
+    expected = observed + 3 * 6 / 4 * unobserved + 0.1 * (user.square().sum() + pos.square().sum()) / 2 / 7
+    loss = objective(batch, torch.zeros(7, 0, dtype=torch.int64))
+    torch.testing.assert_close(loss, expected.to(loss.dtype), rtol=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda u, p: objective(Batch(u, p, p, u, p, p), None), (user, pos))
+    with pytest.raises(ValueError, match="needs the training interactions"):
+        METHODS["mrl-ls"].objective(config)
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+def test_least_squares_by_gradient_trains_any_backbone(tmp_path, small, model):
+    result = train(TrainConfig(method="mrl-ls", model=model, epochs=4, lr=1e-2, out=str(tmp_path), **SMALL),
+                   log=lambda _: None, dataset=small)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history.loss.is_monotonic_decreasing
+    assert result["test"]["recall@20"] > 0.1
+
+
