@@ -29,10 +29,8 @@ exactly what the one-process operators give on that pool:
   ranks (a max and a sum all-reduce of ``B x L``, as vocabulary-parallel cross
   entropy does), with an optional logQ correction.
 
-Bytes exchanged per step: the users' ``B x D`` (forward all-gather, backward
-reduce-scatter), a few ``B x L`` scores and ids, against ``B x L x M x D`` when
-the candidates' rows are gathered through the sharded lookup.
-
+Bytes exchanged per step: the users' ``B x D`` both ways and a few ``B x L``
+scores and ids, against ``B x L x M x D`` for gathering the candidates' rows.
 Losses follow the one-process operators with one convention: the returned
 value is this rank's rows' share, so that the ranks' losses **sum** to the
 one-process loss (``reduction="mean"``: this rank's rows summed over the
