@@ -19,6 +19,7 @@ from ..training import Interrupted, TrainConfig, request_stop, train
 from ..training.backbones import BACKBONES
 from ..training.methods import METHODS, ONLY_SOME, PAPER_RECIPE, recipe
 from ..training.data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
+from ._parser import ArgumentParser
 
 
 def _numbers(kind, example: str):
@@ -31,6 +32,18 @@ def _numbers(kind, example: str):
 
 
 _dims = _numbers(int, "4,8,16,32,64")
+
+
+def _seed(text: str) -> int:
+    """A seed every generator takes: an int in [0, 2**63 - 1] (numpy's are >= 0; torch's take
+    the seed plus the rank, at most 2**64 - 1)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected an int in [0, 2**63 - 1], got {text!r}")
+    return seed
 
 
 def _takers(name: str) -> list[str]:
@@ -49,8 +62,7 @@ def _defaults(name: str, methods=tuple(METHODS)) -> str:
 
 def parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="mrl-train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="mrl-train", description=__doc__)
     p.add_argument("--dataset", default=d.dataset,
                    help="synthetic | phone | tool | sport | ml100k | a folder in the authors' format | a .csv/.parquet "
                         "table with columns user,item")
@@ -93,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
                         "0,0,0,0,1 is iALS at full width)")
     p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
                    help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps')})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
+    p.add_argument("--seed", type=_seed, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=argparse.SUPPRESS,
                    help=f"epochs between validation evaluations (default: {_defaults('eval_every')})")
     p.add_argument("--patience", type=int, default=argparse.SUPPRESS,

@@ -64,11 +64,16 @@ class MatryoshkaIndex:
     def state(self) -> dict:
         return {"items": self.items, "widths": self.widths, "shortlist_dtype": str(self.shortlist_dtype)}
 
-    def save(self, path: str | Path) -> None:
-        """Write the index atomically (the narrow copies are rebuilt on load)."""
+    def save(self, path: str | Path, force: bool = False) -> None:
+        """Write the index atomically (the narrow copies are rebuilt on load); an
+        existing file is replaced only with ``force`` (FileExistsError otherwise,
+        also when another writer creates ``path`` first), as :meth:`NestedIndex.save`."""
         buffer = io.BytesIO()
         torch.save(self.state(), buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        try:
+            atomic_write_bytes(path, buffer.getvalue(), replace=force)
+        except FileExistsError:
+            raise FileExistsError(f"{path} exists; force=True replaces it") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "MatryoshkaIndex":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -16,10 +17,14 @@ from ..atomic import atomic_write_bytes
 from ..ops import exclusion
 from ..ops._checks import check_int, check_rows
 from ..ops.prefix_topk import ranked
+from .first_stage import FirstStage, parse_first_stage
 
 __all__ = ["NestedIndex", "fingerprint"]
 
-INDEX_FORMAT = "mrl_kernels nested index 1"
+INDEX_FORMAT = "mrl_kernels nested index 2"  # 2: a sha256 over the whole content
+OLD_FORMAT = "mrl_kernels nested index 1"
+# what the sha256 covers besides the FAISS bytes
+META = ("format", "width", "first_stage", "rerank_dtype", "params", "source")
 # the FAISS storage of the rerank table per dtype (None: IndexFlatIP, float32)
 RERANK_CODECS = {torch.float32: None, torch.float16: "QT_fp16", torch.bfloat16: "QT_bf16"}
 
@@ -51,14 +56,16 @@ class NestedIndex:
     ``width`` columns).
 
     ``first_stage`` is a FAISS ``index_factory`` string for the narrow index
-    (inner-product metric): ``"HNSW32"``, ``"IVF4096,Flat"``, ``"IVF4096,SQfp16"``,
-    ``"IVF4096,PQ8"``, ``"Flat"`` (exact narrow scores, for checks) ...; indexes
+    (inner-product metric) of one of the forms
+    :data:`~mrl_kernels.serving.first_stage.FORMS`: ``"HNSW32"``,
+    ``"IVF4096,Flat"``, ``"IVF4096,SQfp16"``, ``"IVF4096,PQ8"``, ``"Flat"``
+    (exact narrow scores, for checks), checked before FAISS sees it; indexes
     that need training are trained on the whole narrow table (FAISS k-means
     samples it with its own fixed seed). The rerank reads the full table stored
     in ``rerank_dtype`` (float16 / bfloat16 halve its bytes; scores are float32).
     ``params`` are the narrow index's FAISS search parameters (``{"efSearch":
-    128}``, ``{"nprobe": 32}``: FAISS ``ParameterSpace`` names), changeable with
-    :meth:`set_params`.
+    128}`` for HNSW, ``{"nprobe": 32}`` for IVF: FAISS ``ParameterSpace``
+    names, ints), changeable with :meth:`set_params`.
 
     Search runs on the CPU, on FAISS's OpenMP threads. HNSW graphs built on
     several threads may differ between builds; a saved index loads equal."""
@@ -79,9 +86,7 @@ class NestedIndex:
         dim, width = table.shape[1], check_int("width", width)
         if width > dim:
             raise ValueError(f"width must be at most the table's width {dim}, got {width}")
-        if not isinstance(first_stage, str) or not first_stage:
-            raise ValueError(f"first_stage must be a FAISS index_factory string like 'HNSW32' or 'IVF4096,Flat', "
-                             f"got {first_stage!r}")
+        stage = parse_first_stage(first_stage, width, table.shape[0])
         try:
             narrow = faiss.index_factory(width, first_stage, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -100,11 +105,11 @@ class NestedIndex:
                 raise ValueError(f"first_stage {first_stage!r} cannot be trained on the {len(vectors)} items: "
                                  f"{_faiss_message(exc)}") from None
         index.add(vectors)
-        self._setup(index, width, first_stage, rerank_dtype, fingerprint(table), params or {})
+        self._setup(index, width, stage, rerank_dtype, fingerprint(table), params or {})
 
-    def _setup(self, index, width: int, first_stage: str, rerank_dtype: torch.dtype, source: str, params: dict):
-        self.index, self.width, self.first_stage, self.rerank_dtype = index, width, first_stage, rerank_dtype
-        self.source, self.params = source, {}
+    def _setup(self, index, width: int, stage: FirstStage, rerank_dtype: torch.dtype, source: str, params: dict):
+        self.index, self.width, self.stage, self.rerank_dtype = index, width, stage, rerank_dtype
+        self.first_stage, self.source, self.params = stage.text, source, {}
         self.set_params(**params)
 
     @property
@@ -123,14 +128,13 @@ class NestedIndex:
 
     def set_params(self, **params) -> None:
         """Set the narrow index's search parameters (FAISS ``ParameterSpace``
-        names: efSearch, nprobe, ...); ValueError naming one it does not have."""
+        names): an HNSW's efSearch, an int in [1, N]; an IVF's nprobe, an int
+        in [1, nlist]. ValueError naming one it does not have or a value out of
+        range, before any is set."""
+        params = self.stage.check_params(params, self.index.ntotal)
         space = _faiss().ParameterSpace()
         for name, value in params.items():
-            try:
-                space.set_index_parameter(self.index, name, float(value))
-            except (RuntimeError, TypeError, ValueError) as exc:
-                raise ValueError(f"search parameter {name}={value!r} does not apply to a {self.first_stage!r} "
-                                 f"first stage ({_faiss_message(exc)})") from None
+            space.set_index_parameter(self.index, name, value)
             self.params[name] = value
 
     def nbytes(self) -> int:
@@ -187,21 +191,25 @@ class NestedIndex:
         return scores, ids
 
     def save(self, path: str | Path, force: bool = False) -> None:
-        """Write the index to one file, atomically; an existing file is
-        replaced only with ``force``."""
+        """Write the index to one file, atomically, with a sha256 over its whole
+        content (:meth:`load` checks it); an existing file is replaced only with
+        ``force`` (FileExistsError otherwise, also when another writer creates
+        ``path`` first)."""
         path = Path(path)
-        if path.exists() and not force:
-            raise FileExistsError(f"{path} exists; force=True replaces it")
-        state = {"format": INDEX_FORMAT, "width": self.width, "first_stage": self.first_stage,
-                 "rerank_dtype": str(self.rerank_dtype), "params": dict(self.params), "source": self.source,
-                 "faiss": torch.from_numpy(_faiss().serialize_index(self.index))}
+        meta = {"format": INDEX_FORMAT, "width": self.width, "first_stage": self.first_stage,
+                "rerank_dtype": str(self.rerank_dtype), "params": dict(self.params), "source": self.source}
+        blob = _faiss().serialize_index(self.index)
         buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        torch.save({**meta, "faiss": torch.from_numpy(blob), "sha256": _digest(meta, blob)}, buffer)
+        try:
+            atomic_write_bytes(path, buffer.getvalue(), replace=force)
+        except FileExistsError:
+            raise FileExistsError(f"{path} exists; force=True replaces it") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "NestedIndex":
-        """The index :meth:`save` wrote; ValueError naming the file if it is not one."""
+        """The index :meth:`save` wrote; ValueError naming the file if it is not
+        one or its content is not what was saved (the sha256 differs)."""
         faiss, path = _faiss(), Path(path)
         if not path.is_file():
             raise ValueError(f"{path} does not exist or is not a file")
@@ -209,10 +217,29 @@ class NestedIndex:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file: empty, truncated, garbage
             raise ValueError(f"{path} is not an index written by NestedIndex.save ({type(exc).__name__})") from None
-        if not isinstance(state, dict) or state.get("format") != INDEX_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (INDEX_FORMAT, OLD_FORMAT):
             raise ValueError(f"{path} is not an index written by NestedIndex.save")
+        if state["format"] == OLD_FORMAT:
+            raise ValueError(f"{path} is an index of an older mrl_kernels (without a checksum); build it again "
+                             "(mrl-recommend --ann ... --save-index)")
+        meta = {name: state.get(name) for name in META}
+        blob = state.get("faiss")
+        try:
+            intact = isinstance(blob, torch.Tensor) and blob.dtype == torch.uint8 and blob.dim() == 1 \
+                and state.get("sha256") == _digest(meta, blob.numpy())
+        except TypeError:  # metadata that is not JSON
+            intact = False
+        if not intact:
+            raise ValueError(f"{path} is damaged: its content does not match the sha256 saved with it")
         self = cls.__new__(cls)
-        self._setup(faiss.deserialize_index(state["faiss"].numpy()), state["width"],
-                    state["first_stage"], getattr(torch, state["rerank_dtype"].replace("torch.", "")),
-                    state["source"], state["params"])
+        index = faiss.deserialize_index(blob.numpy())
+        self._setup(index, meta["width"], parse_first_stage(meta["first_stage"], meta["width"], index.ntotal),
+                    getattr(torch, meta["rerank_dtype"].replace("torch.", "")), meta["source"], meta["params"])
         return self
+
+
+def _digest(meta: dict, blob: np.ndarray) -> str:
+    """sha256 of the index's metadata (as sorted JSON) and its FAISS bytes."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    digest.update(memoryview(np.ascontiguousarray(blob)))
+    return digest.hexdigest()

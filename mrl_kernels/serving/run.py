@@ -11,6 +11,7 @@ import torch
 
 from ..modelfile import read_model
 from ..ops import CSR
+from ..ops._checks import check_int
 from .exact import MatryoshkaIndex
 from .nested import NestedIndex, fingerprint
 
@@ -54,11 +55,13 @@ class LoadedRun:
     def recommend(self, users: Iterable, k: int = 20, width: int | None = None, shortlist: int | None = None,
                   index: NestedIndex | None = None) -> pd.DataFrame:
         """The top ``k`` items of each user (original ids), their seen items
-        excluded: one row per (user, rank) with the item and its full-width score.
+        excluded: one row per (user, rank) with the item and its full-width score
+        (``k`` beyond the items left: every item left).
         ``width``: serve through a shortlist at that prefix width (default: exact).
         ``index``: serve through that :class:`NestedIndex` over this run's item
         table instead (``width``, if given, must be its width)."""
         users = list(users)
+        k = min(check_int("k", k), len(self.item_ids))  # the padding beyond the items is never returned
         if index is None:
             index = self.index
         else:

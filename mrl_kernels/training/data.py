@@ -152,10 +152,39 @@ def read_authors(directory, valid_fraction: float = 0.1, seed: int = 0, name: st
 
 def _text_ids(column: pd.Series) -> pd.Series:
     """Ids read as text: int64 where every one is a plain integer ("7", "-3", not
-    "007" or "+7", which would not read back as written), else the text as is."""
-    if column.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all():
+    "007", "+7" or "-0", which would not read back as written), else the text as is."""
+    if column.str.fullmatch(r"0|-?[1-9][0-9]{0,17}").all():
         return column.astype("int64")
     return column
+
+
+# a line of a table of ids longer than this is not one (a file of NUL bytes, or without line breaks, is read
+# by pandas as one field of the whole file: several times its size in memory)
+MAX_LINE = 1 << 20
+
+
+def _check_text(path: Path) -> None:
+    """DataError, before pandas reads ``path``, if it holds a NUL byte (not text)
+    or a line longer than :data:`MAX_LINE` bytes; one pass, reading
+    ``MAX_LINE`` bytes at a time (a line inside one read is shorter)."""
+    offset, line, line_start = 0, 1, 0
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    with f:
+        while chunk := f.read(MAX_LINE):
+            nul = chunk.find(b"\0")
+            end = len(chunk) if nul < 0 else nul
+            first = chunk.find(b"\n", 0, end)  # where the line open at the read's start ends
+            if offset + (end if first < 0 else first) - line_start > MAX_LINE:
+                raise DataError(f"{path}:{line}: a line longer than {MAX_LINE} bytes; not a table of ids")
+            if first >= 0:
+                line += chunk.count(b"\n", 0, end)
+                line_start = offset + chunk.rindex(b"\n", 0, end) + 1
+            if nul >= 0:
+                raise DataError(f"{path}:{line}: a NUL byte (at byte {offset + nul}); not UTF-8 text")
+            offset += len(chunk)
 
 
 def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -167,6 +196,8 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
     validation split a ``valid_fraction`` of what is left."""
     path = Path(path)
     parquet = path.suffix.lower() in (".parquet", ".pq")
+    if not parquet:
+        _check_text(path)
     try:
         # CSV ids are read as text (only an empty cell is missing), so "007" and "7" stay two ids
         frame = pd.read_parquet(path) if parquet else pd.read_csv(path, dtype=str, keep_default_na=False,
@@ -180,7 +211,7 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
             raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         raise
     except Exception as exc:  # noqa: BLE001 - pandas raises many types
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        raise DataError(f"cannot read {path}: {str(exc) or type(exc).__name__}") from exc
     missing = {"user", "item"} - set(frame.columns)
     if missing:
         raise DataError(f"{path} needs columns 'user' and 'item'; missing {sorted(missing)}")
@@ -195,6 +226,12 @@ def read_table(path, valid_fraction: float = 0.1, test_fraction: float = 0.2, se
             row = int(np.flatnonzero(absent)[0])
             raise DataError(f"{path}: row {row + 1} of the table (counting from 1, header excluded) has no {column} "
                             f"id ({int(absent.sum())} such rows); remove or fill them")
+        mixed = pd.api.types.infer_dtype(frame[column], skipna=False) in ("mixed", "unknown-array")
+        row, value = next(((row, v) for row, v in enumerate(frame[column]) if not pd.api.types.is_scalar(v)),
+                          (None, None)) if mixed else (None, None)
+        if row is not None:  # a list, an array, a struct: not an id
+            raise DataError(f"{path}: row {row + 1} of the table has a {type(value).__name__} as its {column} id "
+                            f"({str(value)[:60]}); ids are ints or strings, one a cell")
     if not parquet:
         frame = frame.assign(user=_text_ids(frame["user"]), item=_text_ids(frame["item"]))
     users, user_ids = pd.factorize(frame["user"], sort=True)

@@ -22,12 +22,13 @@ from ..atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from ..modelfile import MODEL_FILE
 from .checkpoint import CHECKPOINT
 
-__all__ = ["RUNS", "METRICS", "HISTORY", "CURVES", "OUTPUTS", "run_folder", "claimed", "check_new", "write_history",
-           "write_metrics"]
+__all__ = ["RUNS", "METRICS", "HISTORY", "CURVES", "OUTPUTS", "WRITES", "run_folder", "claimed", "check_new",
+           "write_history", "write_metrics"]
 
 RUNS = Path("runs")  # where runs go without --out
 METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
 OUTPUTS = (METRICS, HISTORY, CHECKPOINT, MODEL_FILE)  # a folder holding any of these holds a run
+WRITES = (*OUTPUTS, CURVES)  # every file a run writes: a new run starts only in a folder holding none
 
 
 def run_folder(out: str | None, label: str, resume: bool, root: Path = RUNS) -> Path:
@@ -56,7 +57,12 @@ def run_folder(out: str | None, label: str, resume: bool, root: Path = RUNS) -> 
 def claimed(out: Path) -> Iterator[Path]:
     """``out`` (made if missing) held for this process while the block runs,
     cleared of the temporaries a killed run left; RuntimeError when another run
-    holds it."""
+    holds it, ValueError when ``out`` is a file or a link to nothing."""
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"{out} is a link to {os.readlink(out)}, which does not exist (the run was moved or "
+                         "deleted); --out names the run folder to use")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a run folder; --out names a folder")
     out.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(out / ".lock", timeout=0)
     try:
@@ -72,11 +78,16 @@ def claimed(out: Path) -> Iterator[Path]:
 
 
 def check_new(out: Path) -> None:
-    """ValueError when ``out`` already holds a run (a new run never overwrites one)."""
+    """ValueError when ``out`` already holds a run (a new run never overwrites
+    one), or any other file a run writes (a file of the user's, then)."""
     held = [name for name in OUTPUTS if (out / name).exists()]
     if held:
         raise ValueError(f"{out} already holds a run ({', '.join(held)}); --resume continues it, "
                          "or choose another --out")
+    theirs = [name for name in WRITES if (out / name).exists()]
+    if theirs:
+        raise ValueError(f"{out} holds {', '.join(theirs)}, which a run writes, but no run; move it or choose "
+                         "another --out")
 
 
 def write_history(out: Path, history: list[dict]) -> None:
