@@ -139,8 +139,9 @@ class RankingObjective:
         term ``l2 * (|u|^2 + |i|^2 + |negatives|^2) / 2 / B`` on the batch's rows."""
         dims, backend = self.dims, self.backend
         if self.fused and not batch.sparse:  # the fused operator's item gradient is dense
-            loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates,
-                                           self.selector.widths(dims), backend=backend)
+            loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates, self.selector.widths(dims),
+                                           layout="shared" if len(self.candidate_shape) == 1 else "per-level",
+                                           backend=backend)
         else:
             negatives = self.selector.select(batch.user, batch.items, candidates, dims, backend)
             loss = self.loss.fn(batch.user, batch.pos, batch.negative_rows(negatives), dims, backend)
@@ -180,7 +181,8 @@ class SoftmaxObjective:
             unique, inverse = candidates.unique(return_inverse=True)
             items, ids = batch.negative_rows(unique), inverse
         loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, self.dims, temperature=self.temperature,
-                                cosine=self.cosine, backend=self.backend)
+                                cosine=self.cosine, layout="shared" if len(self.candidate_shape) == 1 else "per-level",
+                                backend=self.backend)
         per_row = candidates[0].numel()
         candidate_norms = lookup(batch.reg_items, candidates, batch.sparse).square().sum() / per_row
         return loss + self.l2 * (batch.squared_norms() + candidate_norms) / 2 / batch.user.shape[0]
