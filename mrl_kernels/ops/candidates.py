@@ -202,7 +202,9 @@ class Popularity:
     def log_expected(self, ids: Tensor, draws: int) -> Tensor:
         """``log(draws * probs[ids])``: the log of each id's expected count in
         ``draws`` draws (``-inf`` for an item never drawn, 0 at padding ids < 0),
-        the logQ correction."""
+        the logQ correction. :func:`mrl_kernels.mrl_softmax_loss` refuses ``-inf``
+        at a candidate: smooth the counts (``Popularity.of(csr, smoothing=1)``)
+        where candidates may come from elsewhere (e.g. in-batch positives)."""
         return torch.log(draws * self.probs[ids.clamp(min=0)]).masked_fill(ids < 0, 0.0)
 
 
