@@ -62,14 +62,15 @@ class Case:
 
     def __init__(self, B, M, D, layout, dtype, seed=0):
         x = make_inputs(B, D, N_ITEMS, M, DIMS[D], layout, dtype, "cuda", seed, requires_grad=True)
-        self.dims, self.cand = DIMS[D], x["candidates"]
+        self.dims, self.cand, self.layout = DIMS[D], x["candidates"], layout
         self.leaves = [x["user"], x["pos"], x["item_weight"]]
 
     def step(self, backend, backward=True):
         def run():
             for t in self.leaves:
                 t.grad = None
-            loss, _ = mk.mns_bpr_loss(*self.leaves[:2], self.leaves[2], self.cand, self.dims, backend=backend)
+            loss, _ = mk.mns_bpr_loss(*self.leaves[:2], self.leaves[2], self.cand, self.dims, layout=self.layout,
+                                      backend=backend)
             if backward:
                 loss.backward()
         return run

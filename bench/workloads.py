@@ -28,7 +28,7 @@ def workload(op: str, backend: str, B: int, device: str, layout: str = "per-leve
     user, pos, items, neg, cand = x["user"], x["pos"], x["item_weight"], x["neg"], x["candidates"]
     if op == "mns_sample":
         moved, flops = costs.mns_sample(B, M, DIMS, layout, 4)
-        return (lambda: mk.mns_sample(user, items, cand, DIMS, backend=backend)), moved, flops
+        return (lambda: mk.mns_sample(user, items, cand, DIMS, layout=layout, backend=backend)), moved, flops
     if op == "mrl_bpr_loss":
         def run():
             user.grad = pos.grad = neg.grad = None
@@ -39,12 +39,12 @@ def workload(op: str, backend: str, B: int, device: str, layout: str = "per-leve
     if op == "mrl_softmax_loss":
         def run():
             user.grad = pos.grad = items.grad = None
-            mk.mrl_softmax_loss(user, pos, items, cand, DIMS, backend=backend).backward()
+            mk.mrl_softmax_loss(user, pos, items, cand, DIMS, layout=layout, backend=backend).backward()
         moved, flops = costs.mrl_softmax_loss(B, M, N_ITEMS, DIMS, layout, 4)
         return run, moved, flops
 
     def run():
         user.grad = pos.grad = items.grad = None
-        mk.mns_bpr_loss(user, pos, items, cand, DIMS, backend=backend)[0].backward()
+        mk.mns_bpr_loss(user, pos, items, cand, DIMS, layout=layout, backend=backend)[0].backward()
     moved, flops = costs.mns_bpr_loss(B, M, N_ITEMS, DIMS, layout, 4)
     return run, moved, flops

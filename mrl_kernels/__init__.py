@@ -10,7 +10,8 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 - :func:`prefix_topk`: top-k retrieval through a narrow-prefix shortlist.
 - :func:`nested_als_solve`: one side's solve of nested (Matryoshka) least squares.
 - :func:`sample_candidates`: uniform candidate ids with exclusion.
-- :class:`CSR`: the sparse 0/1 matrix (a user's items) the operators exclude with.
+- :class:`CSR`: the sparse 0/1 matrix they exclude with (``CSR.from_scipy``,
+  ``CSR.from_pairs``, ``to_scipy``).
 
 Serving: :class:`MatryoshkaIndex`, :class:`NestedIndex`, :func:`load_run`. The
 layers: :mod:`mrl_kernels.ops` (the kernel layer, standing alone),

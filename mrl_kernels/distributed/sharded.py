@@ -217,7 +217,7 @@ def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[i
     with torch.no_grad():
         users = user.detach() if gathered else _all_gather(user.detach(), group)
         local = _local_ids(candidates, shard, offset)
-        picks = _mns_sample(users, shard.detach(), local, dims, backend=backend)  # (B, L) rows of shard
+        picks = _mns_sample(users, shard.detach(), local, dims, layout="shared" if local.dim() == 2 else None, backend=backend)
         rows = _rows(shard.detach(), picks)
         scores = torch.stack([prefix_scores(users, rows[:, level], d) for level, d in enumerate(dims)], 1)
         # float64 holds every float32 score and every id below 2^53 exactly

@@ -1,11 +1,14 @@
 """The one vocabulary of argument checks, for every layer: a real number
-with bounds (:func:`check_real`), an int with a minimum (:func:`check_int`),
-an id tensor (:func:`check_id_tensor`, :func:`check_ids`), a CSR
-(:func:`check_csr`), and the operators' tensors (shapes, devices, dtypes,
-nested widths, level weights). Errors name the argument and what was
-expected; the same situation gets the same message everywhere."""
+with bounds, in the dtype that computes with it (:func:`check_real`), an int
+with a minimum (:func:`check_int`), ids as a tensor or an array-like
+(:func:`check_id_tensor`, :func:`check_ids`), a CSR (:func:`check_csr`), a
+random generator (:func:`check_generator`), and the operators' tensors
+(shapes, devices, dtypes, nested widths, level weights, the candidates'
+layout). Errors name the argument and what was expected; the same situation
+gets the same message everywhere."""
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 from typing import Sequence
 
@@ -13,33 +16,56 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .common import LAYOUTS
+
 
 __all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_int", "check_id_tensor", "check_ids", "check_csr",
-           "check_matrix", "check_float", "can_read_values", "check_dims", "check_weights", "check_reduction",
-           "check_batch", "check_rows", "check_pos", "check_sampling"]
+           "check_generator", "check_matrix", "check_float", "can_read_values", "check_dims", "check_weights",
+           "check_reduction", "check_batch", "check_rows", "check_pos", "check_layout", "check_sampling"]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_real(name: str, value, *, low: float | None = None, high: float | None = None, low_open: bool = False,
-               high_open: bool = False) -> float:
+               high_open: bool = False, dtype: torch.dtype | None = None) -> float:
     """``value`` as a float: a real number (not a bool), finite, ``>= low``
-    (``> low`` if ``low_open``) and ``<= high`` (``< high`` if ``high_open``)."""
+    (``> low`` if ``low_open``) and ``<= high`` (``< high`` if ``high_open``);
+    with ``dtype``, all of that also once rounded to ``dtype``, the dtype that
+    computes with it (``1e-50`` is 0 in float32, ``1e39`` infinite)."""
     bounds = []
     if low is not None:
         bounds.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high:g}")
-    ok = isinstance(value, Real) and not isinstance(value, bool) and abs(float(value)) < float("inf")
+
+    def within(x: float) -> bool:
+        return abs(x) < float("inf") and (low is None or (x > low if low_open else x >= low)) and \
+            (high is None or (x < high if high_open else x <= high))
+
+    ok = isinstance(value, Real) and not isinstance(value, bool)
     if ok:
-        value = float(value)
-        ok = (low is None or (value > low if low_open else value >= low)) and \
-            (high is None or (value < high if high_open else value <= high))
+        try:
+            ok = within(float(value))
+        except OverflowError:  # an int beyond every float
+            ok = False
+    if ok and dtype is not None:
+        ok = within(_held(float(value), dtype))
     if not ok:
-        raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, "
+        where = f" in {str(dtype).removeprefix('torch.')} (the dtype it is computed in)" if dtype is not None else ""
+        raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}{where}, "
                          f"got {value!r}")
-    return value
+    return float(value)
+
+
+def _held(value: float, dtype: torch.dtype) -> float:
+    """``value`` as far as ``dtype`` holds it for a bounds check: infinite beyond its
+    largest number, 0 below half its smallest subnormal (plain arithmetic, which
+    ``torch.compile`` traces without reading a tensor)."""
+    finfo = torch.finfo(dtype)
+    if abs(value) > finfo.max:
+        return math.copysign(math.inf, value)
+    return 0.0 if abs(value) < finfo.tiny * finfo.eps / 2 else value
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:
@@ -49,18 +75,38 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_id_tensor(name: str, ids, ndim: int | None = None) -> Tensor:
-    """``ids`` (a tensor, or a numpy array) as an integer tensor (not bool) of
-    ``ndim`` dimensions (any if None); TypeError otherwise."""
-    if isinstance(ids, np.ndarray) and ids.dtype != object:
-        ids = torch.from_numpy(np.ascontiguousarray(ids))
+def check_id_tensor(name: str, ids, ndim: int | None = None, device: torch.device | str | None = None) -> Tensor:
+    """``ids`` as an integer tensor (not bool) of ``ndim`` dimensions (any if
+    None): a tensor as it is, an array-like of ints (a numpy array, a list, a
+    tuple) as a new int64 tensor, on ``device`` where given; TypeError otherwise."""
     if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer ids, got {type(ids).__name__}")
+        ids = torch.from_numpy(_id_array(name, ids))
+        ids = ids if device is None else ids.to(device)
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
     if ndim is not None and ids.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor of integer ids, got shape {tuple(ids.shape)}")
     return ids
+
+
+def _id_array(name: str, ids) -> np.ndarray:
+    """An array-like of integer ids as a contiguous int64 numpy array (a copy
+    where it had negative strides or another integer dtype)."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (np.ndarray, Sequence)):
+        raise TypeError(f"{name} must be a tensor or an array-like (numpy array, list) of integer ids, "
+                        f"got {type(ids).__name__}")
+    try:
+        array = np.asarray(ids)
+    except ValueError:  # rows of different lengths
+        raise TypeError(f"{name} must be a rectangular array-like of integer ids, got rows of different "
+                        "lengths") from None
+    if array.size == 0 and not isinstance(ids, np.ndarray):
+        array = array.astype(np.int64)  # an empty list holds no type
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer ids, got dtype {array.dtype}")
+    if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must hold ids below 2^63, got {int(array.max())}")
+    return np.ascontiguousarray(array, dtype=np.int64)
 
 
 def check_matrix(name: str, t, ndim: int) -> Tensor:
@@ -93,20 +139,40 @@ def can_read_values(t: Tensor) -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
-def check_ids(name: str, ids, n: int, device: torch.device, padding: bool = False,
-              rows_of: str = "item_weight") -> Tensor:
-    """Integer ids on ``device``, inside ``[0, n)``, ``n`` the rows of ``rows_of``
-    (below ``n`` if ``padding``: negative ids then mark padding), as int64. The
-    range check reads the ids back (one synchronisation); it is skipped while
-    compiling or capturing a CUDA graph."""
-    ids = check_id_tensor(name, ids)
+def check_ids(name: str, ids, n: int | None, device: torch.device, padding: bool = False,
+              rows_of: str = "item_weight", rows: str = "rows") -> Tensor:
+    """Integer ids (a tensor on ``device``, or an array-like, put there) inside
+    ``[0, n)``, ``n`` the ``rows`` of ``rows_of`` (below ``n`` if ``padding``:
+    negative ids then mark padding; any id >= 0 if ``n`` is None), as int64.
+    The range check reads the ids back (one synchronisation); it is skipped
+    while compiling or capturing a CUDA graph."""
+    ids = check_id_tensor(name, ids, device=device)
     if ids.device != device:
         raise ValueError(f"{name} is on {ids.device} but {rows_of} is on {device}")
-    if ids.numel() and can_read_values(ids) and bool((((ids < 0) & (not padding)) | (ids >= n)).any()):
-        expected = f"be < {n} (the rows of {rows_of}; ids < 0 are padding)" if padding else \
-            f"lie in [0, {n}) (the rows of {rows_of})"
+    if not (ids.numel() and can_read_values(ids)):
+        return ids.long()
+    bad = (ids < 0) & (not padding)
+    if bool((bad | (ids >= n) if n is not None else bad).any()):
+        if n is None:
+            expected = "be >= 0"
+        else:
+            expected = f"be < {n} (the {rows} of {rows_of}; ids < 0 are padding)" if padding else \
+                f"lie in [0, {n}) (the {rows} of {rows_of})"
         raise ValueError(f"{name} must {expected}; got ids in [{int(ids.min())}, {int(ids.max())}]")
     return ids.long()
+
+
+def check_generator(generator, device: torch.device) -> torch.Generator | None:
+    """``generator``: None, or a ``torch.Generator`` on ``device`` (the device
+    it draws on)."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be None or a torch.Generator (on {device}), got {type(generator).__name__}")
+    if generator.device.type != device.type or (device.index is not None and generator.device.index is not None
+                                                and generator.device.index != device.index):
+        raise ValueError(f"generator is on {generator.device} but must be on {device} (where the ids are drawn)")
+    return generator
 
 
 def check_dims(dims, width: int) -> list[int]:
@@ -129,15 +195,32 @@ def check_dims(dims, width: int) -> list[int]:
 
 
 def check_weights(weights, num_levels: int, device: torch.device) -> Tensor:
-    """The per-level loss weights as a float32 tensor of length L (default 1/L)."""
+    """The per-level weights (a sequence, array or tensor of L numbers) as a
+    float32 tensor, the dtype every operator weighs in (default 1/L each):
+    finite, >= 0, not all 0, and each one 0 or a normal float32 number (one
+    that would round to 0, to a subnormal or to infinity there is refused)."""
     if weights is None:
         return torch.full((num_levels,), 1.0 / num_levels, dtype=torch.float32, device=device)
-    w = torch.as_tensor(weights, dtype=torch.float32).to(device)
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, (Tensor, np.ndarray, Sequence)):
+        raise TypeError(f"weights must be a sequence, array or tensor of {num_levels} numbers (one per level), "
+                        f"got {type(weights).__name__}")
+    try:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"weights must be a sequence, array or tensor of {num_levels} numbers (one per level), "
+                        f"got {weights!r}") from None
     if w.dim() != 1 or w.shape[0] != num_levels:
         raise ValueError(f"weights must have one entry per level ({num_levels}), got shape {tuple(w.shape)}")
-    if can_read_values(w) and not bool(((w >= 0) & torch.isfinite(w)).all()):
-        raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
-    return w
+    if can_read_values(w):
+        if not bool(((w >= 0) & torch.isfinite(w)).all()):
+            raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+        finfo = torch.finfo(torch.float32)
+        if bool(((w != 0) & ((w < finfo.tiny) | (w > finfo.max))).any()):
+            raise ValueError(f"weights must each be 0 or in [{finfo.tiny:g}, {finfo.max:g}] (a normal float32 number: "
+                             f"float32 is the dtype they weigh in), got {w.tolist()}")
+        if not bool((w > 0).any()):
+            raise ValueError(f"weights must not all be 0 (no level would count), got {w.tolist()}")
+    return w.to(device=device, dtype=torch.float32)
 
 
 def check_reduction(reduction: str) -> str:
@@ -166,21 +249,50 @@ def check_pos(pos, user: Tensor) -> None:
         raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
 
 
-def check_sampling(user, item_weight, candidates, dims, padding: bool = False) -> tuple[Tensor, list[int]]:
+def check_layout(candidates: Tensor, num_levels: int, layout: str | None) -> None:
+    """The candidates' layout, never guessed: ``(B, L, M)`` is a pool per level
+    (``layout`` None or ``"per-level"``); ``(B, M)`` is one pool shared by every
+    level only where the call says so (``layout="shared"``) or there is one
+    level. A ``(B, K)`` tensor could as well hold L pools side by side (pool l
+    in columns ``l*M .. (l+1)*M``): the error shows both fixes."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be None or one of {LAYOUTS}, got {layout!r}")
+    shape = tuple(candidates.shape)
+    if candidates.dim() == 3:
+        if layout == "shared":
+            raise ValueError(f"layout='shared' takes one (B, M) pool for every level, got candidates of shape "
+                             f"{shape} (B, L, M): a pool per level, layout='per-level'")
+        return
+    if layout == "shared" or num_levels == 1:
+        return
+    (batch, k), levels = shape, num_levels
+    flat = f"pass candidates.view({batch}, {levels}, {k // levels})" if k % levels == 0 else \
+        f"reshape them to (B, L, M) = ({batch}, {levels}, M)"
+    if layout == "per-level":
+        raise ValueError(f"layout='per-level' takes a (B, L, M) pool per level, got candidates of shape {shape}: "
+                         f"if pool l is in columns l*M .. (l+1)*M, {flat}")
+    raise ValueError(f"candidates of shape {shape} for L = {levels} levels is ambiguous: if pool l is in columns "
+                     f"l*M .. (l+1)*M (one pool per level side by side), {flat}; if it is one pool shared by "
+                     f"every level, pass layout='shared'")
+
+
+def check_sampling(user, item_weight, candidates, dims, padding: bool = False,
+                   layout: str | None = None) -> tuple[Tensor, list[int]]:
     batch, width = check_rows("user", user)
     check_float("item_weight", item_weight, 2, like=("user", user))
     if item_weight.shape[1] != width:
         raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
     dims = check_dims(dims, width)
-    if not isinstance(candidates, Tensor) or candidates.dim() not in (2, 3):
-        shape = tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates).__name__
-        raise ValueError(f"candidates must be a (B, M) or (B, L, M) tensor of item ids, got {shape}")
+    candidates = check_id_tensor("candidates", candidates, device=user.device)
+    if candidates.dim() not in (2, 3):
+        raise ValueError(f"candidates must be a (B, M) or (B, L, M) tensor of item ids, got {tuple(candidates.shape)}")
     check_batch("candidates", candidates, batch)
     if candidates.dim() == 3 and candidates.shape[1] != len(dims):
         raise ValueError(f"candidates of shape (B, L, M) must have L = len(dims) = {len(dims)} pools, "
                          f"got {candidates.shape[1]}")
     if candidates.shape[-1] == 0:
         raise ValueError("candidates must hold at least one candidate per pool (M >= 1)")
+    check_layout(candidates, len(dims), layout)
     return check_ids("candidates", candidates, item_weight.shape[0], user.device, padding), dims
 
 

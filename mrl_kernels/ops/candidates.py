@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_int
+from ._checks import check_generator, check_id_tensor, check_ids, check_int
 from .csr import CSR
 
 __all__ = ["Membership", "sample_candidates", "uniform_draw", "Popularity", "popularity_candidates", "in_batch_candidates",
@@ -87,20 +87,20 @@ def sample_candidates(
     interactions). Users with at least half of the items left are drawn by
     vectorised rejection (every round redraws all rejected ids of the batch at
     once, two draws per id expected); a user with fewer left is drawn exactly from
-    the items left, so the cost stays bounded however few remain. ``generator``
-    must live on ``users``' device.
+    the items left, so the cost stays bounded however few remain. ``users``: a
+    1-D tensor or array-like of ids (rows of ``exclude``); ``generator`` a
+    ``torch.Generator`` on ``users``' device.
 
     Raises ValueError for an empty batch and for a user who has every item
     (nothing is left to draw)."""
-    users = _check_users(users)
+    users = _check_users(users, exclude)
     num, n_items = check_int("num", num), check_int("n_items", n_items)
+    generator = check_generator(generator, users.device)
     if exclude is None:
         return uniform_draw(users, (num,), 0, n_items, generator=generator)
     if exclude.n_cols != n_items:
         raise ValueError(f"exclude has {exclude.n_cols} columns but n_items is {n_items}")
     seen = Membership.of(exclude, users.device)
-    if users.numel() and (int(users.min()) < 0 or int(users.max()) >= seen.lengths.shape[0]):
-        raise ValueError(f"users must lie in [0, {seen.lengths.shape[0]}) (the rows of exclude)")
     full = seen.lengths[users] >= n_items
     if bool(full.any()):
         raise ValueError(f"users {users[full].unique().tolist()[:10]} have every item; no negative can be sampled")
@@ -131,12 +131,34 @@ def uniform_draw(users: Tensor, shape: tuple[int, ...], low: int, high: int, exc
     return out.view(users.shape[0], *shape)
 
 
-def _check_users(users: Tensor) -> Tensor:
-    if not isinstance(users, Tensor) or users.dim() != 1 or users.dtype.is_floating_point:
-        raise ValueError("users must be a 1-D tensor of integer user ids")
+def _check_users(users, exclude: CSR | None) -> Tensor:
+    """``users`` (a 1-D tensor, or an array-like) as int64 ids, at least one,
+    each >= 0 and, with ``exclude`` (a :class:`CSR`), one of its rows: every
+    candidate source checks them so."""
+    users = check_id_tensor("users", users, ndim=1)
     if users.numel() == 0:
         raise ValueError("users must hold at least one user id (an empty batch has nothing to sample)")
-    return users.long()
+    if exclude is not None and not isinstance(exclude, CSR):
+        raise TypeError(f"exclude must be None or a CSR (build one with CSR.from_scipy or CSR.from_pairs), "
+                        f"got {type(exclude).__name__}")
+    return check_ids("users", users, None if exclude is None else exclude.n_rows, users.device, rows_of="exclude")
+
+
+def _check_pos_ids(pos_ids, users: Tensor, n_items: int | None, items_of: str) -> Tensor:
+    """``pos_ids`` (a tensor or an array-like), one item id per user, in ``[0, n_items)``
+    (the items of ``items_of``; any id >= 0 if ``n_items`` is None), as int64."""
+    pos_ids = check_ids("pos_ids", pos_ids, n_items, users.device, rows_of=items_of, rows="items")
+    if pos_ids.shape != users.shape:
+        raise ValueError(f"pos_ids must have shape {tuple(users.shape)} (one per user), got {tuple(pos_ids.shape)}")
+    return pos_ids
+
+
+def _check_popularity(popularity, users: Tensor) -> "Popularity":
+    if not isinstance(popularity, Popularity):
+        raise TypeError(f"popularity must be a Popularity, got {type(popularity).__name__}")
+    if popularity.probs.device != users.device:
+        raise ValueError(f"popularity is on {popularity.probs.device} but users are on {users.device}")
+    return popularity
 
 
 def _redraw_seen(users: Tensor, out: Tensor, seen: Membership, draw, keep: Tensor | None = None,
@@ -193,7 +215,9 @@ class Popularity:
     def log_expected(self, ids: Tensor, draws: int) -> Tensor:
         """``log(draws * probs[ids])``: the log of each id's expected count in
         ``draws`` draws (``-inf`` for an item never drawn, 0 at padding ids < 0),
-        the logQ correction."""
+        the logQ correction. :func:`mrl_kernels.mrl_softmax_loss` refuses ``-inf``
+        at a candidate: smooth the counts (``Popularity.of(csr, smoothing=1)``)
+        where candidates may come from elsewhere (e.g. in-batch positives)."""
         return torch.log(draws * self.probs[ids.clamp(min=0)]).masked_fill(ids < 0, 0.0)
 
 
@@ -204,9 +228,12 @@ def popularity_candidates(users: Tensor, num: int, popularity: Popularity, exclu
     redrawn, and ``log_q = log(num * p_id)``, each id's expected count in the
     row's pool (before exclusion), for :func:`mrl_kernels.mrl_softmax_loss`'s ``log_q``.
     Raises ValueError when a user still draws their own items after
-    ``max_rounds`` rounds of redraws."""
-    users = _check_users(users)
+    ``max_rounds`` rounds of redraws. ``users`` and ``generator`` as in
+    :func:`sample_candidates`."""
+    users = _check_users(users, exclude)
+    popularity = _check_popularity(popularity, users)
     num = check_int("num", num)
+    generator = check_generator(generator, users.device)
     out = popularity.draw((users.shape[0], num), generator)
     if exclude is not None:
         if exclude.n_cols != popularity.n_items:
@@ -224,11 +251,16 @@ def in_batch_candidates(users: Tensor, pos_ids: Tensor, exclude: CSR | None = No
     one of the row's user's items. ``log_q = log(B * p_id)`` with
     ``popularity`` (a positive enters a batch of B interactions drawn from
     the training data about ``B * p_id`` times), else None. The ids < 0 are
-    padding for :func:`mrl_kernels.mrl_softmax_loss` (MNS takes no padding)."""
-    users = _check_users(users)
-    if not isinstance(pos_ids, Tensor) or pos_ids.shape != users.shape or pos_ids.dtype.is_floating_point:
-        raise ValueError(f"pos_ids must be an integer tensor of shape {tuple(users.shape)} (one per user)")
-    pos_ids = pos_ids.long()
+    padding for :func:`mrl_kernels.mrl_softmax_loss` (MNS takes no padding).
+    ``users`` as in :func:`sample_candidates`; ``pos_ids`` (a tensor or an
+    array-like) item ids, columns of ``exclude`` and items of ``popularity``."""
+    users = _check_users(users, exclude)
+    if popularity is not None:
+        popularity = _check_popularity(popularity, users)
+    if exclude is not None and popularity is not None and popularity.n_items != exclude.n_cols:
+        raise ValueError(f"exclude has {exclude.n_cols} columns but popularity has {popularity.n_items} items")
+    n_items = exclude.n_cols if exclude is not None else popularity.n_items if popularity is not None else None
+    pos_ids = _check_pos_ids(pos_ids, users, n_items, "exclude" if exclude is not None else "popularity")
     ids = pos_ids[None, :].expand(users.shape[0], -1)
     own = ids == pos_ids[:, None]
     if exclude is not None:
@@ -245,8 +277,12 @@ def mixed_candidates(users: Tensor, pos_ids: Tensor, num: int, n_items: int, pop
     (:func:`sample_candidates`), ``(B, B + num)``; ``log_q`` is the log of each
     id's expected count in that pool, ``B * p_id + num / n_items``, ``p`` the
     in-batch positives' ``popularity``."""
+    users = _check_users(users, exclude)
+    popularity = _check_popularity(popularity, users)
+    n_items = check_int("n_items", n_items)
     if popularity.n_items != n_items:
         raise ValueError(f"popularity has {popularity.n_items} items but n_items is {n_items}")
+    pos_ids = _check_pos_ids(pos_ids, users, n_items, "popularity")
     batch, _ = in_batch_candidates(users, pos_ids, exclude)
     ids = torch.cat([batch, sample_candidates(users, num, n_items, exclude, generator)], dim=1)
     expected = users.shape[0] * popularity.probs[ids.clamp(min=0)] + num / n_items

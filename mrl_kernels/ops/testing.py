@@ -15,7 +15,7 @@ def make_inputs(B: int, D: int, N: int, M: int, dims: Sequence[int], layout: str
     """Seeded inputs of every operator: ``user``, ``pos`` ``(B, D)``, ``item_weight``
     ``(N, D)``, ``neg`` ``(B, L, D)`` in ``dtype`` on ``device``; ``candidates``
     int64 ``(B, L, M)`` (``layout="per-level"``) or ``(B, M)`` (``"shared"``);
-    ``dims`` as a list. Values are standard normal, or small integers in [-3, 3]
+    ``dims`` as a list; ``layout`` (the operators' ``layout=``). Values are standard normal, or small integers in [-3, 3]
     with ``integer=True`` (exact scores, so many candidates tie). The same seed
     gives the same values on any device (drawn on the CPU in float64, then cast).
     ``requires_grad`` makes the float tensors leaves that require gradients."""
@@ -31,5 +31,5 @@ def make_inputs(B: int, D: int, N: int, M: int, dims: Sequence[int], layout: str
     x = {k: v.to(dtype).to(device).requires_grad_(requires_grad) for k, v in x.items()}
     shape = (B, M) if layout == "shared" else (B, L, M)
     x["candidates"] = torch.randint(0, N, shape, generator=g).to(device)
-    x["dims"] = list(dims)
+    x["dims"], x["layout"] = list(dims), layout
     return x

@@ -109,8 +109,9 @@ class Ranking:
         """The ranking loss plus the L2 term on the batch's users, positives and negatives."""
         dims, backend = self.dims, self.backend
         if self.fused and not batch.sparse:  # the fused operator's item gradient is dense
-            loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates,
-                                           self.selector.widths(dims), backend=backend)
+            loss, negatives = mns_bpr_loss(batch.user, batch.pos, batch.items, candidates, self.selector.widths(dims),
+                                           layout="shared" if len(self.candidate_shape) == 1 else "per-level",
+                                           backend=backend)
         else:
             negatives = self.selector.select(batch.user, batch.items, candidates, dims, backend)
             loss = self.loss.fn(batch.user, batch.pos, batch.negative_rows(negatives), dims, backend)
@@ -145,7 +146,8 @@ class SampledSoftmax:
             unique, inverse = candidates.unique(return_inverse=True)
             items, ids = batch.negative_rows(unique), inverse
         loss = mrl_softmax_loss(batch.user, batch.pos, items, ids, self.dims, temperature=self.temperature,
-                                cosine=self.cosine, backend=self.backend)
+                                cosine=self.cosine, layout="shared" if len(self.candidate_shape) == 1 else "per-level",
+                                backend=self.backend)
         per_row = candidates[0].numel()
         candidate_norms = lookup(batch.reg_items, candidates, batch.sparse).square().sum() / per_row
         return loss + l2_term(self.l2, batch.squared_norms() + candidate_norms, batch.user.shape[0])

@@ -48,7 +48,8 @@ class Selector:
         """``(B, K)`` negative ids, K = L per level, else 1. Not differentiable."""
         if not self.scored:
             return candidates
-        return mns_sample(user.detach(), items.detach(), candidates, self.widths(dims), backend=backend)
+        return mns_sample(user.detach(), items.detach(), candidates, self.widths(dims),
+                          layout="shared" if candidates.dim() == 2 else "per-level", backend=backend)
 
 
 UNIFORM = Selector("uniform", scored=False, per_level=False)

@@ -69,7 +69,7 @@ def check_mns(rank: int, world: int) -> None:
         lo, hi = cuts[rank], cuts[rank + 1]
         # the one process: torch backend (the specification), gradients of the mean loss
         u, p, t = (x.clone().requires_grad_() for x in (users, pos, table))
-        want_loss, want_neg = mk.mns_bpr_loss(u, p, t, pool, DIMS, reduction="none", backend="torch")
+        want_loss, want_neg = mk.mns_bpr_loss(u, p, t, pool, DIMS, reduction="none", layout=layout, backend="torch")
         want_loss.mean().backward()
         # this rank
         su, sp, st = users[rows].clone().requires_grad_(), pos[rows].clone().requires_grad_(), \
@@ -116,7 +116,7 @@ def check_softmax(rank: int, world: int) -> None:
         lo, hi = cuts[rank], cuts[rank + 1]
         u, p, t = (x.clone().requires_grad_() for x in (users, pos, table))
         want = mk.mrl_softmax_loss(u, p, t, pool, DIMS, temperature=0.5, reduction="none", pos_ids=pos_ids,
-                                   log_q=log_q, pos_log_q=pos_log_q, backend="torch")
+                                   log_q=log_q, pos_log_q=pos_log_q, layout=layout, backend="torch")
         want.mean().backward()
         widths = [s.shape[-1] for s in shares]
         share_log_q = log_q.split(widths, dim=-1)[rank] if corrected else None

@@ -150,7 +150,7 @@ def test_mixed_candidates_log_q_is_both_sources_expected_count():
     # the softmax over them with the correction: every id counts once per pool entry, padding none
     g = torch.Generator().manual_seed(3)
     user, item = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(4, 8, generator=g, dtype=torch.float64)
-    loss = mk.mrl_softmax_loss(user, item[pos], item, ids, (4, 8), log_q=log_q, reduction="none")
+    loss = mk.mrl_softmax_loss(user, item[pos], item, ids, (4, 8), log_q=log_q, reduction="none", layout="shared")
     valid = ids >= 0
     for b in range(2):
         want = 0.0

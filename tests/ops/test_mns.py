@@ -28,7 +28,7 @@ def check_mns_bpr(backend, x, dims, dtype, weights=None):
 
     fast_leaves = leaves(x, ("user", "pos", "item_weight"))
     loss, negs = mk.mns_bpr_loss(*fast_leaves[:2], fast_leaves[2], x["candidates"], dims, weights,
-                                 reduction="none", backend=backend)
+                                 reduction="none", layout=x["layout"], backend=backend)
     assert negs.dtype == torch.int64 and loss.dtype == dtype
     assert torch.equal(negs.cpu(), ref_negs), "negatives differ"
     grads = torch.autograd.grad(loss, fast_leaves, g.to(loss))
@@ -46,9 +46,9 @@ def test_mns_bpr_loss_matches_reference(backend, shape, layout):
     # the paper's shape takes seconds a seed in Triton's interpreter: one there
     for seed in range(1 if INTERPRETED and backend == "triton" and shape == SHAPES[1] else 2):
         x = make(*shape, layout, torch.float32, seed)
-        assert torch.equal(mk.mns_sample(x["user"], x["item_weight"], x["candidates"], dims, backend=backend).cpu(),
-                           reference.mns_sample(*(ref_inputs(x)[k] for k in ("user", "item_weight", "candidates")),
-                                                dims))
+        assert torch.equal(mk.mns_sample(x["user"], x["item_weight"], x["candidates"], dims, layout=layout,
+                                         backend=backend).cpu(),
+                           reference.mns_sample(*(ref_inputs(x)[k] for k in ("user", "item_weight", "candidates")), dims))
         check_mns_bpr(backend, x, list(dims), torch.float32)
 
 

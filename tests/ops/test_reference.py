@@ -19,7 +19,7 @@ def test_one_mns_pick_by_hand():
     ])
     pool = torch.tensor([[0, 1, 2]])
     # width 1: item 1 (3) wins; width 4: item 2 (1 + 2 + 2 = 5) wins
-    out = mk.mns_sample(user, items, pool, [1, 4], backend="torch")
+    out = mk.mns_sample(user, items, pool, [1, 4], layout="shared", backend="torch")
     assert out.tolist() == [[1, 2]]
     per_level = mk.mns_sample(user, items, torch.tensor([[[0, 2]], [[1, 0]]]).view(1, 2, 2), [1, 4], backend="torch")
     assert per_level.tolist() == [[2, 0]]  # width 1: max(0, 1) -> 2; width 4: max(-7, 0) -> 0
@@ -42,7 +42,7 @@ def test_ties_go_to_the_lowest_position():
     items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]])
     # items 0 and 2 are the same vector; 0 and 1 tie at full width
     for pool, expected in ([[3, 2, 0, 1]], [[2, 2]]), ([[3, 1, 0, 2]], [[0, 1]]):
-        out = mk.mns_sample(user, items, torch.tensor(pool), [1, 2], backend="torch")
+        out = mk.mns_sample(user, items, torch.tensor(pool), [1, 2], layout="shared", backend="torch")
         assert out.tolist() == expected
 
 
@@ -61,8 +61,8 @@ def test_fused_equals_composed(layout):
     dims = [2, 5, 12]
     u, p, items = torch.randn(9, 12), torch.randn(9, 12), torch.randn(30, 12)
     cand = torch.randint(0, 30, (9, 7) if layout == "shared" else (9, 3, 7))
-    loss, negs = mk.mns_bpr_loss(u, p, items, cand, dims, reduction="none", backend="torch")
-    assert torch.equal(negs, mk.mns_sample(u, items, cand, dims, backend="torch"))
+    loss, negs = mk.mns_bpr_loss(u, p, items, cand, dims, reduction="none", layout=layout, backend="torch")
+    assert torch.equal(negs, mk.mns_sample(u, items, cand, dims, layout=layout, backend="torch"))
     assert_close(loss, mk.mrl_bpr_loss(u, p, items[negs], dims, reduction="none", backend="torch"), 1e-6, 1e-6)
     # each pick is a candidate of its own level's pool
     pools = cand[:, None, :].expand(-1, 3, -1) if layout == "shared" else cand
@@ -117,11 +117,12 @@ def test_one_softmax_by_hand():
     # width 1: scores pos 1, items 2, 0; width 2: pos 3, items 2, 2; temperature 0.5
     level1 = math.log(math.exp(2) + math.exp(4) + math.exp(0)) - 2
     level2 = math.log(math.exp(6) + 2 * math.exp(4)) - 6
-    loss = mk.mrl_softmax_loss(user, pos, items, pool, [1, 2], [0.25, 0.75], temperature=0.5, backend="torch")
+    loss = mk.mrl_softmax_loss(user, pos, items, pool, [1, 2], [0.25, 0.75], temperature=0.5, layout="shared",
+                               backend="torch")
     assert loss.item() == pytest.approx(0.25 * level1 + 0.75 * level2, rel=1e-6)
     # the positive's own id among the candidates is masked with pos_ids
     masked = mk.mrl_softmax_loss(user, pos, items, torch.tensor([[0, 1, 2]]), [1, 2], [0.25, 0.75], 0.5,
-                                 pos_ids=torch.tensor([2]), backend="torch")
+                                 pos_ids=torch.tensor([2]), layout="shared", backend="torch")
     assert masked.item() == pytest.approx(loss.item(), rel=1e-6)
 
 

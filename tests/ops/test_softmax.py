@@ -38,7 +38,7 @@ def check_softmax(backend, x, dims, dtype, weights=None, temperature=0.7, pos_id
     on_device = [None if t is None else t.to(DEVICE) for t in (log_q, pos_log_q)]
     loss = mk.mrl_softmax_loss(*fast_l, x["candidates"], dims, weights, temperature, reduction="none",
                                cosine=cosine, pos_ids=pos_ids, log_q=on_device[0], pos_log_q=on_device[1],
-                               backend=backend)
+                               layout=x["layout"], backend=backend)
     assert loss.dtype == dtype
     grads = torch.autograd.grad(loss, fast_l, g.to(loss))
     assert_close(loss, ref_loss, atol, rtol, "loss")
@@ -77,9 +77,9 @@ def test_softmax_masks_the_positive_and_sums_repeated_candidates(backend, layout
     pos_ids = torch.randint(0, 8, (40,), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     check_softmax(backend, x, dims, torch.float32, pos_ids=pos_ids, temperature=2.0)
     masked = mk.mrl_softmax_loss(x["user"], x["pos"], x["item_weight"], x["candidates"], dims, pos_ids=pos_ids,
-                                 reduction="none", backend=backend)
+                                 reduction="none", layout=layout, backend=backend)
     unmasked = mk.mrl_softmax_loss(x["user"], x["pos"], x["item_weight"], x["candidates"], dims,
-                                   reduction="none", backend=backend)
+                                   reduction="none", layout=layout, backend=backend)
     hit = (x["candidates"] == pos_ids.view(-1, *[1] * (x["candidates"].dim() - 1))).flatten(1).any(1)
     # a masked candidate leaves the log-sum-exp (a negligible one may not move it in float32)
     assert bool((masked[hit] <= unmasked[hit]).all()) and bool((masked[hit] < unmasked[hit]).any())
@@ -107,7 +107,7 @@ def test_softmax_float64_gradcheck(backend, layout, cosine, corrected):
     args = leaves(x, ("user", "pos", "item_weight"))
     assert gradcheck(lambda u, p, i: mk.mrl_softmax_loss(u, p, i, x["candidates"], dims, [0.2, 0.3, 0.5], 0.5, "sum",
                                                          cosine=cosine, log_q=log_q, pos_log_q=pos_log_q,
-                                                         backend=backend), args, backend)
+                                                         layout=layout, backend=backend), args, backend)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -176,7 +176,7 @@ def test_softmax_nan_propagates_to_its_row_only(backend):
     x["item_weight"][x["candidates"][2, 1]] = float("nan")
     rows_with_nan = (x["candidates"] == x["candidates"][2, 1]).any(1)
     loss = mk.mrl_softmax_loss(x["user"], x["pos"], x["item_weight"], x["candidates"], dims, reduction="none",
-                               backend=backend)
+                               layout="shared", backend=backend)
     ref = reference.mrl_softmax_loss(*(ref_inputs(x)[k] for k in ("user", "pos", "item_weight", "candidates")),
                                      dims, [1 / 3] * 3, 1.0)
     assert torch.equal(loss.isnan().cpu(), ref.isnan()) and torch.equal(loss.isnan(), rows_with_nan)

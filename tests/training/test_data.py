@@ -34,7 +34,7 @@ def test_split_per_user_fractions():
     csr = data.CSR.from_pairs(np.repeat(np.arange(200), 50), np.tile(np.arange(50), 200), 200, 50)
     kept, out = data.split_per_user(csr, 0.1, seed=0)
     assert (out.row_lengths() == 5).all() and kept.nnz == 200 * 45
-    single = data.CSR.from_pairs(np.arange(100), np.zeros(100), 100, 3)
+    single = data.CSR.from_pairs(np.arange(100), np.zeros(100, dtype=np.int64), 100, 3)
     kept, out = data.split_per_user(single, 0.5, seed=0)
     assert out.nnz == 0 and kept.nnz == 100
 

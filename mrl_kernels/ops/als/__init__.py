@@ -34,18 +34,29 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
         factors: ``(R, D)`` the rows' current vectors (the warm start), float32 or float64.
         other: ``(N, D)`` the other side's vectors, fixed.
         interactions: the rows' observed items, a CSR with ``indptr`` (R + 1,) and
-            ``indices`` (ids in ``[0, N)``), tensors or arrays (e.g. a
+            ``indices`` (ids in ``[0, N)``), tensors or array-likes (e.g. a
             :class:`~mrl_kernels.ops.CSR`, or ``transpose()`` of one for the other
             side); a row with none is zero (its exact solution).
         dims: nested widths, the last ``D``.
-        weights: per-level weights ``w_l`` (>= 0; default ``1 / L`` each).
-        alpha: the weight of an observed pair (implicit's ``alpha``), finite, ``> 0``.
-        reg: L2 weight ``reg`` of each width's objective (implicit's ``regularization``), ``>= 0``.
+        weights: per-level weights ``w_l`` (>= 0, not all 0; default ``1 / L``
+            each). Only their ratios matter (the objective times a constant has
+            the same minimiser): the solve scales them by a power of two (exactly)
+            to put the largest in [1, 2), so that their size moves neither the
+            conjugate gradient's stopping test (an absolute one, implicit's)
+            nor its range.
+        alpha: the weight of an observed pair (implicit's ``alpha``), ``> 0`` and
+            at most ``finfo(dtype).max ** 0.25`` (4.3e9 in float32, 1.2e77 in
+            float64) in ``factors``' dtype: the solve's inner products grow as
+            its cube.
+        reg: L2 weight ``reg`` of each width's objective (implicit's
+            ``regularization``), ``>= 0``, bounded as ``alpha``.
         cg_steps: conjugate-gradient steps per row (implicit's default 3; ``D``
             steps solve exactly in exact arithmetic).
 
     Returns:
-        ``(R, D)`` the solved vectors, in ``factors``' dtype.
+        ``(R, D)`` the solved vectors, in ``factors``' dtype. A NaN or infinity
+        among ``factors`` or ``other`` reaches it; from finite ones, a result
+        that overflowed is a ValueError (never silently NaN).
     """
     rows, width = checks.check_rows("factors", factors)
     checks.check_float("other", other, 2, like=("factors", factors))
@@ -55,8 +66,10 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
         raise ValueError(f"other has width {other.shape[1]} but factors has width {width}")
     dims = checks.check_dims(dims, width)
     weights = checks.check_weights(weights, len(dims), factors.device)
-    alpha = checks.check_real("alpha", alpha, low=0.0, low_open=True)
-    reg = checks.check_real("reg", reg, low=0.0)
+    weights = torch.ldexp(weights, 1 - torch.frexp(weights.max()).exponent)  # exactly: the largest in [1, 2)
+    largest = torch.finfo(factors.dtype).max ** 0.25
+    alpha = checks.check_real("alpha", alpha, low=0.0, low_open=True, high=largest, dtype=factors.dtype)
+    reg = checks.check_real("reg", reg, low=0.0, high=largest, dtype=factors.dtype)
     cg_steps = checks.check_int("cg_steps", cg_steps)
     if not (hasattr(interactions, "indptr") and hasattr(interactions, "indices")):
         raise TypeError(f"interactions must be a CSR with indptr and indices, got {type(interactions).__name__}")
@@ -66,4 +79,10 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
     indices = checks.check_ids("indices", indices, other.shape[0], factors.device)
     gram = nested_gram(other, dims, weights, reg)
     solve = registry.operator_for("nested_als_solve", backend, factors)
-    return solve(factors, other, gram, indptr, indices, dims, weights, alpha, cg_steps)
+    solved = solve(factors, other, gram, indptr, indices, dims, weights, alpha, cg_steps)
+    if checks.can_read_values(solved) and not bool(torch.isfinite(solved).all()) and \
+            bool(torch.isfinite(factors).all()) and bool(torch.isfinite(other).all()):
+        raise ValueError(f"nested_als_solve overflowed {str(factors.dtype).removeprefix('torch.')} with "
+                         f"alpha={alpha:g}, reg={reg:g} on these vectors (its inner products grow as the cube "
+                         f"of alpha and reg, and faster in the vectors' scale): solve in float64, or scale them down")
+    return solved

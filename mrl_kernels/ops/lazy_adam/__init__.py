@@ -19,7 +19,9 @@ def lazy_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, indices: Tenso
     ``(N, D)`` tables ``param``, ``exp_avg``, ``exp_avg_sq`` (contiguous, one
     dtype and device), with their gradient rows ``values`` ``(R, D)``:
     ``m += (g - m)(1 - beta1)``, ``v += (g^2 - v)(1 - beta2)``,
-    ``w -= step_size * m / (sqrt(v) + eps)``. The other rows keep their values."""
+    ``w -= step_size * m / (sqrt(v) + eps)``, ``eps > 0`` and ``step_size`` finite
+    in ``param``'s dtype. ``indices``: a tensor or an array-like. The other rows
+    keep their values."""
     check_float("param", param, 2)
     for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         check_float(name, t, 2, like=("param", param))
@@ -35,7 +37,7 @@ def lazy_adam(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, indices: Tenso
                          f"({indices.shape[0]}, {param.shape[1]}), got {tuple(values.shape)}")
     beta1 = check_real("beta1", beta1, low=0.0, high=1.0, high_open=True)
     beta2 = check_real("beta2", beta2, low=0.0, high=1.0, high_open=True)
-    eps = check_real("eps", eps, low=0.0, low_open=True)
-    step_size = check_real("step_size", step_size, low=0.0)
+    eps = check_real("eps", eps, low=0.0, low_open=True, dtype=param.dtype)  # 0 there would divide 0 by 0
+    step_size = check_real("step_size", step_size, low=0.0, dtype=param.dtype)
     operator = registry.operator_for("lazy_adam", backend, param)
     operator(param, exp_avg, exp_avg_sq, indices, values, beta1, beta2, eps, step_size)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,7 +30,8 @@ def exclusion(exclude, batch: int, n_items: int, device: torch.device) -> tuple[
         if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Sequence) or len(exclude) != batch:
             raise ValueError(f"exclude must be None, a CSR with one row per query, or a sequence of {batch} id "
                              f"collections; got {type(exclude).__name__}")
-        rows = [torch.as_tensor(np.asarray(row), dtype=torch.int64).flatten() for row in exclude]
+        rows = [checks.check_id_tensor(f"exclude[{row}]", ids).reshape(-1).to("cpu", torch.int64)
+                for row, ids in enumerate(exclude)]
         offsets = torch.tensor([0] + [len(r) for r in rows], dtype=torch.int64).cumsum(0)
         ids = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
     return offsets.to(device), checks.check_ids("exclude", ids.to(device), n_items, device)
