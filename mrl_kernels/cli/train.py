@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 
-import pandas as pd
 
 from ..ops import LAYOUTS
 from ..ops.registry import names as backend_names

@@ -14,12 +14,10 @@ import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..atomic import atomic_write_bytes
 from ..ops import CSR
