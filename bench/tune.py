@@ -69,9 +69,10 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
         settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
         settings["temperature"] = trial.suggest_float("temperature", 0.05, 4.0, log=True)
         settings["cosine"] = trial.suggest_categorical("cosine", [False, True])
-    elif method != "bpr":  # plain BPR draws one negative
+    elif method != "bpr":  # plain BPR draws one negative; DNS one pool
         settings["candidates"] = trial.suggest_categorical("candidates", [8, 16, 32, 64])
-        settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
+        if "layout" in METHODS[method].takes:
+            settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
     return settings
 
 
