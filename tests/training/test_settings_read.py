@@ -9,7 +9,7 @@ import torch
 
 from mrl_kernels.cli import train as train_cli
 from mrl_kernels.training import TrainConfig, checkpoint, data, train
-from mrl_kernels.training.methods import METHODS, SETTINGS, recipe
+from mrl_kernels.training.methods import METHODS, recipe
 
 
 @pytest.mark.parametrize("method, setting, value", [
@@ -48,6 +48,8 @@ def test_mrl_train_refuses_a_flag_its_method_ignores(tmp_path, capsys, flags, wo
 
 
 def test_each_method_reads_its_recipe_and_nothing_else():
+    from mrl_kernels.training.methods import SETTINGS
+
     for name, method in METHODS.items():
         config = TrainConfig(method=name)
         config.check()
