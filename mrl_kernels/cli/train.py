@@ -18,7 +18,7 @@ from ..ops.registry import names as backend_names
 from ..training import Interrupted, TrainConfig, request_stop, train
 from ..training.backbones import BACKBONES
 from ..training.config import LAYERS
-from ..training.methods import METHODS, ONLY_SOME, PAPER_RECIPE, recipe
+from ..training.methods import METHODS, PAPER_RECIPE, recipe
 from ..training.data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 
 
@@ -129,12 +129,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=getattr(args, "layers", None), method=args.method, dims=args.dims,
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, method=args.method, dims=args.dims,
         epochs=args.epochs, seed=args.seed,
-        # the method's defaults where not given (their flags default to SUPPRESS)
+        # the method's defaults where not given (their flags default to SUPPRESS), LightGCN's layers alike
         **{name: getattr(args, name, None)
-           for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine", "eval_every",
-                        "patience", "alpha", "level_weights", "cg_steps")},
+           for name in ("layers", "candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine",
+                        "eval_every", "patience", "alpha", "level_weights", "cg_steps")},
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, eval_users=args.eval_users, refit=not args.no_refit, sparse=args.sparse,
         synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)
