@@ -45,6 +45,7 @@ def test_the_other_real_settings_are_checked_in_float32(settings, words):
 
 @pytest.mark.parametrize("flags", [["--level-weights", "1e-50,0,0,0,0"], ["--alpha", "1e-50"]])
 def test_mrl_train_refuses_weights_that_train_nothing(tmp_path, capsys, flags):
-    code = train_cli.main(["--method", "mrl-als", *flags, "--out", str(tmp_path / "run"), "--no-progress"])
+    tiny = ["--users", "30", "--items", "20", "--interactions", "200", "--epochs", "1"]  # where it would train
+    code = train_cli.main(["--method", "mrl-als", *flags, *tiny, "--out", str(tmp_path / "run"), "--no-progress"])
     assert code == 2 and "the smallest normal float32" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

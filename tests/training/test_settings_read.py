@@ -42,7 +42,8 @@ def test_layers_only_with_lightgcn():
     (["--method", "mrl-als", "--batch-size", "64"], "batch_size only applies to .*, not --method mrl-als"),
 ])
 def test_mrl_train_refuses_a_flag_its_method_ignores(tmp_path, capsys, flags, words):
-    assert train_cli.main([*flags, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    tiny = ["--users", "30", "--items", "20", "--interactions", "200", "--epochs", "1"]  # where it would train
+    assert train_cli.main([*flags, *tiny, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert re.search(words, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
