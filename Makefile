@@ -1,6 +1,7 @@
 # Two commands on a fresh clone: `make run` sets everything up (a virtual
 # environment, torch, the package with its C++ kernels) and runs the main job;
-# `make test` runs the tests. `.ci/run` runs exactly these two.
+# `make test` runs the tests. `.ci/run` runs exactly these two. `make install`
+# sets up what both need (the tests' extras and torchrec included) and runs nothing.
 PYTHON ?= python3
 VENV ?= .venv
 # torch 2.13.0: PyPI's Linux wheel carries CUDA; for a CPU-only machine, e.g.
@@ -8,14 +9,15 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 # torchrec and FBGEMM built for that torch (the 1.9 pair needs torch 2.14; mixed
 # pairs fail at import). Installed without their dependencies, which would pull
-# the CUDA build of FBGEMM; the torchrec extra adds what they import. On CUDA,
+# the CUDA build of FBGEMM; the torchrec extra adds what they import (the same
+# pins as mrl_kernels.distributed.TORCHREC_INSTALL, the command messages give). On CUDA,
 # TORCHREC="torchrec==1.8.0 fbgemm-gpu==1.8.0"; TORCHREC= leaves them out
 # (the torchrec tests then skip).
 TORCHREC ?= torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0
 BIN := $(VENV)/bin
 comma := ,
 
-.PHONY: run test test-all
+.PHONY: install run test test-all
 
 # torch first (and numpy, which its C++ extension build imports), so that
 # nothing later pulls another torch; --no-build-isolation builds the C++
@@ -33,6 +35,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(if $(strip $(TORCHREC)),$(BIN)/pip install --no-deps $(TORCHREC))
 	$(BIN)/pip install --no-build-isolation -e ".[test,plot,serve$(if $(strip $(TORCHREC)),$(comma)torchrec)]"
 	touch $@
+
+# the environment of `make run` and `make test`, set up without running anything:
+# the virtual environment, torch, the package with its C++ kernels, the extras the
+# tests use (torchrec and FBGEMM among them); then $(VENV)/bin/mrl-train, pytest, ...
+install: $(VENV)/.installed-test
 
 # MRL-M on the built-in synthetic data (a minute or two on 2 cores, selection and refit): runs/latest/
 run: $(VENV)/.installed

@@ -55,7 +55,7 @@ def run_one(job: tuple) -> str:
     import torch
 
     from mrl_kernels.training import data
-    from mrl_kernels.training import CHECKPOINT, PAPER_RECIPE, TrainConfig, train
+    from mrl_kernels.training import CHECKPOINT, TrainConfig, recipe, train
 
     torch.set_num_threads(1)  # one run per core
     out = Path(root) / (f"{dataset}-{model}-{method}-s{seed}" + SUFFIX[protocol])
@@ -64,11 +64,11 @@ def run_one(job: tuple) -> str:
     if protocol == "authors":  # all of train.txt, no validation part, no early stop
         ds = data.load(dataset, data_dir, seed=seed, valid_fraction=0.0)
         config = TrainConfig(dataset=dataset, model=model, method=method, seed=seed, out=str(out), progress=False,
-                             track_test=True, refit=False, epochs=AUTHORS_EPOCHS, patience=AUTHORS_EPOCHS,
-                             **PAPER_RECIPE)
+                             track_test=True, refit=False, epochs=AUTHORS_EPOCHS,
+                             **{**recipe(method, paper=True), "patience": AUTHORS_EPOCHS})
     else:  # the paper's settings, or (tuned) the method's defaults
         ds = data.load(dataset, data_dir, seed=seed)
-        settings = PAPER_RECIPE if protocol == "refit" else {}
+        settings = recipe(method, paper=True) if protocol == "refit" else {}
         config = TrainConfig(dataset=dataset, model=model, method=method, seed=seed, out=str(out), progress=False,
                              track_test=True, **settings)
     result = train(config, log=lambda _: None, dataset=ds, resume=(out / CHECKPOINT).is_file())

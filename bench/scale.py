@@ -48,7 +48,7 @@ import torch
 
 from mrl_kernels.training import data
 from mrl_kernels.training.metrics import evaluate, prefix_evaluate
-from mrl_kernels.training import PAPER_RECIPE, Fit, TrainConfig
+from mrl_kernels.training import Fit, TrainConfig, recipe
 
 from .dense_eval import dense_prefix_evaluate
 from .timing import median_ms
@@ -65,7 +65,7 @@ def one(n_items: int, sparse: bool, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, USERS, INTERACTIONS), rng.integers(0, n_items, INTERACTIONS)
     interactions = data.CSR.from_pairs(users, items, USERS, n_items)
-    fit = Fit(TrainConfig(**{**PAPER_RECIPE, "batch_size": BATCH}, sparse=sparse), interactions, torch.device("cpu"))
+    fit = Fit(TrainConfig(**recipe("mrl-m", paper=True) | {"batch_size": BATCH}, sparse=sparse), interactions, "cpu")
     g = torch.Generator().manual_seed(1)
     step_ms = median_ms(lambda: fit.step(torch.randint(0, interactions.nnz, (BATCH,), generator=g)), "cpu", repeats)
     heldout = data.CSR.from_pairs(np.arange(1000), rng.integers(0, n_items, 1000), USERS, n_items)

@@ -45,8 +45,9 @@ SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before 
 
 
 def suggest(trial: optuna.Trial, method: str) -> dict:
-    """A trial's settings: what every method takes, plus the temperature for
-    ``mrl-s``. The ranges bracket what first probes on tool found: L2 from the
+    """A trial's settings: of those the method reads (``Method.takes``), lr, L2
+    and batch size, the candidates and layout where it draws pools, the
+    temperature and scores for ``mrl-s``. The ranges bracket what first probes on tool found: L2 from the
     paper's 1e-4 up to 0.1 (1e-2 lifts MRL-M by ~15%; above ~0.05 MRL-M collapses), lr around Adam's 1e-3, pools of
     8 to 64 hardest-of candidates for the BPR family, 16 to 256 for the softmax
     (every candidate counts there). ``mrl-als``: implicit's iALS ranges for L2 and
@@ -64,14 +65,15 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
         "l2": trial.suggest_float("l2", 1e-4, 0.1, log=True),
         "batch_size": trial.suggest_categorical("batch_size", [1024, 2048, 4096]),
     }
-    if method == "mrl-s":
-        settings["candidates"] = trial.suggest_categorical("candidates", [16, 64, 256])
+    takes = METHODS[method].takes  # plain BPR draws one negative, DNS one pool, least squares none
+    if "candidates" in takes:
+        sizes = [16, 64, 256] if method == "mrl-s" else [8, 16, 32, 64]
+        settings["candidates"] = trial.suggest_categorical("candidates", sizes)
+    if "layout" in takes:
         settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
+    if "temperature" in takes:
         settings["temperature"] = trial.suggest_float("temperature", 0.05, 4.0, log=True)
         settings["cosine"] = trial.suggest_categorical("cosine", [False, True])
-    elif method != "bpr":  # plain BPR draws one negative
-        settings["candidates"] = trial.suggest_categorical("candidates", [8, 16, 32, 64])
-        settings["layout"] = trial.suggest_categorical("layout", list(LAYOUTS))
     return settings
 
 

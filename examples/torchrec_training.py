@@ -3,7 +3,8 @@ moving candidate rows: each rank draws its share of every pool from its own
 item rows and scores it on its local shard (:mod:`mrl_kernels.distributed.sharded`); the
 tables are updated by torchrec's fused RowWiseAdagrad.
 
-Needs the torchrec extra (``pip install "mrl_kernels[torchrec]"``). Run, e.g.
+Needs torchrec and FBGEMM (``mrl_kernels.distributed.TORCHREC_INSTALL``; in a
+checkout, ``make install``). Run, e.g.
 ``python examples/torchrec_training.py --world 2 --dataset tool --data-dir ../shared/datasets``
 (it starts ``--world`` gloo processes itself).
 """

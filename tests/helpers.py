@@ -1,15 +1,19 @@
 """What the tests share: the device they run on, the fast backends tested
 against the reference, where the paper's datasets are, an assert_close
-that names the worst mismatches, and the operator tests' shapes, tolerances,
-inputs and random problems. Imported as ``from helpers import ...`` (the
+that names the worst mismatches, the operator tests' shapes, tolerances,
+inputs and random problems, and a launcher of gloo process groups
+(:func:`run_ranks`). Imported as ``from helpers import ...`` (the
 tests folder is on pytest's pythonpath); conftest.py chooses Triton's
 interpreter before anything imports Triton."""
+import datetime
 import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from hypothesis import strategies as st
 
 from mrl_kernels.ops import registry
@@ -139,3 +143,22 @@ def decaying(seed, n=2000, d=32, b=9):
     g = torch.Generator().manual_seed(seed)
     scale = torch.linspace(2.0, 0.2, d)
     return torch.randn(b, d, generator=g) * scale, torch.randn(n, d, generator=g) * scale
+
+
+def run_ranks(world: int, tmp_path: Path, fn, timeout_s: float = 120) -> None:
+    """``fn(rank, world)`` in ``world`` spawned processes joined in one gloo
+    process group (a collective left waiting fails after ``timeout_s``)."""
+    mp.spawn(_rank_main, args=(world, str(tmp_path / "store"), fn, timeout_s), nprocs=world, join=True)
+
+
+def _rank_main(rank: int, world: int, store: str, fn, timeout_s: float) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        fn(rank, world)
+        # every rank done with its collectives before any tears the group down: a rank that destroyed its
+        # group while a peer still ran a collective with it could end that peer natively
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -15,7 +15,8 @@ from ..ops import LAYOUTS
 from ..ops.registry import names as backend_names
 from ..training import Interrupted, TrainConfig, request_stop, train
 from ..training.backbones import BACKBONES
-from ..training.methods import METHODS, ONLY_SOME, PAPER_RECIPE, recipe
+from ..training.config import LAYERS
+from ..training.methods import METHODS, PAPER_RECIPE, recipe
 from ..training.data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 from ._parser import ArgumentParser
 
@@ -44,18 +45,16 @@ def _seed(text: str) -> int:
     return seed
 
 
-def _takers(name: str) -> list[str]:
-    """The methods that take ``name``."""
-    return [m for m, method in METHODS.items() if name in method.takes] if name in ONLY_SOME else list(METHODS)
-
-
-def _defaults(name: str, methods=tuple(METHODS)) -> str:
-    """``name``'s default per method, e.g. "1e-4; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
-    if name in ONLY_SOME:
-        return "; ".join(f"{m}: {recipe(m)[name]}" for m in _takers(name))
-    tuned = [f"{m}: {recipe(m)[name]}" for m in methods if recipe(m)[name] != PAPER_RECIPE[name]]
-    common = f"{PAPER_RECIPE[name]}" + (", the paper's" if name not in ("temperature", "cosine") else "")
-    return "; ".join(([common] if len(tuned) < len(methods) else []) + tuned)
+def _defaults(name: str) -> str:
+    """Which methods read ``name`` and its default, e.g. "not for mrl-als; default:
+    1e-4, the paper's; mrl-m: 1e-2" (the paper's, then the tuned ones)."""
+    takers = [m for m, method in METHODS.items() if name in method.takes]
+    others = [m for m in METHODS if m not in takers]
+    tuned = [f"{m}: {recipe(m)[name]}" for m in takers if recipe(m)[name] != PAPER_RECIPE.get(name)]
+    common = [f"{PAPER_RECIPE[name]}, the paper's"] if len(tuned) < len(takers) else []
+    which = "" if not others else f"{', '.join(takers)} only; " if len(takers) <= len(others) else \
+        f"not for {', '.join(others)}; "
+    return f"{which}default: " + "; ".join(common + tuned)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,41 +73,42 @@ def parser() -> argparse.ArgumentParser:
                         "category tree")
     p.add_argument("--model", default=d.model, choices=tuple(BACKBONES),
                    help="the backbone: mf (matrix factorisation) or lightgcn")
-    p.add_argument("--layers", type=int, default=d.layers, help="LightGCN's propagation layers")
+    p.add_argument("--layers", type=int, default=argparse.SUPPRESS,
+                   help=f"LightGCN's propagation layers (--model lightgcn only; default: {LAYERS})")
     p.add_argument("--method", default=d.method, choices=tuple(METHODS),
                    help="; ".join(f"{name}: {method.summary}" for name, method in METHODS.items()))
     p.add_argument("--dims", type=_dims, default=d.dims, help="nested widths, the last is the embedding width")
     p.add_argument("--candidates", type=int, default=argparse.SUPPRESS,
-                   help=f"candidates per pool (default: {_defaults('candidates')})")
+                   help=f"candidates per pool ({_defaults('candidates')})")
     p.add_argument("--layout", default=argparse.SUPPRESS, choices=LAYOUTS,
                    help="pools: one per level (the authors' layout) or one shared by all levels "
-                        f"(default: {_defaults('layout')})")
+                        f"({_defaults('layout')})")
     p.add_argument("--epochs", type=int, default=d.epochs, help="most epochs to train")
     p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS,
-                   help=f"(user, positive) pairs per step (default: {_defaults('batch_size')})")
+                   help=f"(user, positive) pairs per step ({_defaults('batch_size')})")
     p.add_argument("--lr", type=float, default=argparse.SUPPRESS,
-                   help=f"Adam's learning rate (default: {_defaults('lr')})")
+                   help=f"Adam's learning rate ({_defaults('lr')})")
     p.add_argument("--l2", type=float, default=argparse.SUPPRESS,
                    help=f"L2 weight on the batch's rows; mrl-als: on the tables, implicit's regularization "
-                        f"(default: {_defaults('l2')})")
+                        f"({_defaults('l2')})")
     p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
-                   help=f"mrl-s: the softmax temperature (default: {_defaults('temperature', ('mrl-s',))})")
+                   help=f"the softmax temperature ({_defaults('temperature')})")
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                   help=f"mrl-s: cosine scores of the prefixes (default: {_defaults('cosine', ('mrl-s',))})")
+                   help=f"cosine scores of the prefixes ({_defaults('cosine')})")
     p.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
-                   help=f"mrl-als, mrl-ls: the weight of an observed pair, an unobserved one weighing 1 "
-                        f"(default: {_defaults('alpha')})")
+                   help=f"the weight of an observed pair, an unobserved one weighing 1 ("
+                        f"{_defaults('alpha')})")
     p.add_argument("--level-weights", type=_numbers(float, "1,1,1,1,1"), default=argparse.SUPPRESS,
-                   help="mrl-als, mrl-ls: the weight of each width's iALS objective (default: 1 each, their sum; "
+                   help="the weight of each width's iALS objective (mrl-ls, mrl-als only; default: 1 each, their sum; "
                         "0,0,0,0,1 is iALS at full width)")
     p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
-                   help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps')})")
+                   help=f"conjugate-gradient steps per solve ({_defaults('cg_steps')})")
     p.add_argument("--seed", type=_seed, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=argparse.SUPPRESS,
-                   help=f"epochs between validation evaluations (default: {_defaults('eval_every')})")
+                   help=f"epochs between validation evaluations ({_defaults('eval_every')})")
     p.add_argument("--patience", type=int, default=argparse.SUPPRESS,
-                   help=f"stop after this many evaluations without a better validation Recall@20 (default: "
-                        f"{_defaults('patience')})")
+                   help=f"stop after this many evaluations without a better validation Recall@20 "
+                        f"({_defaults('patience')})")
     p.add_argument("--out", default=None,
                    help="the run folder; default a new runs/<time>-<dataset>-<method> (runs/latest points at it)")
     p.add_argument("--device", default=d.device, help="torch device: cpu, cuda, cuda:1, ...")
@@ -139,12 +139,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, model=args.model, layers=args.layers, method=args.method, dims=args.dims,
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, method=args.method, dims=args.dims,
         epochs=args.epochs, seed=args.seed,
-        # the method's defaults where not given (their flags default to SUPPRESS)
+        # the method's defaults where not given (their flags default to SUPPRESS), LightGCN's layers alike
         **{name: getattr(args, name, None)
-           for name in ("candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine", "eval_every",
-                        "patience", "alpha", "level_weights", "cg_steps")},
+           for name in ("layers", "candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine",
+                        "eval_every", "patience", "alpha", "level_weights", "cg_steps")},
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, eval_users=args.eval_users, refit=not args.no_refit, sparse=args.sparse,
         synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)

@@ -35,7 +35,8 @@ Losses follow the one-process operators with one convention: the returned
 value is this rank's rows' share, so that the ranks' losses **sum** to the
 one-process loss (``reduction="mean"``: this rank's rows summed over the
 global batch B) and the gradients every rank gets equal the one-process
-gradients of that loss. Every rank must call with the same local batch size.
+gradients of that loss. Every rank must call with the same local batch size
+and dims; a call checks them before its collectives (:mod:`.agreement`).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from torch import Tensor
 from ..ops import _checks as checks, mns_sample as _mns_sample
 from ..ops.common import acc_dtype, pools, prefix_scores
 from ..ops.softmax import check_log_q
+from .agreement import SHAPES, Agreement, check_offset, check_pools, check_row_ids, local_ids
 
 __all__ = ["Choice", "gather_rows", "batch_rows", "mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss"]
 
@@ -74,9 +76,17 @@ def _waited(t: Tensor) -> Tensor:
 
 
 def gather_rows(x: Tensor, group=None) -> Tensor:
-    """``x`` of every rank concatenated in rank order (``(W * B_r, ...)``),
-    differentiable: the backward sums each rank's gradient back to its rows."""
-    return _waited(_ALL_GATHER(x.contiguous(), 0, _group(group)))
+    """``x`` of every rank concatenated in rank order (``(W * B_r, ...)``, the
+    same shape and dtype on every rank), differentiable: the backward sums each
+    rank's gradient back to its rows."""
+    group = _group(group)
+    with Agreement(group, "shape", "dtype") as agreed:
+        agreed.facts(tuple(x.shape), x.dtype)
+    return _gather(x, group)
+
+
+def _gather(x: Tensor, group) -> Tensor:
+    return _waited(_ALL_GATHER(x.contiguous(), 0, group))
 
 
 def batch_rows(shard: Tensor, ids: Tensor, *, offset: int, group=None) -> Tensor:
@@ -85,13 +95,11 @@ def batch_rows(shard: Tensor, ids: Tensor, *, offset: int, group=None) -> Tensor
     users); each rank fills the rows it holds (``[offset, offset + N_r)``) and
     one all-reduce sums the ``(n, D)`` rows (every other rank adds zeros)."""
     group = _group(group)
-    checks.check_float("shard", shard, 2)
-    if not isinstance(ids, Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex or \
-            ids.dtype == torch.bool or ids.dim() != 1 or ids.device != shard.device:
-        raise ValueError(f"ids must be a one-dimensional integer tensor on {shard.device} (global row ids), got "
-                         + (f"{ids.dtype} of shape {tuple(ids.shape)} on {ids.device}" if isinstance(ids, Tensor)
-                            else type(ids).__name__))
-    _check_offset(offset)
+    with Agreement(group, "number of ids", "width", "dtype") as agreed:
+        checks.check_float("shard", shard, 2)
+        check_row_ids(ids, shard.device)
+        check_offset(offset)
+        agreed.facts(ids.shape[0], shard.shape[1], shard.dtype)
     with torch.no_grad():
         here = ((ids >= offset) & (ids < offset + shard.shape[0])).nonzero()[:, 0]  # the positions this rank holds
         held = _rows(shard.detach(), ids[here].long() - offset)
@@ -153,23 +161,6 @@ def _rows(table: Tensor, ids: Tensor) -> Tensor:
     return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
 
 
-def _check_offset(offset) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative int (the global id of the shard's first row), got {offset!r}")
-
-
-def _local_ids(candidates: Tensor, shard: Tensor, offset: int, padding: bool = False) -> Tensor:
-    """``candidates`` (global ids of this rank's rows) as rows of ``shard``; -1 at padding."""
-    _check_offset(offset)
-    local = checks.check_ids("candidates", candidates, offset + shard.shape[0], shard.device, padding=padding)
-    if checks.can_read_values(local) and local.numel():
-        valid = local[local >= 0] if padding else local
-        if valid.numel() and int(valid.min()) < offset:
-            raise ValueError(f"candidates must be ids of this rank's rows [{offset}, {offset + shard.shape[0]}), "
-                             f"got id {int(valid.min())}")
-    return torch.where(local >= 0, local - offset, -1) if padding else local - offset
-
-
 @dataclass
 class Choice:
     """What :func:`mns_sample` chose: ``negatives`` ``(B, L)`` global ids for
@@ -212,12 +203,17 @@ def mns_sample(user: Tensor, shard: Tensor, candidates: Tensor, dims: Sequence[i
     with theirs.
     """
     group = _group(group)
-    checks.check_rows("user", user)
-    dims = checks.check_dims(dims, user.shape[1])
+    with Agreement(group, *SHAPES, "dtype", "gathered", "candidates' dimensions") as agreed:
+        checks.check_rows("user", user)
+        dims = checks.check_dims(dims, user.shape[1])
+        checks.check_float("shard", shard, 2, like=("user", user))
+        local = local_ids(candidates, shard, offset)
+        check_pools(candidates, user.shape[0] * (1 if gathered else dist.get_world_size(group)), len(dims))
+        agreed.facts(len(dims), user.shape[1], dims, user.shape[0], user.dtype, gathered, candidates.dim())
     with torch.no_grad():
         users = user.detach() if gathered else _all_gather(user.detach(), group)
-        local = _local_ids(candidates, shard, offset)
-        picks = _mns_sample(users, shard.detach(), local, dims, layout="shared" if local.dim() == 2 else None, backend=backend)
+        picks = _mns_sample(users, shard.detach(), local, dims, layout="shared" if local.dim() == 2 else None,
+                            backend=backend)  # (B, L) rows of shard
         rows = _rows(shard.detach(), picks)
         scores = torch.stack([prefix_scores(users, rows[:, level], d) for level, d in enumerate(dims)], 1)
         # float64 holds every float32 score and every id below 2^53 exactly
@@ -260,29 +256,30 @@ def mrl_bpr_loss(user: Tensor, pos: Tensor, neg_rows: Tensor, choice: Choice, di
             (``(B_r,)``).
     """
     group = _group(group)
-    checks.check_pos(pos, user)
-    dims = checks.check_dims(dims, user.shape[1])
-    checks.check_float("neg_rows", neg_rows, 2, like=("user", user))
-    if neg_rows.shape != (int(choice.owned.sum()), user.shape[1]):
-        raise ValueError(f"neg_rows must have the shape ({int(choice.owned.sum())}, {user.shape[1]}) "
-                         f"(the rows of choice.owned_ids), got {tuple(neg_rows.shape)}")
-    w = checks.check_weights(weights, len(dims), user.device)
-    reduction = checks.check_reduction(reduction)
-    mine = choice.users[_own_rows(choice.users.shape[0], group)]
-    if user.shape != mine.shape or not bool(((user.detach() == mine) | (user.isnan() & mine.isnan())).all()):
-        raise ValueError("user must equal this rank's rows of choice.users (the vectors mns_sample scored)")
-    users = _Gathered.apply(user, choice.users, group)
-    # the owned winners level by level (neg_rows come row-major): one gather of each side, then a slice a level
-    owned = choice.owned.T  # (L, B): level-major
-    position = choice.owned.flatten().cumsum(0).view_as(choice.owned).T - 1  # each owned entry's row of neg_rows
-    rows = owned.nonzero()[:, 1]
-    counts = owned.sum(1).tolist()
-    scores = torch.cat([prefix_scores(u, e, d) for u, e, d in
-                        zip(_rows(users, rows).split(counts), _rows(neg_rows, position[owned]).split(counts), dims)])
-    chosen_by = choice.scores.T[owned]
-    if not torch.allclose(scores.detach(), chosen_by, rtol=1e-4, atol=1e-5, equal_nan=True):
-        raise ValueError("neg_rows must be the rows of choice.owned_ids: their scores differ from the ones "
-                         "mns_sample chose them by")
+    with Agreement(group, *SHAPES, "weights", "reduction") as agreed:
+        checks.check_pos(pos, user)
+        dims = checks.check_dims(dims, user.shape[1])
+        checks.check_float("neg_rows", neg_rows, 2, like=("user", user))
+        if neg_rows.shape != (int(choice.owned.sum()), user.shape[1]):
+            raise ValueError(f"neg_rows must have the shape ({int(choice.owned.sum())}, {user.shape[1]}) "
+                             f"(the rows of choice.owned_ids), got {tuple(neg_rows.shape)}")
+        w = checks.check_weights(weights, len(dims), user.device)
+        reduction = checks.check_reduction(reduction)
+        mine = choice.users[_own_rows(choice.users.shape[0], group)]
+        if user.shape != mine.shape or not bool(((user.detach() == mine) | (user.isnan() & mine.isnan())).all()):
+            raise ValueError("user must equal this rank's rows of choice.users (the vectors mns_sample scored)")
+        users = _Gathered.apply(user, choice.users, group)
+        # the owned winners level by level (neg_rows come row-major): one gather of each side, then a slice a level
+        owned = choice.owned.T  # (L, B): level-major
+        position = choice.owned.flatten().cumsum(0).view_as(choice.owned).T - 1  # each owned entry's neg_rows row
+        rows = owned.nonzero()[:, 1]
+        counts = owned.sum(1).tolist()
+        pairs = zip(_rows(users, rows).split(counts), _rows(neg_rows, position[owned]).split(counts), dims)
+        scores = torch.cat([prefix_scores(u, e, d) for u, e, d in pairs])
+        if not torch.allclose(scores.detach(), choice.scores.T[owned], rtol=1e-4, atol=1e-5, equal_nan=True):
+            raise ValueError("neg_rows must be the rows of choice.owned_ids: their scores differ from the ones "
+                             "mns_sample chose them by")
+        agreed.facts(len(dims), user.shape[1], dims, user.shape[0], w.tolist(), reduction)
     owned_scores = torch.zeros(owned.shape, dtype=acc_dtype(user.dtype), device=user.device)
     owned_scores = owned_scores.masked_scatter(owned, scores).T
     neg_scores = _WinnerScores.apply(owned_scores, choice.scores, choice.owned, group)
@@ -336,24 +333,26 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, shard: Tensor, candidates: Tenso
     :func:`mrl_bpr_loss`.
     """
     group = _group(group)
-    checks.check_pos(pos, user)
-    checks.check_float("shard", shard, 2, like=("user", user))
-    dims = checks.check_dims(dims, user.shape[1])
-    w = checks.check_weights(weights, len(dims), user.device)
-    temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
-    reduction = checks.check_reduction(reduction)
-    users = gather_rows(user, group)
-    if candidates.dim() not in (2, 3) or candidates.shape[0] != users.shape[0] or \
-            (candidates.dim() == 3 and candidates.shape[1] != len(dims)):
-        raise ValueError(f"candidates must be ({users.shape[0]}, m) or ({users.shape[0]}, {len(dims)}, m) "
-                         f"(every row of the global batch), got {tuple(candidates.shape)}")
-    local = _local_ids(candidates, shard, offset, padding=True)
-    if pos_ids is not None:
-        if not isinstance(pos_ids, Tensor) or pos_ids.dtype.is_floating_point or pos_ids.shape != (user.shape[0],):
+    with Agreement(group, *SHAPES, "dtype", "candidates' dimensions", "weights", "temperature", "reduction",
+                   "pos_ids given", "log_q given", "pos_log_q given") as agreed:
+        checks.check_pos(pos, user)
+        checks.check_float("shard", shard, 2, like=("user", user))
+        dims = checks.check_dims(dims, user.shape[1])
+        w = checks.check_weights(weights, len(dims), user.device)
+        temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
+        reduction = checks.check_reduction(reduction)
+        local = local_ids(candidates, shard, offset, padding=True)
+        check_pools(candidates, user.shape[0] * dist.get_world_size(group), len(dims))
+        if pos_ids is not None and (not isinstance(pos_ids, Tensor) or pos_ids.dtype.is_floating_point
+                                    or pos_ids.shape != (user.shape[0],)):
             raise ValueError(f"pos_ids must be an integer tensor of shape ({user.shape[0]},) (this rank's positives)")
-        every_pos = gather_rows(pos_ids, group).view(-1, *[1] * (candidates.dim() - 1))
+        check_log_q(log_q, pos_log_q, candidates, user)
+        agreed.facts(len(dims), user.shape[1], dims, user.shape[0], user.dtype, candidates.dim(), w.tolist(),
+                     temperature, reduction, pos_ids is not None, log_q is not None, pos_log_q is not None)
+    users = _gather(user, group)
+    if pos_ids is not None:
+        every_pos = _gather(pos_ids, group).view(-1, *[1] * (candidates.dim() - 1))
         local = local.masked_fill(candidates == every_pos, -1)
-    check_log_q(log_q, pos_log_q, candidates, user)
     valid = local >= 0
     if lookup is None:
         rows = _rows(shard, local.clamp(min=0))

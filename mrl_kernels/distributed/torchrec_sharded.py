@@ -1,9 +1,10 @@
 """MNS + the MRL loss, and the Matryoshka sampled softmax, over a torchrec
 ``EmbeddingCollection`` sharded row-wise by ``DistributedModelParallel``,
 without moving candidate rows (:mod:`mrl_kernels.distributed.sharded`), the tables
-updated by torchrec's fused optimizer. Needs the ``torchrec`` extra
-(``pip install "mrl_kernels[torchrec]"``, the torchrec / fbgemm pair of the
-installed torch).
+updated by torchrec's fused optimizer. Needs torchrec and FBGEMM, the pair
+built for the installed torch (:data:`mrl_kernels.distributed.TORCHREC_INSTALL`:
+the pair with ``--no-deps``, then the ``torchrec`` extra; in a checkout, ``make
+install``).
 
 One collection holds the user table (feature ``user``) and the item table
 (features ``pos`` and ``neg``): :func:`embedding_collection` builds it,
@@ -32,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import sharded
+from . import TORCHREC_INSTALL, sharded
 from ..ops import CSR
 from ..ops.candidates import uniform_draw
 from ..ops.common import l2_term
@@ -44,8 +45,8 @@ try:
     from torchrec.distributed.types import ShardingPlan
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 except ImportError as error:  # the extra is not installed
-    raise ImportError("mrl_kernels.distributed.torchrec_sharded needs torchrec and fbgemm-gpu: "
-                      'pip install "mrl_kernels[torchrec]"') from error
+    raise ImportError(f"mrl_kernels.distributed.torchrec_sharded needs torchrec and fbgemm-gpu: {TORCHREC_INSTALL} "
+                      "(in a checkout: make install)") from error
 
 __all__ = ["USERS", "ITEMS", "embedding_collection", "shard", "ShardedMRL"]
 

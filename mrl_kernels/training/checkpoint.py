@@ -27,9 +27,11 @@ MAGIC = b"mrl-train checkpoint 1\n"
 
 
 def settings(config: TrainConfig) -> dict:
-    """The settings that define a run (what a resumed run must share)."""
+    """The settings that define a run (what a resumed run must share): not
+    those it does not read (:meth:`TrainConfig.unread`)."""
     kept = asdict(config)
-    for key in ("progress", "out", "epochs", "patience", "device", "backend", "data_dir", "track_test"):
+    for key in ("progress", "out", "epochs", "patience", "device", "backend", "data_dir", "track_test",
+                *config.unread()):
         kept.pop(key)
     kept["dims"] = list(kept["dims"])
     return kept
@@ -71,8 +73,8 @@ def load(path: Path, config: TrainConfig, fingerprint: str, dataset: str, device
     saved = read(path, device)
     if not isinstance(saved, dict) or "config" not in saved or "data" not in saved:
         raise ValueError(f"{path} was not written by this version of mrl-train; use another --out")
-    now = settings(config)
-    changed = sorted(k for k in set(saved["config"]) | set(now) if saved["config"].get(k) != now.get(k))
+    now, unread = settings(config), config.unread()  # earlier versions kept the unread ones too
+    changed = sorted(k for k in (set(saved["config"]) | set(now)) - unread if saved["config"].get(k) != now.get(k))
     if changed:
         raise ValueError(f"{path} was written with other settings ("
                          + ", ".join(f"{k}: {saved['config'].get(k)!r} there, {now.get(k)!r} now" for k in changed)

@@ -1,8 +1,8 @@
 """A run's settings (:class:`TrainConfig`), filled where unset by the method's
-recipe (:func:`~mrl_kernels.training.methods.recipe`), and their checks."""
+recipe (:func:`~mrl_kernels.training.methods.recipe`), and their checks: a
+setting the run does not read is refused, and a real number must keep the
+training, which computes in float32, finite and non-degenerate."""
 from __future__ import annotations
-
-import math
 
 from dataclasses import dataclass
 
@@ -14,25 +14,35 @@ from ..ops.registry import names as backend_names
 from .backbones import BACKBONES
 from .methods import METHODS, ONLY_SOME, recipe
 
-__all__ = ["TrainConfig", "SPARSE_FROM"]
+__all__ = ["TrainConfig", "SPARSE_FROM", "LAYERS"]
 
 # items from which mf trains row-sparse by default: there a dense step took 421 ms and a
 # sparse one 29 ms (bench/results/scale-*); below, the sparse path's lazy Adam costs
 # quality (test Recall@20 -6% on phone, -5% on tool) for a smaller gain (10^5 items: 38 -> 25 ms)
 SPARSE_FROM = 1_000_000
+LAYERS = 1  # LightGCN's propagation layers by default
+# The training computes in float32: a positive setting must be a normal float32 (one that
+# rounds to 0, or to a subnormal, trains nothing or loses its precision) and finite there.
+FLOAT32 = torch.finfo(torch.float32)
+# the largest weight of a squared error in nested least squares (alpha times the level
+# weights' sum): 2^64, so that weight times any squared error below 2^64 (scores under
+# 2^32) stays finite in float32
+MAX_ERROR_WEIGHT = 2.0 ** 64
 
 
 @dataclass
 class TrainConfig:
     """A training run. The settings left None (candidates, layout, batch size, lr,
-    L2, temperature, cosine, eval_every, patience; alpha and cg_steps for mrl-als)
-    take the method's defaults, :func:`recipe`."""
+    L2, temperature, cosine, eval_every, patience, alpha, cg_steps) take the
+    method's defaults, :func:`recipe`, where the method reads them; ``layers``
+    :data:`LAYERS` with ``model="lightgcn"``. A setting the run does not read
+    stays None (:meth:`unread`); given, :meth:`check` refuses it."""
 
     dataset: str = "synthetic"
     data_dir: str | None = None
     synthetic_size: tuple[int, int, int] | None = None  # (users, items, interactions) of synthetic data
     model: str = "mf"
-    layers: int = 1  # LightGCN's propagation layers
+    layers: int | None = None  # LightGCN's propagation layers
     method: str = "mrl-m"
     dims: tuple[int, ...] = (4, 8, 16, 32, 64)
     candidates: int | None = None
@@ -68,27 +78,40 @@ class TrainConfig:
         for name, value in recipe(self.method if self.method in METHODS else "mrl-m").items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.model == "lightgcn" and self.layers is None:
+            self.layers = LAYERS
+
+    def unread(self) -> frozenset[str]:
+        """The settings this run does not read: those of other methods (and
+        ``layers`` but with ``model="lightgcn"``)."""
+        method = METHODS.get(self.method)
+        return (ONLY_SOME - method.takes if method else frozenset()) | \
+            (frozenset() if self.model == "lightgcn" else {"layers"})
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        for name, allowed in (("model", BACKBONES), ("method", METHODS), ("layout", LAYOUTS),
-                              ("backend", ("auto", *backend_names()))):
+        for name, allowed in (("model", BACKBONES), ("method", METHODS), ("backend", ("auto", *backend_names()))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         check_dims(self.dims, self.dims[-1] if self.dims else 0)  # the last width is the embedding's
-        for name in ("candidates", "epochs", "batch_size", "eval_every", "patience", "layers"):
-            check_int(name, getattr(self, name))
-        if self.eval_users is not None:
-            check_int("eval_users", self.eval_users)
-        check_real("lr", self.lr, low=0.0, low_open=True)
-        check_real("temperature", self.temperature, low=0.0, low_open=True)
-        check_real("l2", self.l2, low=0.0)
-        method = METHODS[self.method]
-        for name in sorted(ONLY_SOME - method.takes):
+        unread = self.unread()
+        if "layout" not in unread and self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
+        for name in sorted(unread):
             if getattr(self, name) is not None:
+                if name == "layers":
+                    raise ValueError(f"layers only applies to --model lightgcn, not --model {self.model}")
                 takers = [m for m, found in METHODS.items() if name in found.takes]
                 raise ValueError(f"{name} only applies to {', '.join(takers)}, not --method {self.method}")
-        if "alpha" in method.takes:
+        for name in ("candidates", "epochs", "batch_size", "eval_every", "patience", "layers"):
+            if name not in unread:
+                check_int(name, getattr(self, name))
+        if self.eval_users is not None:
+            check_int("eval_users", self.eval_users)
+        for name, low_open in (("lr", True), ("temperature", True), ("l2", False)):
+            if name not in unread:
+                _check_float32(name, getattr(self, name), low_open)
+        if "alpha" not in unread:
             self._check_least_squares()
         try:
             device = torch.device(self.device)
@@ -105,16 +128,38 @@ class TrainConfig:
             if self.sparse:
                 raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
             check_int("cg_steps", self.cg_steps)
-        check_real("alpha", self.alpha, low=0.0, low_open=True)
+        alpha = _check_float32("alpha", self.alpha, low_open=True)
+        weights = [1.0] * len(self.dims) if self.level_weights is None else list(self.level_weights)
         if self.level_weights is not None:
-            weights = tuple(self.level_weights)
             if len(weights) != len(self.dims):
                 raise ValueError(f"level_weights must have one weight per width of dims {list(self.dims)}; "
-                                 f"got {list(weights)}")
-            if not all(0 <= w < math.inf for w in weights) or not sum(weights) > 0:
-                raise ValueError(f"level_weights must be finite, >= 0 and not all 0; got {list(weights)}")
+                                 f"got {weights}")
+            for w in weights:
+                _check_float32("level_weights", w, low_open=False)
+            if not sum(weights) > 0:
+                raise ValueError(f"level_weights must be finite, >= 0 and not all 0; got {weights}")
+        # what the objective weighs a squared error by: alpha times each level's weight, and the sum
+        smallest = alpha * min(w for w in weights if w > 0)
+        if smallest < FLOAT32.tiny or alpha * sum(weights) > MAX_ERROR_WEIGHT:
+            raise ValueError(f"alpha x level_weights must lie in [{FLOAT32.tiny:.3g}, {MAX_ERROR_WEIGHT:.3g}] "
+                             f"in float32, the dtype training computes in (each positive weight times alpha at "
+                             f"least the smallest normal float32, else that level trains nothing; alpha times the "
+                             f"weights' sum at most 2^64, else the objective overflows); got alpha {self.alpha!r}, "
+                             f"level_weights {weights}")
 
     def sparse_for(self, n_items: int) -> bool:
         """Whether to train row-sparse on ``n_items`` items: as set, else mf from
         :data:`SPARSE_FROM` items."""
         return self.sparse if self.sparse is not None else self.model == "mf" and n_items >= SPARSE_FROM
+
+
+def _check_float32(name: str, value, low_open: bool) -> float:
+    """``value`` as a float: a finite real >= 0 (> 0 with ``low_open``) that
+    float32 neither overflows nor rounds to 0 or a subnormal; else ValueError
+    naming ``name`` and float32's range."""
+    value = check_real(name, value, low=0.0, low_open=low_open, high=FLOAT32.max)
+    if 0 < value < FLOAT32.tiny:
+        raise ValueError(f"{name} must be {'' if low_open else '0 or '}at least {FLOAT32.tiny:.3g}, the smallest "
+                         f"normal float32 (training computes in float32, where it rounds to 0 or loses its "
+                         f"precision), got {value!r}")
+    return value

@@ -55,6 +55,10 @@ class RunState:
     train_seconds: float = 0.0  # spent in epochs, both phases
     elapsed: float = 0.0  # wall time at the latest evaluation or refit checkpoint, before a resume included
     refit_epoch: int = 0  # refit epochs done
+    # the selection's fit (its Fitter.state()) during the refit: a resume with a larger --epochs
+    # or --patience continues the selection from it
+    select_fit: dict | None = None
+    backends: dict = field(default_factory=dict)  # operator -> backend, of every process that ran the run
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = tqdm.write,
@@ -122,6 +126,7 @@ class _Run:
             if state.phase == "select":
                 self._select()
                 if self.config.refit:
+                    state.select_fit = self.fit.state()
                     state.phase, state.refit_epoch = "refit", 0
                     self.fit = self._refit_fit()
             if state.phase == "refit":
@@ -142,19 +147,36 @@ class _Run:
         return _fit(self.config, CSR.union(self.ds.train, self.ds.valid), self.device, self.group)
 
     def _resume(self) -> None:
-        saved = checkpoint.load(self.checkpoint, self.config, self.fingerprint, self.ds.name, self.device)
-        self.state = RunState(**saved["state"])
-        if self.state.phase == "refit":
+        """Continue from the checkpoint: in its phase, or back in the selection when
+        the new ``--epochs`` / ``--patience`` let a finished selection go on."""
+        config = self.config
+        saved = checkpoint.load(self.checkpoint, config, self.fingerprint, self.ds.name, self.device)
+        state = self.state = RunState(**saved["state"])
+        if state.epoch > config.epochs:
+            raise ValueError(f"--epochs {config.epochs} is below the {state.epoch} selection epochs the run in "
+                             f"{self.out} has trained; resume with --epochs {state.epoch} or more")
+        selecting = state.epoch < config.epochs and state.bad_evals < config.patience
+        if state.phase == "refit" and selecting:
+            if state.select_fit is None:
+                raise ValueError(f"{self.checkpoint} keeps no state of the selection (an earlier version wrote "
+                                 f"it): its selection cannot go on to --epochs {config.epochs}; resume with the "
+                                 f"same --epochs and --patience, or start afresh with another --out")
+            self.fit.load(state.select_fit)  # the selection goes on; its refit starts over after it
+            state.phase, state.refit_epoch, state.select_fit = "select", 0, None
+            self.log(f"resumed from {self.checkpoint}: the selection goes on from epoch {state.epoch}")
+            return
+        if state.phase == "refit":
             self.fit = self._refit_fit()
         self.fit.load(saved)
-        at = self.state.epoch if self.state.phase == "select" else self.state.refit_epoch
-        self.log(f"resumed from {self.checkpoint} at {self.state.phase} epoch {at}")
+        at = state.epoch if state.phase == "select" else state.refit_epoch
+        self.log(f"resumed from {self.checkpoint} at {state.phase} epoch {at}")
 
     def _elapsed(self) -> float:
         return self.resumed_at + time.perf_counter() - self.started
 
     def _save(self) -> None:
         snapshot = self.fit.state()  # on every rank: it gathers the ranks' generators
+        self.state.backends = self._backends()
         if self.group.writer:
             # the state as a plain dict, so that a checkpoint names no class of this module
             checkpoint.save(self.checkpoint, self.config, self.fingerprint, snapshot, dict(vars(self.state)))
@@ -223,56 +245,91 @@ class _Run:
                     state.elapsed = self._elapsed()
                     self._save()
 
+    def _backends(self) -> dict:
+        """Each operator the run called -> the backend it ran on: this process's
+        (:func:`registry.used`) over those recorded before a resume."""
+        return {**self.state.backends, **registry.used()}
+
     def _report(self) -> dict:
         """Evaluate the reported model on the test split, write every output
         (again, when resumed), log the end; the ``metrics.json`` content."""
-        config, ds, state, out = self.config, self.ds, self.state, self.out
-        dims, best = list(config.dims), state.best
+        final = self._final()
+        result = self._compose(final)
+        self._write(result, final)
+        return result
+
+    def _final(self) -> "_Final":
+        """The evaluations of the end: the reported model's test metrics at every
+        width, the selected model's before the refit, the hierarchy's purity."""
+        config, ds, state = self.config, self.ds, self.state
+        dims = list(config.dims)
         selected = BACKBONES[config.model](ds.train, dims[-1], config.layers, self.fit.sparse).to(self.device)
         selected.load_state_dict(state.best_state)
         held_out = [ds.train, ds.valid]
         model = self.fit.model if config.refit else selected
-        user_table, item_table = _finite_tables(model)
+        tables = _finite_tables(model)
         prefix = self._evaluate(model, "test", held_out, dims)  # the test at every width, in one pass
+        before_refit = self._evaluate(selected, "test", held_out) if config.refit else None
+        hierarchy = None if ds.item_tree is None else \
+            {str(n): hierarchy_purity(tables[1], ds.item_tree, n) for n in dims}
+        return _Final(tables, prefix, before_refit, hierarchy)
+
+    def _compose(self, final: "_Final") -> dict:
+        """The ``metrics.json`` content."""
+        config, ds, state, best = self.config, self.ds, self.state, self.state.best
+        dims = list(config.dims)
         if state.bad_evals >= config.patience:
-            stopped = (f"early stop at epoch {state.epoch}: {config.patience} evaluations without a better "
+            stopped = (f"early stop at epoch {state.epoch}: {state.bad_evals} evaluations without a better "
                        f"validation Recall@20")
         else:
-            stopped = f"reached --epochs {config.epochs}"
+            stopped = f"reached --epochs {state.epoch}"
+        full = final.prefix[str(dims[-1])]
         result = {
             "dataset": ds.name,
             "model": config.model,
             "method": config.method,
-            "config": {**asdict(config), "dims": dims, "out": str(out), "threads": torch.get_num_threads(),
+            "config": {**asdict(config), "dims": dims, "out": str(self.out), "threads": torch.get_num_threads(),
                        "world_size": self.group.world, "sparse": self.fit.sparse,
                        "evaluated_users": {split: len(users) for split, users in self.users.items()}},
             "versions": {"mrl_kernels": importlib.metadata.version("mrl_kernels"), "torch": torch.__version__,
                          "python": platform.python_version()},
-            "test": prefix[str(dims[-1])],  # the full width
-            "valid": {name: best[name] for name in prefix[str(dims[-1])]},
-            "prefix": prefix,
+            "test": full,  # the full width
+            "valid": {name: best[name] for name in full},
+            "prefix": final.prefix,
             "best_epoch": best["epoch"],
             "epochs_run": state.epoch,
             "stopped": stopped,
         }
         if config.refit:
             result["refit_epochs"] = state.refit_epoch
-            result["test_before_refit"] = self._evaluate(selected, "test", held_out)
-        if ds.item_tree is not None:
-            result["hierarchy"] = {str(n): hierarchy_purity(item_table, ds.item_tree, n) for n in dims}
-        wall = self._elapsed()
+            result["test_before_refit"] = final.before_refit
+        if final.hierarchy is not None:
+            result["hierarchy"] = final.hierarchy
         result.update(seconds_per_epoch=state.train_seconds / max(state.epoch + state.refit_epoch, 1),
-                      wall_seconds=wall,
-                      backends=registry.used())  # each operator called in this process -> the backend it ran on
+                      wall_seconds=self._elapsed(), backends=self._backends())
+        return result
+
+    def _write(self, result: dict, final: "_Final") -> None:
+        """The outputs (history, model file, ``metrics.json``) and the closing log lines."""
+        config, ds, state, out, best = self.config, self.ds, self.state, self.out, self.state.best
         outputs.write_history(out, state.history)
-        save_model(out / MODEL_FILE, user_table, item_table, dims, CSR.union(ds.train, ds.valid, ds.test),
+        save_model(out / MODEL_FILE, *final.tables, list(config.dims), CSR.union(ds.train, ds.valid, ds.test),
                    ds.user_ids, ds.item_ids, dataset=ds.name, method=config.method, model=config.model)
         outputs.write_metrics(out, result)
         refit = f", refit on train + validation for {state.refit_epoch} epochs" if config.refit else ""
-        self.log(f"{stopped}; best epoch {best['epoch']} (validation Recall@20 {best[SELECT_BY]:.4f}){refit}; "
-                 f"wall time {wall:.1f} s; outputs in {out}")
+        self.log(f"{result['stopped']}; best epoch {best['epoch']} (validation Recall@20 {best[SELECT_BY]:.4f})"
+                 f"{refit}; wall time {result['wall_seconds']:.1f} s; outputs in {out}")
         self.log(f"test metrics of the {'refit' if config.refit else 'selected'} model:\n" + _table(result["test"]))
-        return result
+
+
+@dataclass
+class _Final:
+    """What :meth:`_Run._final` evaluates."""
+
+    tables: tuple  # the reported model's (user, item) tables
+    prefix: dict  # its test metrics at every width
+    before_refit: dict | None  # the selected model's test metrics, with the refit
+    hierarchy: dict | None  # the item table's hierarchy purity at every width, with a category tree
 
 
 def _fit(config: TrainConfig, interactions: CSR, device: torch.device, group: Group) -> Fitter:

@@ -50,7 +50,7 @@ def test_cli_help_gives_every_option_a_description_and_default():
         if action.dest != "help":
             assert action.help, action.dest
     text = " ".join(train_cli.parser().format_help().split())
-    assert "(default: mrl-m)" in text and "(default: 0.001, the paper's" in text
+    assert "(default: mrl-m)" in text and "default: 0.001, the paper's" in text
 
 
 def test_unset_settings_take_the_method_recipe_and_given_ones_win(monkeypatch):

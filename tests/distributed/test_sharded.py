@@ -2,16 +2,14 @@
 processes give the one-process operators' negatives and losses on the same
 candidates (the ranks' shares concatenated in rank order), and their gradients,
 each table row's on its owner alone."""
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import mrl_kernels as mk
 from mrl_kernels.distributed import sharded
 
-from helpers import assert_close
+from helpers import assert_close, run_ranks
 
 DIMS = (2, 4, 8)
 
@@ -45,19 +43,6 @@ def inputs(world: int, dtype, seed: int, layout: str = "per-level", tie: bool = 
             share[0, ..., :] = -1  # a share that is all padding
         shares.append(share)
     return users, pos, table, cuts, shares
-
-
-def run_ranks(world: int, tmp_path, fn) -> None:
-    mp.spawn(_rank_main, args=(world, str(tmp_path / "store"), fn), nprocs=world, join=True)
-
-
-def _rank_main(rank: int, world: int, store: str, fn) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        fn(rank, world)
-    finally:
-        dist.destroy_process_group()
 
 
 def check_mns(rank: int, world: int) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torchrec", reason="the torchrec extra is not installed (pip install '.[torchrec]')")
+from mrl_kernels.distributed import TORCHREC_INSTALL  # noqa: E402
+
+pytest.importorskip("torchrec", reason=f"torchrec is not installed: {TORCHREC_INSTALL} (in a checkout: make install)")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -16,8 +18,7 @@ import mrl_kernels as mk  # noqa: E402
 from mrl_kernels.training import data  # noqa: E402
 from mrl_kernels.distributed.torchrec_sharded import ITEMS, USERS, ShardedMRL, embedding_collection, shard  # noqa: E402
 
-from helpers import assert_close  # noqa: E402
-from test_sharded import run_ranks  # noqa: E402
+from helpers import assert_close, run_ranks  # noqa: E402
 
 DIMS = (2, 4, 8)
 LR, EPS = 0.1, 1e-8
