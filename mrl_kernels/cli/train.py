@@ -33,6 +33,12 @@ def _numbers(kind, example: str):
 _dims = _numbers(int, "4,8,16,32,64")
 
 
+def _per_width(text: str):
+    """One number, or comma-separated ones (one per width)."""
+    values = _numbers(float, "40 or 1,2,4,8,40")(text)
+    return values[0] if len(values) == 1 else values
+
+
 def _takers(name: str) -> list[str]:
     """The methods that take ``name``."""
     return [m for m, method in METHODS.items() if name in method.takes] if name in ONLY_SOME else list(METHODS)
@@ -78,16 +84,16 @@ def parser() -> argparse.ArgumentParser:
                    help=f"(user, positive) pairs per step (default: {_defaults('batch_size')})")
     p.add_argument("--lr", type=float, default=argparse.SUPPRESS,
                    help=f"Adam's learning rate (default: {_defaults('lr')})")
-    p.add_argument("--l2", type=float, default=argparse.SUPPRESS,
-                   help=f"L2 weight on the batch's rows; mrl-als: on the tables, implicit's regularization "
-                        f"(default: {_defaults('l2')})")
+    p.add_argument("--l2", type=_per_width, default=argparse.SUPPRESS,
+                   help=f"L2 weight on the batch's rows; mrl-als: on the tables, implicit's regularization, one or "
+                        f"one per width (default: {_defaults('l2')})")
     p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
                    help=f"mrl-s: the softmax temperature (default: {_defaults('temperature', ('mrl-s',))})")
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help=f"mrl-s: cosine scores of the prefixes (default: {_defaults('cosine', ('mrl-s',))})")
-    p.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
-                   help=f"mrl-als, mrl-ls: the weight of an observed pair, an unobserved one weighing 1 "
-                        f"(default: {_defaults('alpha')})")
+    p.add_argument("--alpha", type=_per_width, default=argparse.SUPPRESS,
+                   help=f"mrl-als, mrl-ls: the weight of an observed pair, an unobserved one weighing 1; one or one "
+                        f"per width, e.g. 1,2,4,8,40 (default: {_defaults('alpha')})")
     p.add_argument("--level-weights", type=_numbers(float, "1,1,1,1,1"), default=argparse.SUPPRESS,
                    help="mrl-als, mrl-ls: the weight of each width's iALS objective (default: 1 each, their sum; "
                         "0,0,0,0,1 is iALS at full width)")

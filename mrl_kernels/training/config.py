@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import LAYOUTS
-from ..ops._checks import check_dims, check_int, check_real
+from ..ops._checks import check_dims, check_int, check_per_level, check_real
 from ..ops.registry import names as backend_names
 from .backbones import BACKBONES
 from .methods import METHODS, ONLY_SOME, recipe
@@ -40,7 +40,7 @@ class TrainConfig:
     epochs: int = 300
     batch_size: int | None = None
     lr: float | None = None
-    l2: float | None = None
+    l2: float | tuple[float, ...] | None = None  # mrl-als: one per width allowed
     temperature: float | None = None  # the softmax objectives' (mrl-s)
     cosine: bool | None = None  # mrl-s: cosine scores instead of inner products
     seed: int = 0
@@ -58,9 +58,9 @@ class TrainConfig:
     # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
     # mf from SPARSE_FROM items
     sparse: bool | None = None
-    # mrl-als only: the weight of an observed pair (implicit's alpha), the per-level weights
-    # of the nested objective (None: 1 each), conjugate-gradient steps per solve
-    alpha: float | None = None
+    # mrl-als only: the weight of an observed pair (implicit's alpha; one or one per width), the
+    # per-level weights of the nested objective (None: 1 each), conjugate-gradient steps per solve
+    alpha: float | tuple[float, ...] | None = None
     level_weights: tuple[float, ...] | None = None
     cg_steps: int | None = None
 
@@ -82,7 +82,10 @@ class TrainConfig:
             check_int("eval_users", self.eval_users)
         check_real("lr", self.lr, low=0.0, low_open=True)
         check_real("temperature", self.temperature, low=0.0, low_open=True)
-        check_real("l2", self.l2, low=0.0)
+        if isinstance(self.l2, (tuple, list)) and METHODS[self.method].solved:
+            check_per_level("l2", self.l2, len(self.dims), low=0.0)
+        else:
+            check_real("l2", self.l2, low=0.0)
         method = METHODS[self.method]
         for name in sorted(ONLY_SOME - method.takes):
             if getattr(self, name) is not None:
@@ -105,7 +108,7 @@ class TrainConfig:
             if self.sparse:
                 raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
             check_int("cg_steps", self.cg_steps)
-        check_real("alpha", self.alpha, low=0.0, low_open=True)
+        check_per_level("alpha", self.alpha, len(self.dims), low=0.0, low_open=True)
         if self.level_weights is not None:
             weights = tuple(self.level_weights)
             if len(weights) != len(self.dims):

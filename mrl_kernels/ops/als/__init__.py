@@ -19,16 +19,17 @@ ALS_DTYPES = (torch.float32, torch.float64)  # least squares in half precision w
 
 
 def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequence[int], weights=None, *,
-                     alpha: float, reg: float, cg_steps: int = 3, backend: str = "auto") -> Tensor:
+                     alpha, reg, cg_steps: int = 3, backend: str = "auto") -> Tensor:
     """One side's solve of nested iALS: every row's vector minimising, with the
     other side fixed,
 
-    ``sum_l w_l [ sum_obs alpha (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2
-    + reg |x[:d_l]|^2 ]``
+    ``sum_l w_l [ sum_obs alpha_l (1 - <x[:d_l], y_i[:d_l]>)^2 + sum_unobs <x[:d_l], y_i[:d_l]>^2
+    + reg_l |x[:d_l]|^2 ]``
 
-    (iALS's objective at each width, L2 term included, summed) by conjugate
-    gradient (implicit's solver) warm-started at ``factors``. With
-    ``weights = (0, ..., 0, 1)`` it is implicit's iALS step exactly.
+    (iALS's objective at each width, with that width's confidence and L2 weight,
+    summed) by conjugate gradient (implicit's solver) warm-started at ``factors``;
+    a conjugate-gradient product costs what iALS's does (the masked structure:
+    :mod:`.reference`). With ``weights = (0, ..., 0, 1)`` it is implicit's iALS step exactly.
 
     Args:
         factors: ``(R, D)`` the rows' current vectors (the warm start), float32 or float64.
@@ -39,8 +40,10 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
             side); a row with none is zero (its exact solution).
         dims: nested widths, the last ``D``.
         weights: per-level weights ``w_l`` (>= 0; default ``1 / L`` each).
-        alpha: the weight of an observed pair (implicit's ``alpha``), finite, ``> 0``.
-        reg: L2 weight ``reg`` of each width's objective (implicit's ``regularization``), ``>= 0``.
+        alpha: the weight ``alpha_l`` of an observed pair at each width (implicit's
+            ``alpha``), finite, ``> 0``: one float for every width, or one per level.
+        reg: the L2 weight ``reg_l`` of each width's objective (implicit's
+            ``regularization``), ``>= 0``: one float for every width, or one per level.
         cg_steps: conjugate-gradient steps per row (implicit's default 3; ``D``
             steps solve exactly in exact arithmetic).
 
@@ -55,8 +58,8 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
         raise ValueError(f"other has width {other.shape[1]} but factors has width {width}")
     dims = checks.check_dims(dims, width)
     weights = checks.check_weights(weights, len(dims), factors.device)
-    alpha = checks.check_real("alpha", alpha, low=0.0, low_open=True)
-    reg = checks.check_real("reg", reg, low=0.0)
+    alphas = checks.check_per_level("alpha", alpha, len(dims), low=0.0, low_open=True)
+    regs = checks.check_per_level("reg", reg, len(dims), low=0.0)
     cg_steps = checks.check_int("cg_steps", cg_steps)
     if not (hasattr(interactions, "indptr") and hasattr(interactions, "indices")):
         raise TypeError(f"interactions must be a CSR with indptr and indices, got {type(interactions).__name__}")
@@ -64,6 +67,7 @@ def nested_als_solve(factors: Tensor, other: Tensor, interactions, dims: Sequenc
     if len(indptr) != rows + 1:
         raise ValueError(f"interactions has {len(indptr) - 1} rows but factors has {rows}")
     indices = checks.check_ids("indices", indices, other.shape[0], factors.device)
-    gram = nested_gram(other, dims, weights, reg)
+    gram = nested_gram(other, dims, weights, torch.tensor(regs, dtype=other.dtype, device=other.device))
     solve = registry.operator_for("nested_als_solve", backend, factors)
-    return solve(factors, other, gram, indptr, indices, dims, weights, alpha, cg_steps)
+    return solve(factors, other, gram, indptr, indices, dims, weights,
+                 torch.tensor(alphas, dtype=factors.dtype, device=factors.device), cg_steps)
