@@ -18,6 +18,8 @@ from ..ops.registry import names as backend_names
 from ..training import Interrupted, TrainConfig, request_stop, train
 from ..training.backbones import BACKBONES
 from ..training.methods import METHODS, ONLY_SOME, PAPER_RECIPE, recipe
+from ..ops._checks import check_int
+from ..training.search import tune_and_train
 from ..training.data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 
 
@@ -99,6 +101,10 @@ def parser() -> argparse.ArgumentParser:
                         "0,0,0,0,1 is iALS at full width)")
     p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
                    help=f"mrl-als: conjugate-gradient steps per solve (default: {_defaults('cg_steps')})")
+    p.add_argument("--tune", type=int, default=None, metavar="N",
+                   help="mrl-als: first N trials of a seeded search (Optuna TPE) of the per-width alpha and L2, level "
+                        "weights and conjugate-gradient steps on the validation split, then the run with the best "
+                        "(the tune extra)")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=argparse.SUPPRESS,
                    help=f"epochs between validation evaluations (default: {_defaults('eval_every')})")
@@ -149,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C and SIGTERM stop the run after the current step or batch of evaluated users (a second one at once)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        train(config, resume=args.resume)
+        if args.tune is not None:
+            if args.resume:
+                raise ValueError("--tune starts a new run; resume one with --resume alone")
+            tune_and_train(config, check_int("--tune", args.tune))
+        else:
+            train(config, resume=args.resume)
     except (DataError, ValueError, RuntimeError, OSError) as exc:
         print(f"mrl-train: error: {exc}", file=sys.stderr)
         return 2
