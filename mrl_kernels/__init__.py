@@ -10,6 +10,9 @@ Public operators (each takes ``backend="auto" | "torch" | "triton" | "cpp"``):
 - :func:`prefix_topk`: top-k retrieval through a narrow-prefix shortlist.
 - :func:`nested_als_solve`: one side's solve of nested (Matryoshka) least squares.
 - :func:`sample_candidates`: uniform candidate ids with exclusion.
+
+:class:`MatryoshkaALS` (nested iALS with implicit's ``AlternatingLeastSquares``
+interface; the ``als`` extra) is imported on first use.
 """
 from .ops import (CSR, available_backends, mns_bpr_loss, mns_sample, mrl_bpr_loss, mrl_softmax_loss, nested_als_solve,
                   prefix_topk, sample_candidates)
@@ -17,4 +20,12 @@ from .serving import MatryoshkaIndex, NestedIndex, load_run
 
 __version__ = "0.1.0"
 __all__ = ["mns_sample", "mrl_bpr_loss", "mns_bpr_loss", "mrl_softmax_loss", "prefix_topk", "nested_als_solve",
-           "sample_candidates", "available_backends", "MatryoshkaIndex", "NestedIndex", "load_run"]
+           "sample_candidates", "available_backends", "MatryoshkaIndex", "NestedIndex", "load_run", "MatryoshkaALS"]
+
+
+def __getattr__(name: str):
+    if name == "MatryoshkaALS":  # implicit is an extra: imported when the estimator is asked for
+        from .training.estimator import MatryoshkaALS
+
+        return MatryoshkaALS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
