@@ -2,9 +2,9 @@
 // reference.py beside this file; its schema is defined from spec.py (this file
 // only implements it).
 //
-// Rows run in parallel, each its own conjugate-gradient solve (implicit's
-// solver, fixed step count, warm start). A product A v is the shared Gram part
-// (a D x D matrix-vector product) plus, for each observed item y of the row, its
+// Blocks of rows run in parallel, each row its own conjugate-gradient solve
+// (implicit's solver, fixed step count, warm start), a block's rows in lockstep
+// (solve_block). A product A v is the shared Gram part (for a block: one GEMM) plus, for each observed item y of the row, its
 // nested part in one pass over D: the segment dot products <y, v> between
 // consecutive widths, summed into each level's prefix score s_l; then
 // t_l = sum_{l' >= l} c_l' s_l' (c_l = w_l (alpha_l - 1), the observed part's
@@ -14,6 +14,7 @@
 
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -24,6 +25,7 @@ namespace {
 using namespace mrl_kernels;
 
 constexpr double kTolerance = 1e-20;  // reference.py's CG_TOLERANCE
+constexpr int64_t kBlock = 256;       // rows solved in lockstep (their residuals and directions stay in cache)
 
 template <typename T>
 struct Problem {
@@ -60,47 +62,56 @@ void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vec
   }
 }
 
-// out = sign * gram v (gram symmetric: a sum of its rows scaled by v)
+// A block of rows [begin, end) (contiguous in x), solved in lockstep: each
+// conjugate-gradient step's Gram part is one (rows, D) x (D, D) matrix product
+// for the whole block (a GEMM, where a product per row is a matrix-vector one:
+// the same arithmetic at several times the speed), then each still-active row
+// adds its observed part and updates x, r and p. A row stops once its squared
+// residual is below the tolerance (it is then left out of the updates); a row
+// with no observed item is zero.
 template <typename T>
-void gram_part(const Problem<T>& pb, const T* v, T* out, T sign) {
-  const int64_t D = pb.D;
-  for (int64_t j = 0; j < D; ++j) out[j] = 0;
-  for (int64_t k = 0; k < D; ++k) {
-    const T scale = sign * v[k];
-    const T* g = pb.gram + k * D;
-#pragma omp simd
-    for (int64_t j = 0; j < D; ++j) out[j] += scale * g[j];
-  }
-}
-
-template <typename T>
-void solve_row(const Problem<T>& pb, int64_t r, T* x, int64_t cg_steps, std::vector<T>& work) {
-  const int64_t D = pb.D, L = static_cast<int64_t>(pb.coefs.size());
-  if (pb.indptr[r] == pb.indptr[r + 1]) {  // no observed item: the solution is zero
-    for (int64_t j = 0; j < D; ++j) x[j] = 0;
-    return;
-  }
-  T* res = work.data();
-  T* p = res + D;
-  T* ap = p + D;
-  std::vector<T> level(L);
+void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_t end, T* x_all,
+                 int64_t cg_steps) {
+  const int64_t D = pb.D, B = end - begin, L = static_cast<int64_t>(pb.coefs.size());
+  const auto options = gram.options();
+  Tensor x = at::from_blob(x_all + begin * D, {B, D}, options);
+  Tensor res = at::mm(x, gram).neg_(), p = at::empty({B, D}, options), ap = at::empty({B, D}, options);
+  T *rp = res.data_ptr<T>(), *pp = p.data_ptr<T>(), *app = ap.data_ptr<T>(), *xp = x_all + begin * D;
+  std::vector<T> level(L), rs(B);
+  std::vector<char> active(B);
   // r = b - A x, entry by entry (b and A x apart would cancel near the solution)
-  gram_part(pb, x, res, T(-1));
-  observed_part(pb, r, x, res, level, [&](int64_t l, T t) { return pb.target[l] - t; });
-  for (int64_t j = 0; j < D; ++j) p[j] = res[j];
-  T rs = dot(res, res, D);
-  for (int64_t step = 0; step < cg_steps; ++step) {
-    if (rs < kTolerance) break;  // NaN goes on, to the output
-    gram_part(pb, p, ap, T(1));
-    observed_part(pb, r, p, ap, level, [](int64_t, T t) { return t; });
-    const T a = rs / dot(p, ap, D);
-    for (int64_t j = 0; j < D; ++j) {
-      x[j] += a * p[j];
-      res[j] -= a * ap[j];
+  for (int64_t i = 0; i < B; ++i) {
+    T *xi = xp + i * D, *ri = rp + i * D;
+    if (pb.indptr[begin + i] == pb.indptr[begin + i + 1]) {  // no observed item: the solution is zero
+      for (int64_t j = 0; j < D; ++j) xi[j] = ri[j] = 0;
+    } else {
+      observed_part(pb, begin + i, xi, ri, level, [&](int64_t l, T t) { return pb.target[l] - t; });
     }
-    const T rs_new = dot(res, res, D);
-    for (int64_t j = 0; j < D; ++j) p[j] = res[j] + (rs_new / rs) * p[j];
-    rs = rs_new;
+    rs[i] = dot(ri, ri, D);
+    active[i] = !(rs[i] < kTolerance);  // NaN goes on, to the output
+    for (int64_t j = 0; j < D; ++j) pp[i * D + j] = ri[j];
+  }
+  for (int64_t step = 0; step < cg_steps; ++step) {
+    at::mm_out(ap, p, gram);
+    bool any = false;
+    for (int64_t i = 0; i < B; ++i) {
+      if (!active[i]) continue;
+      T *xi = xp + i * D, *ri = rp + i * D, *pi = pp + i * D, *api = app + i * D;
+      observed_part(pb, begin + i, pi, api, level, [](int64_t, T t) { return t; });
+      const T a = rs[i] / dot(pi, api, D);
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) {
+        xi[j] += a * pi[j];
+        ri[j] -= a * api[j];
+      }
+      const T rs_new = dot(ri, ri, D), beta = rs_new / rs[i];
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) pi[j] = ri[j] + beta * pi[j];
+      rs[i] = rs_new;
+      active[i] = !(rs_new < kTolerance);
+      any = any || active[i];
+    }
+    if (!any) break;
   }
 }
 
@@ -126,10 +137,8 @@ Tensor nested_als_solve(const Tensor& factors, const Tensor& other, const Tensor
     for (int64_t l = static_cast<int64_t>(dims.size()) - 1; l >= 0; --l)
       pb.target[l] = static_cast<T>(total += wp[l] * ap[l]);
     T* out = solved.data_ptr<T>();
-    const int64_t D = pb.D;
     at::parallel_for(0, factors.size(0), kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<T> work(3 * D);
-      for (int64_t r = begin; r < end; ++r) solve_row(pb, r, out + r * D, cg_steps, work);
+      for (int64_t b = begin; b < end; b += kBlock) solve_block(pb, g, b, std::min(end, b + kBlock), out, cg_steps);
     });
   });
   return solved;
