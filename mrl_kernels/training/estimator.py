@@ -48,6 +48,21 @@ def _csr(matrix: scipy.sparse.csr_matrix) -> CSR:
                matrix.shape[1])
 
 
+class _Served:
+    """A table served at the model's ``width``: the first ``width`` columns of the
+    full-width one (``full``); setting it sets the full-width one and clears the
+    caches computed from it."""
+
+    def __init__(self, full: str, *caches: str):
+        self.full, self.caches = full, caches
+
+    def __get__(self, model, owner=None):
+        return self if model is None else model._served(getattr(model, self.full))
+
+    def __set__(self, model, value):
+        model.__dict__.update({self.full: value, **dict.fromkeys(self.caches)})
+
+
 class MatryoshkaALS(AlternatingLeastSquares):
     """Nested iALS: one fit whose every prefix ``dims[l]`` of the factors is an
     iALS model of that width (each with its ``alpha_l`` and ``regularization_l``).
@@ -85,21 +100,8 @@ class MatryoshkaALS(AlternatingLeastSquares):
             raise ValueError(f"width must be at most factors ({table.shape[1]}), got {width}")
         return np.ascontiguousarray(table[:, :width])
 
-    @property
-    def user_factors(self):
-        return self._served(self._user_full)
-
-    @user_factors.setter
-    def user_factors(self, value):
-        self._user_full, self._user_norms, self._XtX = value, None, None
-
-    @property
-    def item_factors(self):
-        return self._served(self._item_full)
-
-    @item_factors.setter
-    def item_factors(self, value):
-        self._item_full, self._item_norms, self._YtY = value, None, None
+    user_factors = _Served("_user_full", "_user_norms", "_XtX")
+    item_factors = _Served("_item_full", "_item_norms", "_YtY")
 
     def __setattr__(self, name, value):
         if name == "width":  # the norms are of the served prefix
