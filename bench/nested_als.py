@@ -82,8 +82,9 @@ def figure(rows: pd.DataFrame, baselines: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.4 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         ours = np.mean([list(p.values()) for p in rows[rows.dataset == dataset].prefix], axis=0)
-        ials = [baselines[(baselines.dataset == dataset) & (baselines.model == "ials") & (baselines.width == w)]
-                .test.map(lambda t: t["recall@20"]).mean() for w in WIDTHS]
+        seeds = list(rows[rows.dataset == dataset].seed)
+        ials = [baselines[(baselines.dataset == dataset) & (baselines.model == "ials") & (baselines.width == w)
+                          & baselines.seed.isin(seeds)].test.map(lambda t: t["recall@20"]).mean() for w in WIDTHS]
         ax.plot(WIDTHS, ours, marker="o", label="mrl-als --tune (one model)")
         ax.plot(WIDTHS, ials, marker="s", label="iALS retrained per width")
         if dataset in MRL_M_TUNED:
@@ -99,6 +100,11 @@ def _mean_std(values) -> str:
     return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
 
 
+def _rounded(settings: dict) -> dict:
+    return {name: [float(f"{v:.3g}") for v in value] if isinstance(value, (list, tuple)) else value
+            for name, value in settings.items()}
+
+
 def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
     """Per dataset: each width's Recall@20 (mean ± std over the seeds), the nested
     model against iALS, and the fit seconds."""
@@ -111,7 +117,9 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
            "process: the nested model's refit sweeps, iALS's refit at width 64 and the five per-width refits "
            "together, and the search's.", ""]
     for dataset, part in rows.groupby("dataset"):
-        theirs = baselines[(baselines.dataset == dataset) & (baselines.model == "ials")]
+        # iALS on the same seeds (data splits) as the nested model's rows
+        theirs = baselines[(baselines.dataset == dataset) & (baselines.model == "ials")
+                           & baselines.seed.isin(list(part.seed))]
         table = []
         for i, width in enumerate(WIDTHS):
             ours = [p[width] for p in part.prefix]
@@ -128,7 +136,7 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
         out += [f"**{dataset}** (seeds {', '.join(map(str, part.seed))}; {part.trials.iloc[0]} trials, "
                 f"{part.tune_seconds.mean():.0f} s of search; {part.sweeps.mean():.1f} sweeps): fit {fits:.1f} s "
                 f"against iALS {width64:.1f} s at width 64 ({fits / width64:.1f}x) and {five:.1f} s for the five "
-                f"widths ({fits / five:.2f}x). Chosen settings (seed {part.seed.iloc[0]}): {part.settings.iloc[0]}",
+                f"widths ({fits / five:.2f}x). Chosen settings (seed {part.seed.iloc[0]}): {_rounded(part.settings.iloc[0])}",
                 "", pd.DataFrame(table).to_markdown(index=False), ""]
     return "\n".join(out)
 
