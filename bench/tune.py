@@ -3,12 +3,12 @@
 ``python -m bench.tune --dataset tool --data-dir ../shared/datasets --method mrl-s --budget 3600``
 runs Optuna's TPE sampler over the trainer's settings (lr, L2, batch size,
 candidates per pool, pool layout, and the softmax temperature and scores for ``mrl-s``;
-for ``mrl-als`` its L2, alpha, level weights and conjugate-gradient steps, the sweeps
-chosen by early stopping) within a time budget, in ``--workers`` processes sharing one
+for ``mrl-als`` the built-in search's space, :mod:`mrl_kernels.training.search`: per-width
+alpha and L2, level weights and conjugate-gradient steps, the sweeps chosen by early stopping) within a time budget, in ``--workers`` processes sharing one
 study. Every trial trains with the validation split held out and early stopping, and
 scores its best validation Recall@20 (``--select mean-width``: the mean over the
-nested widths of the selected model's validation Recall@20, the default for
-``mrl-als``, whose point is every width); the test set is never looked at during the
+nested widths of the selected model's log validation Recall@20, ``mrl-train --tune``'s
+score, the default for ``mrl-als``, whose point is every width); the test set is never looked at during the
 search. The study lives in ``<out>/study.db`` (SQLite), so an
 interrupted search continues where it stopped, and ``<out>/trials.csv`` records
 every trial; the method's current defaults are the first trial. Then the best setting is trained under the refit protocol
@@ -39,6 +39,7 @@ from mrl_kernels.atomic import atomic_write
 from mrl_kernels.training.metrics import prefix_evaluate
 from mrl_kernels.ops import LAYOUTS
 from mrl_kernels.training import CHECKPOINT, TrainConfig, recipe, train
+from mrl_kernels.training import search
 from mrl_kernels.training.methods import METHODS
 
 SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before a trial stops
@@ -50,16 +51,10 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
     temperature and scores for ``mrl-s``. The ranges bracket what first probes on tool found: L2 from the
     paper's 1e-4 up to 0.1 (1e-2 lifts MRL-M by ~15%; above ~0.05 MRL-M collapses), lr around Adam's 1e-3, pools of
     8 to 64 hardest-of candidates for the BPR family, 16 to 256 for the softmax
-    (every candidate counts there). ``mrl-als``: implicit's iALS ranges for L2 and
-    alpha (docs/baselines.json's tuned widths span 0.1-1000 and 4-625), level weights
-    ``w_l = ratio^(L-1-l)`` (ratio > 1 weighs the narrow widths more), 3 or 6
-    conjugate-gradient steps."""
+    (every candidate counts there). ``mrl-als``: ``mrl-train --tune``'s
+    (:func:`mrl_kernels.training.search.suggest`)."""
     if METHODS[method].solved:
-        ratio = trial.suggest_float("level_ratio", 0.25, 4.0, log=True)
-        return {"l2": trial.suggest_float("l2", 1.0, 3000.0, log=True),
-                "alpha": trial.suggest_float("alpha", 2.0, 1000.0, log=True),
-                "level_weights": level_weights(ratio),
-                "cg_steps": trial.suggest_categorical("cg_steps", [3, 6])}
+        return search.suggest(trial, len(DIMS))
     settings = {
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
         "l2": trial.suggest_float("l2", 1e-4, 0.1, log=True),
@@ -80,17 +75,9 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
 DIMS = TrainConfig.dims
 
 
-def level_weights(ratio: float) -> tuple[float, ...]:
-    """``w_l = ratio^(L-1-l)``: 1 at the full width."""
-    return tuple(ratio ** (len(DIMS) - 1 - level) for level in range(len(DIMS)))
-
-
 def settings_of(params: dict) -> dict:
-    """A trial's parameters as trainer settings (``level_ratio`` -> ``level_weights``)."""
-    params = dict(params)
-    if "level_ratio" in params:
-        params["level_weights"] = level_weights(params.pop("level_ratio"))
-    return params
+    """A trial's parameters as trainer settings (mrl-als's by :func:`search.trial_settings`)."""
+    return search.trial_settings(params, len(DIMS)) if "alpha_first" in params else dict(params)
 
 
 def score(result: dict, dataset: data.Dataset, select: str) -> tuple[float, dict]:
@@ -102,7 +89,7 @@ def score(result: dict, dataset: data.Dataset, select: str) -> tuple[float, dict
     run = load_run(result["config"]["out"])
     prefix = prefix_evaluate(run.users, run.index.items, list(run.dims), dataset.valid, [dataset.train])
     widths = {width: metrics["recall@20"] for width, metrics in prefix.items()}
-    return sum(widths.values()) / len(widths), widths
+    return search.score(widths), widths
 
 
 def _train(config: TrainConfig, dataset: data.Dataset) -> dict:
@@ -184,7 +171,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     study = _study(out, args.seed)  # created once, before the workers open it
     if not study.trials:  # the method's current defaults come first: the search can only improve on them
-        fixed = optuna.trial.FixedTrial({"level_ratio": 1.0, **recipe(args.method)})  # mrl-als: equal weights
+        defaults = recipe(args.method)
+        if METHODS[args.method].solved:  # flat over the widths, equal weights
+            defaults = {"alpha_first": defaults["alpha"], "alpha_last": defaults["alpha"], "level_ratio": 1.0,
+                        "reg_first": defaults["l2"], "reg_last": defaults["l2"], "cg_steps": defaults["cg_steps"]}
+        fixed = optuna.trial.FixedTrial(defaults)
         suggest(fixed, args.method)
         study.enqueue_trial(fixed.params)
     with ProcessPoolExecutor(args.workers) as pool:

@@ -15,8 +15,10 @@ from ..ops import LAYOUTS
 from ..ops.registry import names as backend_names
 from ..training import Interrupted, TrainConfig, request_stop, train
 from ..training.backbones import BACKBONES
+from ..ops._checks import check_int
 from ..training.config import LAYERS
 from ..training.methods import METHODS, PAPER_RECIPE, recipe
+from ..training.search import tune_and_train
 from ..training.data import SYNTHETIC_ITEMS, SYNTHETIC_PER_USER, SYNTHETIC_USERS, DataError
 from ._parser import ArgumentParser
 
@@ -43,6 +45,12 @@ def _seed(text: str) -> int:
     if not 0 <= seed < 2 ** 63:
         raise argparse.ArgumentTypeError(f"expected an int in [0, 2**63 - 1], got {text!r}")
     return seed
+
+
+def _per_width(text: str):
+    """One number, or comma-separated ones (one per width)."""
+    values = _numbers(float, "40 or 1,2,4,8,40")(text)
+    return values[0] if len(values) == 1 else values
 
 
 def _defaults(name: str) -> str:
@@ -88,21 +96,25 @@ def parser() -> argparse.ArgumentParser:
                    help=f"(user, positive) pairs per step ({_defaults('batch_size')})")
     p.add_argument("--lr", type=float, default=argparse.SUPPRESS,
                    help=f"Adam's learning rate ({_defaults('lr')})")
-    p.add_argument("--l2", type=float, default=argparse.SUPPRESS,
-                   help=f"L2 weight on the batch's rows; mrl-als: on the tables, implicit's regularization "
-                        f"({_defaults('l2')})")
+    p.add_argument("--l2", type=_per_width, default=argparse.SUPPRESS,
+                   help=f"L2 weight on the batch's rows; mrl-als: on the tables, implicit's regularization, one or "
+                        f"one per width ({_defaults('l2')})")
     p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
                    help=f"the softmax temperature ({_defaults('temperature')})")
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help=f"cosine scores of the prefixes ({_defaults('cosine')})")
-    p.add_argument("--alpha", type=float, default=argparse.SUPPRESS,
-                   help=f"the weight of an observed pair, an unobserved one weighing 1 ("
-                        f"{_defaults('alpha')})")
+    p.add_argument("--alpha", type=_per_width, default=argparse.SUPPRESS,
+                   help=f"the weight of an observed pair, an unobserved one weighing 1; one or one per width, e.g. "
+                        f"1,2,4,8,40 ({_defaults('alpha')})")
     p.add_argument("--level-weights", type=_numbers(float, "1,1,1,1,1"), default=argparse.SUPPRESS,
                    help="the weight of each width's iALS objective (mrl-ls, mrl-als only; default: 1 each, their sum; "
                         "0,0,0,0,1 is iALS at full width)")
     p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
                    help=f"conjugate-gradient steps per solve ({_defaults('cg_steps')})")
+    p.add_argument("--tune", type=int, default=None, metavar="N",
+                   help="mrl-als: first N trials of a seeded search (Optuna TPE) of the per-width alpha and L2, level "
+                        "weights and conjugate-gradient steps on the validation split, then the run with the best "
+                        "(the tune extra)")
     p.add_argument("--seed", type=_seed, default=d.seed, help="seeds the split, the initialisation and the sampling")
     p.add_argument("--eval-every", type=int, default=argparse.SUPPRESS,
                    help=f"epochs between validation evaluations ({_defaults('eval_every')})")
@@ -153,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C and SIGTERM stop the run after the current step or batch of evaluated users (a second one at once)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        train(config, resume=args.resume)
+        if args.tune is not None:
+            if args.resume:
+                raise ValueError("--tune starts a new run; resume one with --resume alone")
+            tune_and_train(config, check_int("--tune", args.tune))
+        else:
+            train(config, resume=args.resume)
     except (DataError, ValueError, RuntimeError, OSError) as exc:
         print(f"mrl-train: error: {exc}", file=sys.stderr)
         return 2

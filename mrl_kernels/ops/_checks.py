@@ -19,7 +19,7 @@ from torch import Tensor
 from .common import LAYOUTS
 
 
-__all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_int", "check_id_tensor", "check_ids", "check_csr",
+__all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_per_level", "check_int", "check_id_tensor", "check_ids", "check_csr",
            "check_generator", "check_matrix", "check_float", "can_read_values", "check_dims", "check_weights",
            "check_reduction", "check_batch", "check_rows", "check_pos", "check_layout", "check_sampling"]
 
@@ -66,6 +66,21 @@ def _held(value: float, dtype: torch.dtype) -> float:
     if abs(value) > finfo.max:
         return math.copysign(math.inf, value)
     return 0.0 if abs(value) < finfo.tiny * finfo.eps / 2 else value
+
+
+def check_per_level(name: str, value, num_levels: int, **bounds) -> list[float]:
+    """``value``, one real number (every level's) or a sequence, 1-D array or
+    tensor of ``num_levels`` of them, as a list of ``num_levels`` floats, each
+    checked by :func:`check_real` with ``bounds`` (named ``name[l]``)."""
+    if isinstance(value, (Tensor, np.ndarray)) and value.ndim == 1:
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Real, Sequence)):
+        raise ValueError(f"{name} must be a number or one per level ({num_levels}), got {value!r}")
+    if isinstance(value, Real):
+        return [check_real(name, value, **bounds)] * num_levels
+    if len(value) != num_levels:
+        raise ValueError(f"{name} must be a number or one per level ({num_levels}), got {len(value)} values")
+    return [check_real(f"{name}[{level}]", v, **bounds) for level, v in enumerate(value)]
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:

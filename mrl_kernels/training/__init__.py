@@ -14,6 +14,9 @@ train + validation; final test metrics. In parts:
 - :mod:`~.metrics`: Recall / NDCG by full ranking, every prefix width in one pass;
 - :mod:`~.optim`: :class:`LazyAdam`, Adam for row-sparse gradients;
 - :mod:`~.als`: ``mrl-als``, nested least squares solved in sweeps;
+- :mod:`~.search`: ``mrl-train --tune``, the built-in search of ``mrl-als``'s per-width settings;
+- :mod:`~.estimator`: ``MatryoshkaALS``, nested iALS with implicit's interface (the ``als`` extra; imported on
+  demand);
 - :mod:`~.config`: :class:`TrainConfig` and its checks;
 - :mod:`~.fit`: :class:`Fitter`, what every fit provides; :class:`Fit`, a model with its objective, optimizer and
   generators, by step and epoch;

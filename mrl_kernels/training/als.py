@@ -1,48 +1,101 @@
-"""Nested (Matryoshka) alternating least squares, ``--method mrl-als``: an MF
-model fitted by sweeps of :func:`mrl_kernels.ops.nested_als_solve` (every user's
-vector solved with the items fixed, then every item's), minimising iALS's
-objective summed over the nested widths,
+"""Nested (Matryoshka) alternating least squares, ``--method mrl-als`` and
+:class:`~mrl_kernels.training.estimator.MatryoshkaALS`: an MF model fitted by
+sweeps of :func:`mrl_kernels.ops.nested_als_solve` (every user's vector solved
+with the items fixed, then every item's), minimising iALS's objective summed
+over the nested widths, each width with its own weight, confidence and L2 weight,
 
-``sum_l w_l [ sum_obs alpha (1 - <x_u[:d_l], y_i[:d_l]>)^2 + sum_unobs <x_u[:d_l], y_i[:d_l]>^2
-+ reg (|X[:, :d_l]|^2 + |Y[:, :d_l]|^2) ]``
+``sum_l w_l [ sum_obs alpha_l (1 - <x_u[:d_l], y_i[:d_l]>)^2 + sum_unobs <x_u[:d_l], y_i[:d_l]>^2
++ reg_l (|X[:, :d_l]|^2 + |Y[:, :d_l]|^2) ]``
 
-(iALS's objective at each width, L2 term included; ``reg`` is the run's ``l2``).
-:class:`AlsFit` has :class:`~.fit.Fit`'s face, an epoch being one sweep, so
-selection, refit, checkpoints and ``--resume`` are the trainer's own."""
+(``reg_l`` is the run's ``l2``, one value or one per width). :class:`Sweeps` is
+the one fitting code path: :class:`AlsFit` (the trainer's, with
+:class:`~.fit.Fit`'s face, an epoch being one sweep, so selection, refit,
+checkpoints and ``--resume`` are the trainer's own) and the estimator both sweep
+with it."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ..ops import CSR, nested_als_solve
-from ..ops._checks import check_weights
+from ..ops._checks import check_dims, check_int, check_per_level, check_weights
 from ..ops.als import coordinate_weights, nested_mask, observed_terms, unobserved_products
 from .backbones import BACKBONES
 from .config import TrainConfig
 from .fit import check_stop
 from .group import Group
 
-__all__ = ["AlsFit", "INIT_SCALE", "nested_objective"]
+__all__ = ["AlsFit", "Sweeps", "INIT_SCALE", "nested_objective", "initial_factors"]
 
 INIT_SCALE = 0.01  # initial vectors uniform in [0, INIT_SCALE), as implicit's
 CHUNK = 1 << 13  # observed pairs scored at a time by nested_objective (their rows stay in cache)
 
 
+def initial_factors(rows: int, width: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
+    """``(rows, width)`` vectors uniform in ``[0, INIT_SCALE)`` (implicit's start)."""
+    return torch.rand((rows, width), generator=generator, dtype=dtype) * INIT_SCALE
+
+
+@dataclass(frozen=True)
+class Sweeps:
+    """The settings of nested ALS's sweeps, checked: ``dims``, the level weights
+    ``w_l`` (default 1 each: the sum of every width's iALS objective), ``alpha_l``
+    and ``reg_l`` (one float or one per width), conjugate-gradient steps, backend."""
+
+    dims: tuple[int, ...]
+    weights: Tensor
+    alphas: tuple[float, ...]
+    regs: tuple[float, ...]
+    cg_steps: int = 3
+    backend: str = "auto"
+
+    @classmethod
+    def of(cls, dims: Sequence[int], weights, alpha, reg, cg_steps: int = 3, backend: str = "auto") -> "Sweeps":
+        dims = tuple(check_dims(dims, dims[-1] if len(dims) else 0))
+        weights = check_weights([1.0] * len(dims) if weights is None else weights, len(dims), torch.device("cpu"))
+        return cls(dims, weights, tuple(check_per_level("alpha", alpha, len(dims), low=0.0, low_open=True)),
+                   tuple(check_per_level("reg", reg, len(dims), low=0.0)), check_int("cg_steps", cg_steps), backend)
+
+    def solve(self, factors: Tensor, other: Tensor, interactions, cg_steps: int | None = None) -> Tensor:
+        """``factors``' rows solved with ``other`` fixed on ``interactions`` (a new tensor)."""
+        return nested_als_solve(factors, other, interactions, self.dims, self.weights, alpha=self.alphas,
+                                reg=self.regs, cg_steps=cg_steps or self.cg_steps, backend=self.backend)
+
+    @torch.no_grad()
+    def sweep(self, users: Tensor, items: Tensor, interactions: CSR, transposed: CSR) -> None:
+        """One sweep in place: every user's vector, then every item's; stops after
+        the current half when a stop was requested."""
+        users.copy_(self.solve(users, items, interactions))
+        check_stop()
+        items.copy_(self.solve(items, users, transposed))
+        check_stop()
+
+    def objective(self, users: Tensor, items: Tensor, interactions: CSR) -> float:
+        """The nested objective per observed pair (:func:`nested_objective`)."""
+        return nested_objective(users, items, interactions, self.dims, self.weights, self.alphas,
+                                self.regs) / max(interactions.nnz, 1)
+
+
 @torch.no_grad()
-def nested_objective(user: Tensor, item: Tensor, interactions: CSR, dims, weights: Tensor, alpha: float,
-                     reg: float) -> float:
+def nested_objective(user: Tensor, item: Tensor, interactions: CSR, dims, weights: Tensor, alpha,
+                     reg) -> float:
     """The nested iALS objective of the tables ``user`` and ``item`` on
-    ``interactions``: the unobserved pairs through the Gramians,
+    ``interactions`` (``alpha`` and ``reg`` one float or one per width): the
+    unobserved pairs through the Gramians,
     ``sum_l w_l sum_{u, i} <x_u[:d_l], y_i[:d_l]>^2 = <(X^T X) ⊙ M, Y^T Y>_F``, the
     observed ones corrected pair by pair, the L2 term of each width (sums in float64)."""
     m = coordinate_weights(dims, weights.to(user.dtype))
     total = float(unobserved_products(user, item, nested_mask(m)).double().sum())
+    alphas = torch.as_tensor(alpha, dtype=torch.float64)
     rows, cols = (torch.from_numpy(a) for a in interactions.pairs())
     for start in range(0, len(rows), CHUNK):
         u, i = rows[start:start + CHUNK], cols[start:start + CHUNK]
-        total += float(observed_terms(user[u], item[i], dims, weights, alpha, dtype=torch.float64).sum())
-    m = m.double()
-    return total + reg * float((user.double().square().sum(0) * m).sum() + (item.double().square().sum(0) * m).sum())
+        total += float(observed_terms(user[u], item[i], dims, weights, alphas, dtype=torch.float64).sum())
+    m_reg = coordinate_weights(dims, weights.double() * torch.as_tensor(reg, dtype=torch.float64))
+    return total + float((user.double().square().sum(0) * m_reg).sum() + (item.double().square().sum(0) * m_reg).sum())
 
 
 class AlsFit:
@@ -61,10 +114,9 @@ class AlsFit:
         generator = torch.Generator().manual_seed(config.seed)
         with torch.no_grad():
             for table in self.model.tables():
-                table.copy_(torch.rand(table.shape, generator=generator, dtype=table.dtype) * INIT_SCALE)
-        # default 1 each: the sum of every width's iALS objective
-        self.weights = check_weights(config.level_weights or [1.0] * len(config.dims), len(config.dims),
-                                     torch.device("cpu"))
+                table.copy_(initial_factors(*table.shape, generator, table.dtype))
+        self.sweeps = Sweeps.of(config.dims, config.level_weights, config.alpha, config.l2, config.cg_steps,
+                                config.backend)
 
     def state(self) -> dict:
         return {"model": self.model.state_dict()}
@@ -72,19 +124,9 @@ class AlsFit:
     def load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
 
-    def _solve(self, factors: Tensor, other: Tensor, interactions: CSR) -> None:
-        config = self.config
-        factors.copy_(nested_als_solve(factors, other, interactions, config.dims, self.weights, alpha=config.alpha,
-                                       reg=config.l2, cg_steps=config.cg_steps, backend=config.backend))
-        check_stop()
-
-    @torch.no_grad()
     def epoch(self) -> float:
-        """One sweep (users, then items); the objective per observed pair. Stops
-        after the current half when a stop was requested."""
+        """One sweep (users, then items); the objective per observed pair (the
+        history's loss). Stops after the current half when a stop was requested."""
         users, items = self.model.tables()
-        self._solve(users, items, self.interactions)
-        self._solve(items, users, self.transposed)
-        config = self.config
-        return nested_objective(users, items, self.interactions, config.dims, self.weights, config.alpha,
-                                config.l2) / max(self.interactions.nnz, 1)
+        self.sweeps.sweep(users, items, self.interactions, self.transposed)
+        return self.sweeps.objective(users, items, self.interactions)

@@ -50,7 +50,7 @@ class TrainConfig:
     epochs: int = 300
     batch_size: int | None = None
     lr: float | None = None
-    l2: float | None = None
+    l2: float | tuple[float, ...] | None = None  # mrl-als: one per width allowed
     temperature: float | None = None  # the softmax objectives' (mrl-s)
     cosine: bool | None = None  # mrl-s: cosine scores instead of inner products
     seed: int = 0
@@ -68,9 +68,9 @@ class TrainConfig:
     # row-sparse lookups and lazy Adam (step cost flat in the table sizes); None: on for
     # mf from SPARSE_FROM items
     sparse: bool | None = None
-    # mrl-als only: the weight of an observed pair (implicit's alpha), the per-level weights
-    # of the nested objective (None: 1 each), conjugate-gradient steps per solve
-    alpha: float | None = None
+    # mrl-als only: the weight of an observed pair (implicit's alpha; one or one per width), the
+    # per-level weights of the nested objective (None: 1 each), conjugate-gradient steps per solve
+    alpha: float | tuple[float, ...] | None = None
     level_weights: tuple[float, ...] | None = None
     cg_steps: int | None = None
 
@@ -108,9 +108,13 @@ class TrainConfig:
                 check_int(name, getattr(self, name))
         if self.eval_users is not None:
             check_int("eval_users", self.eval_users)
-        for name, low_open in (("lr", True), ("temperature", True), ("l2", False)):
+        for name, low_open in (("lr", True), ("temperature", True)):
             if name not in unread:
                 _check_float32(name, getattr(self, name), low_open)
+        if isinstance(self.l2, (tuple, list)) and METHODS[self.method].solved:  # mrl-als: one per width allowed
+            _float32_per_level("l2", self.l2, len(self.dims), low_open=False)
+        else:
+            _check_float32("l2", self.l2, low_open=False)
         if "alpha" not in unread:
             self._check_least_squares()
         try:
@@ -128,7 +132,7 @@ class TrainConfig:
             if self.sparse:
                 raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
             check_int("cg_steps", self.cg_steps)
-        alpha = _check_float32("alpha", self.alpha, low_open=True)
+        alphas = _float32_per_level("alpha", self.alpha, len(self.dims), low_open=True)
         weights = [1.0] * len(self.dims) if self.level_weights is None else list(self.level_weights)
         if self.level_weights is not None:
             if len(weights) != len(self.dims):
@@ -138,9 +142,10 @@ class TrainConfig:
                 _check_float32("level_weights", w, low_open=False)
             if not sum(weights) > 0:
                 raise ValueError(f"level_weights must be finite, >= 0 and not all 0; got {weights}")
-        # what the objective weighs a squared error by: alpha times each level's weight, and the sum
-        smallest = alpha * min(w for w in weights if w > 0)
-        if smallest < FLOAT32.tiny or alpha * sum(weights) > MAX_ERROR_WEIGHT:
+        # what the objective weighs a squared error by: alpha_l times each level's weight, and the sum
+        weighted = [a * w for a, w in zip(alphas, weights)]
+        smallest = min(x for x, w in zip(weighted, weights) if w > 0)
+        if smallest < FLOAT32.tiny or sum(weighted) > MAX_ERROR_WEIGHT:
             raise ValueError(f"alpha x level_weights must lie in [{FLOAT32.tiny:.3g}, {MAX_ERROR_WEIGHT:.3g}] "
                              f"in float32, the dtype training computes in (each positive weight times alpha at "
                              f"least the smallest normal float32, else that level trains nothing; alpha times the "
@@ -151,6 +156,16 @@ class TrainConfig:
         """Whether to train row-sparse on ``n_items`` items: as set, else mf from
         :data:`SPARSE_FROM` items."""
         return self.sparse if self.sparse is not None else self.model == "mf" and n_items >= SPARSE_FROM
+
+
+def _float32_per_level(name: str, value, num_levels: int, low_open: bool) -> list[float]:
+    """``value``, one number or one per level, as a list of ``num_levels``
+    floats, each checked by :func:`_check_float32` (named ``name[l]``)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != num_levels:
+            raise ValueError(f"{name} must be a number or one per level ({num_levels}), got {len(value)} values")
+        return [_check_float32(f"{name}[{level}]", v, low_open) for level, v in enumerate(value)]
+    return [_check_float32(name, value, low_open)] * num_levels
 
 
 def _check_float32(name: str, value, low_open: bool) -> float:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import CSR, mns_bpr_loss, mrl_bpr_loss, mrl_softmax_loss
+from ..ops._checks import check_per_level
 from ..ops.als import coordinate_weights, nested_mask, observed_terms, unobserved_products
 from ..ops.common import l2_term
 from .backbones import Batch, lookup
@@ -158,7 +159,7 @@ class NestedLeastSquares:
     """Nested least squares by gradient, for any backbone: ``mrl-als``'s objective
     (iALS's, summed over the widths with weights ``w_l``) per observed pair,
 
-    ``mean_batch sum_l w_l [alpha (1 - s_l)^2 - s_l^2] + (n_users n_items / nnz) <(U^T U / B) ⊙ M, (P^T P / B)>_F``
+    ``mean_batch sum_l w_l [alpha_l (1 - s_l)^2 - s_l^2] + (n_users n_items / nnz) <(U^T U / B) ⊙ M, (P^T P / B)>_F``
 
     plus the trainer's L2 term, ``s_l`` the batch pairs' prefix scores, ``U`` and ``P``
     the batch's user and positive rows, ``M[j, k] = sum_{l : d_l > max(j, k)} w_l``.
@@ -172,7 +173,7 @@ class NestedLeastSquares:
     candidate_shape: tuple[int, ...]
     weights: Tensor
     mask: Tensor
-    alpha: float
+    alpha: Tensor  # (L,): alpha_l
     l2: float
     scale: float
 
@@ -183,13 +184,14 @@ class NestedLeastSquares:
                              "unobserved term)")
         dims = tuple(settings.dims)
         weights = torch.tensor(settings.level_weights or [1.0] * len(dims), dtype=torch.float32)
-        return cls(dims, (0,), weights, nested_mask(coordinate_weights(dims, weights)), float(settings.alpha),
+        alpha = torch.tensor(check_per_level("alpha", settings.alpha, len(dims), low=0.0, low_open=True))
+        return cls(dims, (0,), weights, nested_mask(coordinate_weights(dims, weights)), alpha,
                    settings.l2, interactions.n_rows * interactions.n_cols / interactions.nnz)
 
     def __call__(self, batch: Batch, candidates: Tensor) -> Tensor:
         user, pos = batch.user, batch.pos
         rows = user.shape[0]
         weights, mask = self.weights.to(user.device), self.mask.to(user.device)
-        observed = observed_terms(user, pos, self.dims, weights, self.alpha).sum(1).mean()
+        observed = observed_terms(user, pos, self.dims, weights, self.alpha.to(user.device)).sum(1).mean()
         unobserved = self.scale * unobserved_products(user, pos, mask).sum() / rows ** 2
         return observed + unobserved + l2_term(self.l2, batch.squared_norms(), rows)

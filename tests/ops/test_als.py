@@ -24,17 +24,18 @@ def _problem(rows, items, dim, nnz, seed, dtype=torch.float64, empty=()):
 
 
 def _dense_solution(y, csr, dims, weights, alpha, reg):
-    """Each row's ``A x = b`` built as a dense float64 matrix and solved directly."""
-    y = y.double().cpu()
-    w = torch.as_tensor(weights, dtype=torch.float64)
-    m = reference.coordinate_weights(dims, w)
-    index = torch.arange(len(m))
-    mask = m[torch.maximum(index[:, None], index[None, :])]
-    gram = (y.T @ y) * mask + reg * torch.diag(m)
+    """Each row's ``A x = b`` built as a dense float64 matrix, each width's terms added one by one
+    (``alpha`` and ``reg`` a float or one per width), and solved directly."""
+    y, D = y.double().cpu(), y.shape[1]
+    level = lambda value: value if isinstance(value, (list, tuple)) else [value] * len(dims)  # noqa: E731
     solved = []
     for r in range(csr.n_rows):
         seen = y[csr.indices[csr.indptr[r]:csr.indptr[r + 1]]]
-        solved.append(torch.linalg.solve(gram + (alpha - 1) * (seen.T @ seen) * mask, alpha * seen.sum(0) * m))
+        a, b = torch.zeros(D, D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64)
+        for d, w, al, rg in zip(dims, weights, level(alpha), level(reg)):
+            a[:d, :d] += w * (y[:, :d].T @ y[:, :d] + (al - 1) * seen[:, :d].T @ seen[:, :d] + rg * torch.eye(d, dtype=torch.float64))
+            b[:d] += w * al * seen[:, :d].sum(0)
+        solved.append(torch.linalg.solve(a, b))
     return torch.stack(solved)
 
 

@@ -2,17 +2,19 @@
 // reference.py beside this file; its schema is defined from spec.py (this file
 // only implements it).
 //
-// Rows run in parallel, each its own conjugate-gradient solve (implicit's
-// solver, fixed step count, warm start). A product A v is the shared Gram part
-// (a D x D matrix-vector product) plus, for each observed item y of the row, its
+// Blocks of rows run in parallel, each row its own conjugate-gradient solve
+// (implicit's solver, fixed step count, warm start), a block's rows in lockstep
+// (solve_block). A product A v is the shared Gram part (for a block: one GEMM) plus, for each observed item y of the row, its
 // nested part in one pass over D: the segment dot products <y, v> between
-// consecutive widths, summed into each level's prefix score c_l; then
-// t_l = sum_{l' >= l} w_l' c_l', and y's segment l is added scaled by t_l. The
-// first residual b - A x is summed item by item, as implicit does. Accumulation
-// in T (float32 or float64), like the reference.
+// consecutive widths, summed into each level's prefix score s_l; then
+// t_l = sum_{l' >= l} c_l' s_l' (c_l = w_l (alpha_l - 1), the observed part's
+// mask), and y's segment l is added scaled by t_l. The first residual b - A x is
+// summed item by item, (sum_{l' >= l} w_l' alpha_l' - t_l) y on segment l, as
+// implicit does. Accumulation in T (float32 or float64), like the reference.
 
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -23,6 +25,7 @@ namespace {
 using namespace mrl_kernels;
 
 constexpr double kTolerance = 1e-20;  // reference.py's CG_TOLERANCE
+constexpr int64_t kBlock = 256;       // rows solved in lockstep (their residuals and directions stay in cache)
 
 template <typename T>
 struct Problem {
@@ -31,24 +34,23 @@ struct Problem {
   const int64_t* indptr;
   const int64_t* indices;
   std::vector<int64_t> bounds;  // 0 = d_0 < d_1 < ... < d_L = D: the level segments
-  std::vector<T> weights;       // w_l
-  std::vector<T> suffix;        // sum_{l' >= l} w_l': the weight of segment l
-  T alpha;
+  std::vector<T> coefs;         // c_l = w_l (alpha_l - 1)
+  std::vector<T> target;        // sum_{l' >= l} w_l' alpha_l': b's weight on segment l
   int64_t D;
 };
 
 // For each observed item y of row r: its nested score of v per segment,
-// t_l = sum_{l' >= l} w_l' <y[:d_l'], v[:d_l']>, and then out[segment l] += coef(l, t_l) y
+// t_l = sum_{l' >= l} c_l' <y[:d_l'], v[:d_l']>, and then out[segment l] += coef(l, t_l) y
 // (one pass over D for the scores, one for the update).
 template <typename T, typename Coef>
 void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vector<T>& level, Coef coef) {
-  const int64_t L = static_cast<int64_t>(pb.weights.size());
+  const int64_t L = static_cast<int64_t>(pb.coefs.size());
   for (int64_t e = pb.indptr[r]; e < pb.indptr[r + 1]; ++e) {
     const T* y = pb.other[pb.indices[e]];
     T running = 0;
     for (int64_t l = 0; l < L; ++l) {
       running += dot(y + pb.bounds[l], v + pb.bounds[l], pb.bounds[l + 1] - pb.bounds[l]);
-      level[l] = pb.weights[l] * running;
+      level[l] = pb.coefs[l] * running;
     }
     T t = 0;
     for (int64_t l = L - 1; l >= 0; --l) {
@@ -60,53 +62,61 @@ void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vec
   }
 }
 
-// out = sign * gram v (gram symmetric: a sum of its rows scaled by v)
+// A block of rows [begin, end) (contiguous in x), solved in lockstep: each
+// conjugate-gradient step's Gram part is one (rows, D) x (D, D) matrix product
+// for the whole block (a GEMM, where a product per row is a matrix-vector one:
+// the same arithmetic at several times the speed), then each still-active row
+// adds its observed part and updates x, r and p. A row stops once its squared
+// residual is below the tolerance (it is then left out of the updates); a row
+// with no observed item is zero.
 template <typename T>
-void gram_part(const Problem<T>& pb, const T* v, T* out, T sign) {
-  const int64_t D = pb.D;
-  for (int64_t j = 0; j < D; ++j) out[j] = 0;
-  for (int64_t k = 0; k < D; ++k) {
-    const T scale = sign * v[k];
-    const T* g = pb.gram + k * D;
-#pragma omp simd
-    for (int64_t j = 0; j < D; ++j) out[j] += scale * g[j];
-  }
-}
-
-template <typename T>
-void solve_row(const Problem<T>& pb, int64_t r, T* x, int64_t cg_steps, std::vector<T>& work) {
-  const int64_t D = pb.D, L = static_cast<int64_t>(pb.weights.size());
-  if (pb.indptr[r] == pb.indptr[r + 1]) {  // no observed item: the solution is zero
-    for (int64_t j = 0; j < D; ++j) x[j] = 0;
-    return;
-  }
-  T* res = work.data();
-  T* p = res + D;
-  T* ap = p + D;
-  std::vector<T> level(L);
-  const T alpha = pb.alpha;
+void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_t end, T* x_all,
+                 int64_t cg_steps) {
+  const int64_t D = pb.D, B = end - begin, L = static_cast<int64_t>(pb.coefs.size());
+  const auto options = gram.options();
+  Tensor x = at::from_blob(x_all + begin * D, {B, D}, options);
+  Tensor res = at::mm(x, gram).neg_(), p = at::empty({B, D}, options), ap = at::empty({B, D}, options);
+  T *rp = res.data_ptr<T>(), *pp = p.data_ptr<T>(), *app = ap.data_ptr<T>(), *xp = x_all + begin * D;
+  std::vector<T> level(L), rs(B);
+  std::vector<char> active(B);
   // r = b - A x, entry by entry (b and A x apart would cancel near the solution)
-  gram_part(pb, x, res, T(-1));
-  observed_part(pb, r, x, res, level, [&](int64_t l, T t) { return alpha * pb.suffix[l] - (alpha - 1) * t; });
-  for (int64_t j = 0; j < D; ++j) p[j] = res[j];
-  T rs = dot(res, res, D);
-  for (int64_t step = 0; step < cg_steps; ++step) {
-    if (rs < kTolerance) break;  // NaN goes on, to the output
-    gram_part(pb, p, ap, T(1));
-    observed_part(pb, r, p, ap, level, [&](int64_t, T t) { return (alpha - 1) * t; });
-    const T a = rs / dot(p, ap, D);
-    for (int64_t j = 0; j < D; ++j) {
-      x[j] += a * p[j];
-      res[j] -= a * ap[j];
+  for (int64_t i = 0; i < B; ++i) {
+    T *xi = xp + i * D, *ri = rp + i * D;
+    if (pb.indptr[begin + i] == pb.indptr[begin + i + 1]) {  // no observed item: the solution is zero
+      for (int64_t j = 0; j < D; ++j) xi[j] = ri[j] = 0;
+    } else {
+      observed_part(pb, begin + i, xi, ri, level, [&](int64_t l, T t) { return pb.target[l] - t; });
     }
-    const T rs_new = dot(res, res, D);
-    for (int64_t j = 0; j < D; ++j) p[j] = res[j] + (rs_new / rs) * p[j];
-    rs = rs_new;
+    rs[i] = dot(ri, ri, D);
+    active[i] = !(rs[i] < kTolerance);  // NaN goes on, to the output
+    for (int64_t j = 0; j < D; ++j) pp[i * D + j] = ri[j];
+  }
+  for (int64_t step = 0; step < cg_steps; ++step) {
+    at::mm_out(ap, p, gram);
+    bool any = false;
+    for (int64_t i = 0; i < B; ++i) {
+      if (!active[i]) continue;
+      T *xi = xp + i * D, *ri = rp + i * D, *pi = pp + i * D, *api = app + i * D;
+      observed_part(pb, begin + i, pi, api, level, [](int64_t, T t) { return t; });
+      const T a = rs[i] / dot(pi, api, D);
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) {
+        xi[j] += a * pi[j];
+        ri[j] -= a * api[j];
+      }
+      const T rs_new = dot(ri, ri, D), beta = rs_new / rs[i];
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) pi[j] = ri[j] + beta * pi[j];
+      rs[i] = rs_new;
+      active[i] = !(rs_new < kTolerance);
+      any = any || active[i];
+    }
+    if (!any) break;
   }
 }
 
 Tensor nested_als_solve(const Tensor& factors, const Tensor& other, const Tensor& gram, const Tensor& indptr,
-                        const Tensor& indices, at::IntArrayRef dims, const Tensor& weights, double alpha,
+                        const Tensor& indices, at::IntArrayRef dims, const Tensor& weights, const Tensor& alphas,
                         int64_t cg_steps) {
   check_cpu_float(factors, "factors");
   TORCH_CHECK(other.scalar_type() == factors.scalar_type() && gram.scalar_type() == factors.scalar_type(),
@@ -114,22 +124,21 @@ Tensor nested_als_solve(const Tensor& factors, const Tensor& other, const Tensor
   Tensor solved = factors.contiguous().clone();
   const Tensor items = rowwise(other), g = gram.contiguous();
   const Tensor offsets = indptr.to(at::kLong).contiguous(), ids = indices.to(at::kLong).contiguous();
-  const Tensor w = weights.to(at::kDouble).contiguous();
+  const Tensor w = weights.to(at::kDouble).contiguous(), a = alphas.to(at::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES(factors.scalar_type(), "nested_als_solve", [&] {
     using T = scalar_t;
     Problem<T> pb{rows_of<T>(items), g.data_ptr<T>(), offsets.data_ptr<int64_t>(), ids.data_ptr<int64_t>(),
-                  {0}, {}, {}, static_cast<T>(alpha), factors.size(1)};
+                  {0}, {}, {}, factors.size(1)};
     for (const int64_t d : dims) pb.bounds.push_back(d);
-    const double* wp = w.data_ptr<double>();
-    for (size_t l = 0; l < dims.size(); ++l) pb.weights.push_back(static_cast<T>(wp[l]));
-    pb.suffix.assign(dims.size(), 0);
-    T total = 0;
-    for (int64_t l = static_cast<int64_t>(dims.size()) - 1; l >= 0; --l) pb.suffix[l] = total += pb.weights[l];
+    const double *wp = w.data_ptr<double>(), *ap = a.data_ptr<double>();
+    for (size_t l = 0; l < dims.size(); ++l) pb.coefs.push_back(static_cast<T>(wp[l] * (ap[l] - 1)));
+    pb.target.assign(dims.size(), 0);
+    double total = 0;
+    for (int64_t l = static_cast<int64_t>(dims.size()) - 1; l >= 0; --l)
+      pb.target[l] = static_cast<T>(total += wp[l] * ap[l]);
     T* out = solved.data_ptr<T>();
-    const int64_t D = pb.D;
     at::parallel_for(0, factors.size(0), kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<T> work(3 * D);
-      for (int64_t r = begin; r < end; ++r) solve_row(pb, r, out + r * D, cg_steps, work);
+      for (int64_t b = begin; b < end; b += kBlock) solve_block(pb, g, b, std::min(end, b + kBlock), out, cg_steps);
     });
   });
   return solved;

@@ -100,7 +100,7 @@ def example_arguments(op: str, width: int, dtype: torch.dtype, layout: str | Non
               "k": 2, "shortlist": 5, "exclude_offsets": torch.zeros(5, dtype=torch.int64),
               "exclude_ids": torch.zeros(0, dtype=torch.int64), "factors": x["user"], "other": x["item_weight"],
               "gram": torch.eye(width, dtype=dtype), "indptr": torch.tensor([0, 2, 2, 3, 3]),
-              "indices": torch.tensor([1, 5, 0]), "alpha": 2.0, "cg_steps": 1,
+              "indices": torch.tensor([1, 5, 0]), "alphas": torch.full((levels,), 2.0), "cg_steps": 1,
               "log_q": log_q, "pos_log_q": None if log_q is None else torch.zeros(4, dtype=acc),
               "param": x["item_weight"], "exp_avg": torch.zeros_like(x["item_weight"]),
               "exp_avg_sq": torch.zeros_like(x["item_weight"]), "values": torch.ones(3, width, dtype=dtype),

@@ -1,0 +1,170 @@
+"""The built-in search of ``mrl-train --method mrl-als --tune N`` (and
+``bench.tune``'s for mrl-als): N trials of Optuna's TPE sampler (seeded by the
+run's seed) on the validation split over the per-width settings, then the
+refit protocol with the chosen ones.
+
+A trial's settings: the confidence ``alpha_l`` and the L2 weight ``reg_l`` of
+each width, geometric from the narrowest width's value to the widest's (the
+per-width iALS optima move with the width, e.g. ml100k's alpha from 0.64 at width
+4 to 40 at 64: two values per setting follow them with 4 dimensions of search
+instead of 10), level weights ``w_l = ratio^(L-1-l)`` and the conjugate-gradient
+steps. A trial fits by sweeps on the training split (the same
+:class:`~.als.Sweeps` as every fit), evaluates after each sweep and keeps its
+best sweep (early stopping after ``patience`` sweeps without a better score).
+
+Its score counts every width alike: the mean over the widths of
+``log Recall@20`` on validation, i.e. the log of their geometric mean. A 1%
+relative gain at width 4 weighs what 1% at width 64 does (a plain mean of
+Recall@20 would be led by the wide widths, whose Recall@20 is larger), and a
+trial's score never depends on the others' (a score relative to the best seen
+would change under TPE as the search goes)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_write
+from ..ops import CSR
+from .als import Sweeps, initial_factors
+from .config import TrainConfig
+from .data import Dataset, load
+from .fit import check_stop
+from .loop import train
+from .metrics import prefix_evaluate, sample_users
+from .outputs import write_metrics
+
+__all__ = ["suggest", "trial_settings", "score", "evaluate_trial", "tune", "tune_and_train", "TUNE_EVAL_USERS",
+           "TUNE_HISTORY"]
+
+TUNE_HISTORY = "tune.csv"  # the search history in the run folder
+
+# validation users a trial is scored on (a seeded sample; all of them where fewer): on phone a
+# full-ranking evaluation of every width over 2,000 users takes a tenth of one over all 25,000
+TUNE_EVAL_USERS = 2000
+
+
+def trial_settings(params: dict, levels: int) -> dict:
+    """The trainer settings of a trial's parameters (:func:`suggest`'s names)."""
+    def geometric(first: float, last: float) -> tuple[float, ...]:
+        return tuple(first * (last / first) ** (level / max(levels - 1, 1)) for level in range(levels))
+    return {"alpha": geometric(params["alpha_first"], params["alpha_last"]),
+            "l2": geometric(params["reg_first"], params["reg_last"]),
+            "level_weights": tuple(params["level_ratio"] ** (levels - 1 - level) for level in range(levels)),
+            "cg_steps": params["cg_steps"]}
+
+
+def suggest(trial, levels: int) -> dict:
+    """A trial's settings. Ranges: implicit's iALS optima per width on phone, tool and
+    ml100k (docs/baselines.json) span alpha 0.64-625 and regularization 0.1-1000."""
+    params = {"alpha_first": trial.suggest_float("alpha_first", 0.3, 1000.0, log=True),
+              "alpha_last": trial.suggest_float("alpha_last", 0.3, 1000.0, log=True),
+              "reg_first": trial.suggest_float("reg_first", 0.01, 3000.0, log=True),
+              "reg_last": trial.suggest_float("reg_last", 0.01, 3000.0, log=True),
+              "level_ratio": trial.suggest_float("level_ratio", 0.25, 4.0, log=True),
+              "cg_steps": trial.suggest_categorical("cg_steps", [3, 6])}
+    return trial_settings(params, levels)
+
+
+def score(recall_by_width: dict) -> float:
+    """The mean over the widths of ``log Recall@20`` (-inf if any is 0)."""
+    values = list(recall_by_width.values())
+    return -math.inf if min(values) <= 0 else sum(math.log(v) for v in values) / len(values)
+
+
+def evaluate_trial(config: TrainConfig, train: CSR, valid: CSR, users: torch.Tensor) -> dict:
+    """Fit ``config`` by sweeps on ``train`` from the seed, score every sweep on
+    ``valid`` (its ``users``), stop after ``config.patience`` sweeps without a better
+    score or at ``config.epochs``: the best ``{"score", "sweeps", "recall@20": {width: value}}``."""
+    sweeps = Sweeps.of(config.dims, config.level_weights, config.alpha, config.l2, config.cg_steps, config.backend)
+    generator = torch.Generator().manual_seed(config.seed)
+    width = config.dims[-1]
+    user, item = initial_factors(train.n_rows, width, generator), initial_factors(train.n_cols, width, generator)
+    transposed, best, bad = train.transpose(), {"score": -math.inf, "sweeps": 0, "recall@20": {}}, 0
+    for sweep in range(1, config.epochs + 1):
+        sweeps.sweep(user, item, train, transposed)
+        if not (bool(torch.isfinite(user).all()) and bool(torch.isfinite(item).all())):
+            break
+        metrics = prefix_evaluate(user, item, config.dims, valid, [train], ks=(20,), users=users, between=check_stop)
+        recall = {int(w): m["recall@20"] for w, m in metrics.items()}
+        if score(recall) > best["score"]:
+            best, bad = {"score": score(recall), "sweeps": sweep, "recall@20": recall}, 0
+        else:
+            bad += 1
+            if bad >= config.patience:
+                break
+    return best
+
+
+def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], None] = tqdm.write
+         ) -> tuple[TrainConfig, pd.DataFrame]:
+    """``trials`` trials of a seeded TPE search (the first: ``config``'s own settings,
+    flat over the widths) on ``ds``'s validation split: ``config`` with the best
+    trial's settings, and the search history (a row per trial)."""
+    import optuna  # the tune extra
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    levels = len(config.dims)
+    users = sample_users(ds.valid, min(config.eval_users or TUNE_EVAL_USERS, TUNE_EVAL_USERS), config.seed)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed))
+    if not isinstance(config.alpha, tuple) and not isinstance(config.l2, tuple) and config.level_weights is None:
+        # the defaults first (flat over the widths): the search can only improve on them
+        study.enqueue_trial({"alpha_first": config.alpha, "alpha_last": config.alpha, "reg_first": config.l2,
+                             "reg_last": config.l2, "level_ratio": 1.0, "cg_steps": config.cg_steps})
+    rows, chosen_by_trial = [], {}
+    with tqdm(total=trials, desc="tuning", unit="trial", disable=not config.progress, dynamic_ncols=True) as bar:
+        for _ in range(trials):
+            trial = study.ask()
+            settings = chosen_by_trial[trial.number] = suggest(trial, levels)
+            started = time.perf_counter()
+            try:
+                found = evaluate_trial(replace(config, **settings), ds.train, ds.valid, users)
+            except ValueError as exc:  # settings the checks refuse: a failed trial, not the end of the search
+                log(f"trial {trial.number} failed: {exc}")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            study.tell(trial, found["score"] if math.isfinite(found["score"]) else -1e9)
+            rows.append({"trial": trial.number, **trial.params, "score": found["score"], "sweeps": found["sweeps"],
+                         **{f"valid_recall@20_{w}": v for w, v in found["recall@20"].items()},
+                         "seconds": time.perf_counter() - started})
+            bar.update(1)
+            bar.set_postfix({"best": f"{study.best_value:.4f}"})
+    if not rows:
+        raise ValueError("every tuning trial failed; see the messages above")
+    history = pd.DataFrame(rows)
+    best = history.loc[history.score.idxmax()]
+    chosen = chosen_by_trial[int(best.trial)]
+    log(f"tuning: best trial {int(best.trial)} of {trials}, validation Recall@20 by width "
+        + ", ".join(f"{w}: {best[f'valid_recall@20_{w}']:.4f}" for w in config.dims) + f"; settings {chosen}")
+    return replace(config, **chosen), history
+
+
+def tune_and_train(config: TrainConfig, trials: int, log: Callable[[str], None] = tqdm.write) -> dict:
+    """``mrl-train --tune``: :func:`tune`, then the run (selection and refit) with
+    the chosen settings; the search history goes into the run folder
+    (:data:`TUNE_HISTORY`), the chosen settings, the trials and the tuning seconds
+    into ``metrics.json``. Its content is returned."""
+    config.check()
+    if not config.method == "mrl-als":
+        raise ValueError(f"--tune searches mrl-als's per-width settings; got --method {config.method}")
+    ds = load(config.dataset, config.data_dir, seed=config.seed, synthetic_size=config.synthetic_size)
+    started = time.perf_counter()
+    chosen, history = tune(config, ds, trials, log)
+    seconds = time.perf_counter() - started
+    result = train(chosen, log=log, dataset=ds)
+    out = Path(result["config"]["out"])
+    atomic_write(out / TUNE_HISTORY, lambda tmp: history.to_csv(tmp, index=False))
+    result["tune"] = {"trials": trials, "seconds": seconds, "score": "mean over the widths of log validation "
+                      "Recall@20", "chosen": {name: getattr(chosen, name) for name in
+                                              ("alpha", "l2", "level_weights", "cg_steps")},
+                      "history": TUNE_HISTORY}
+    write_metrics(out, result)
+    log("test metrics of the refit model at every width:\n" + pd.DataFrame(result["prefix"]).T.rename_axis(
+        "width").to_string(float_format=lambda v: f"{v:.4f}"))
+    return result

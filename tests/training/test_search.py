@@ -1,0 +1,86 @@
+"""``mrl-train --method mrl-als --tune N`` (mrl_kernels.training.search): the score,
+the settings of a trial, a seeded search (the same history twice), the run folder's
+tune.csv and metrics.json, refusals; and the per-width ``--alpha`` / ``--l2``."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from mrl_kernels.cli.train import main, parser
+from mrl_kernels.training import TrainConfig
+from mrl_kernels.training.data import load
+from mrl_kernels.training.search import TUNE_HISTORY, score, trial_settings, tune
+
+pytest.importorskip("optuna", reason="optuna is not installed (the tune extra)")
+
+SMALL = ["--dataset", "synthetic", "--users", "120", "--items", "80", "--interactions", "1500", "--method", "mrl-als",
+         "--dims", "2,4,8", "--epochs", "3", "--no-progress"]
+
+
+def test_the_score_is_the_mean_log_recall():
+    assert score({4: 0.1, 8: 0.4}) == pytest.approx(math.log(0.2))
+    assert score({4: 0.0, 8: 0.4}) == -math.inf
+
+
+def test_a_trials_settings_are_geometric_over_the_widths():
+    settings = trial_settings({"alpha_first": 1.0, "alpha_last": 100.0, "reg_first": 10.0, "reg_last": 0.1,
+                               "level_ratio": 2.0, "cg_steps": 3}, 3)
+    assert settings["alpha"] == pytest.approx((1.0, 10.0, 100.0))
+    assert settings["l2"] == pytest.approx((10.0, 1.0, 0.1))
+    assert settings["level_weights"] == (4.0, 2.0, 1.0) and settings["cg_steps"] == 3
+
+
+def test_the_search_is_seeded_and_starts_from_the_defaults():
+    config = TrainConfig(dataset="synthetic", synthetic_size=(120, 80, 1500), method="mrl-als", dims=(2, 4, 8),
+                         epochs=2, progress=False)
+    ds = load("synthetic", seed=0, synthetic_size=(120, 80, 1500))
+    chosen, first = tune(config, ds, 3, log=lambda _: None)
+    _, second = tune(config, ds, 3, log=lambda _: None)
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), second.drop(columns="seconds"))
+    assert first.alpha_first[0] == first.alpha_last[0] == config.alpha and first.level_ratio[0] == 1.0
+    best = first.loc[first.score.idxmax()]
+    assert chosen.alpha == pytest.approx(trial_settings(best.to_dict(), 3)["alpha"])
+    assert set(first.columns) >= {"score", "sweeps", "valid_recall@20_2", "valid_recall@20_8"}
+
+
+def test_tune_runs_end_to_end_and_records_the_search(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SMALL, "--tune", "2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = pd.read_csv(out / TUNE_HISTORY)
+    assert len(history) == 2 and metrics["tune"]["trials"] == 2 and metrics["tune"]["seconds"] > 0
+    assert len(metrics["tune"]["chosen"]["alpha"]) == 3
+    assert metrics["config"]["alpha"] == metrics["tune"]["chosen"]["alpha"]
+    printed = capsys.readouterr()
+    assert "test metrics of the refit model at every width" in printed.out + printed.err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--method", "mrl-m", "--tune", "2"], "--tune searches mrl-als's per-width settings"),
+    (["--tune", "0"], "--tune must be an int >= 1"),
+    (["--tune", "2", "--resume"], "--tune starts a new run"),
+])
+def test_bad_tune_requests_are_refused(tmp_path, capsys, extra, words):
+    arguments = [*SMALL, "--out", str(tmp_path / "run")]
+    if "--method" in extra:  # the last --method wins
+        arguments = [a for a in arguments if a not in ("--dims", "2,4,8")]
+    assert main([*arguments, *extra]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_alpha_and_l2_take_one_value_per_width():
+    args = parser().parse_args([*SMALL, "--alpha", "1,2,40", "--l2", "5"])
+    assert args.alpha == (1.0, 2.0, 40.0) and args.l2 == 5.0
+    TrainConfig(method="mrl-als", dims=(2, 4, 8), alpha=(1.0, 2.0, 40.0), l2=(1.0, 0.5, 2.0)).check()
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(alpha=(1.0, 2.0)), "alpha must be a number or one per level (3), got 2 values"),
+    (dict(l2=(1.0, -2.0, 1.0)), "l2[1] must be a finite number >= 0"),
+    (dict(method="mrl-m", l2=(1.0, 2.0, 3.0), alpha=None), "l2 must be a finite number >= 0"),
+])
+def test_bad_per_width_settings_are_refused(change, words):
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(**{"method": "mrl-als", "dims": (2, 4, 8), **change}).check()
+    assert words in str(raised.value)
