@@ -39,7 +39,7 @@ from mrl_kernels.atomic import atomic_write
 from mrl_kernels.training.metrics import prefix_evaluate
 from mrl_kernels.ops import LAYOUTS
 from mrl_kernels.training import CHECKPOINT, TrainConfig, recipe, train
-from mrl_kernels.training import search
+from mrl_kernels.training import search as nested_search
 from mrl_kernels.training.methods import METHODS
 
 SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before a trial stops
@@ -54,7 +54,7 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
     (every candidate counts there). ``mrl-als``: ``mrl-train --tune``'s
     (:func:`mrl_kernels.training.search.suggest`)."""
     if METHODS[method].solved:
-        return search.suggest(trial, len(DIMS))
+        return nested_search.suggest(trial, len(DIMS))
     settings = {
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
         "l2": trial.suggest_float("l2", 1e-4, 0.1, log=True),
@@ -76,8 +76,8 @@ DIMS = TrainConfig.dims
 
 
 def settings_of(params: dict) -> dict:
-    """A trial's parameters as trainer settings (mrl-als's by :func:`search.trial_settings`)."""
-    return search.trial_settings(params, len(DIMS)) if "alpha_first" in params else dict(params)
+    """A trial's parameters as trainer settings (mrl-als's by :func:`nested_search.trial_settings`)."""
+    return nested_search.trial_settings(params, len(DIMS)) if "alpha_first" in params else dict(params)
 
 
 def score(result: dict, dataset: data.Dataset, select: str) -> tuple[float, dict]:
@@ -89,7 +89,7 @@ def score(result: dict, dataset: data.Dataset, select: str) -> tuple[float, dict
     run = load_run(result["config"]["out"])
     prefix = prefix_evaluate(run.users, run.index.items, list(run.dims), dataset.valid, [dataset.train])
     widths = {width: metrics["recall@20"] for width, metrics in prefix.items()}
-    return search.score(widths), widths
+    return nested_search.score(widths), widths
 
 
 def _train(config: TrainConfig, dataset: data.Dataset) -> dict:

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from mrl_kernels import reference
 from mrl_kernels.ops import CSR
 from mrl_kernels.ops import nested_als_solve, nested_gram
 

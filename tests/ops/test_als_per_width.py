@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrl_kernels.ops import CSR, nested_als_solve
+from mrl_kernels.ops import nested_als_solve
 from mrl_kernels.ops.als import observed_terms
 
 from helpers import FAST, assert_close
