@@ -12,7 +12,7 @@ pytest.importorskip("scipy.sparse", reason="the doc builds its CSR from scipy (i
 
 from mrl_kernels.training import TrainConfig  # noqa: E402 - after the skip
 from mrl_kernels.training.backbones import Batch  # noqa: E402
-from mrl_kernels.training.objectives import OBJECTIVES  # noqa: E402
+from mrl_kernels.training.methods import METHODS  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own_trainer.md"
 SECTION = "The operators in your own trainer"  # the part of the page whose snippets run in order
@@ -36,7 +36,7 @@ def test_every_python_block_runs_and_says_what_it_does():
         if "l2 = " in code:  # the two lines add the trainer's L2 term
             ran_l2 = True
             ns = namespace
-            objective = OBJECTIVES["mrl-m"].build(TrainConfig(method="mrl-m", dims=ns["dims"], candidates=ns["M"],
+            objective = METHODS["mrl-m"].objective(TrainConfig(method="mrl-m", dims=ns["dims"], candidates=ns["M"],
                                                               layout="per-level", l2=ns["l2"]))
             batch = Batch(ns["u"], ns["p"], ns["item_emb"].weight, ns["u"], ns["p"], ns["item_emb"].weight)
             torch.testing.assert_close(ns["loss"], objective(batch, ns["cand"].view(-1, ns["L"], ns["M"])))

@@ -91,11 +91,11 @@ def test_the_trainer_says_when_its_pools_are_shared(method, sparse):
     their loss equals the one over each pool repeated per level."""
     from mrl_kernels.training import TrainConfig
     from mrl_kernels.training.backbones import MF
-    from mrl_kernels.training.objectives import OBJECTIVES
+    from mrl_kernels.training.methods import METHODS
 
     losses = []
     for layout in ("shared", "per-level"):
-        objective = OBJECTIVES[method].build(TrainConfig(method=method, dims=(4, 8, 16), candidates=5, layout=layout,
+        objective = METHODS[method].objective(TrainConfig(method=method, dims=(4, 8, 16), candidates=5, layout=layout,
                                                          l2=1e-2))
         pools = torch.randint(0, 50, (24, 5), generator=torch.Generator().manual_seed(0))
         cand = pools if len(objective.candidate_shape) == 1 else pools[:, None].expand(24, 3, 5)
