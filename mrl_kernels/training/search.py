@@ -140,8 +140,8 @@ def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], Non
         raise ValueError("every tuning trial failed; see the messages above")
     history = pd.DataFrame(rows)
     best = history.loc[history.score.idxmax()]
-    # the run then sweeps as long as the best trial did (no early stop before): the trainer's selection
-    # by full-width Recall@20 with patience 3 stopped tool's after 18 of the trial's 37 sweeps
+    # the run then sweeps as long as the best trial did (no early stop before): the trainer's early
+    # stop (full-width Recall@20, patience 3) had ended tool's seed-0 run at 21 sweeps, the trial's best 37
     sweeps = int(best.sweeps)
     chosen = {**chosen_by_trial[int(best.trial)], "epochs": sweeps, "patience": sweeps}
     log(f"tuning: best trial {int(best.trial)} of {trials}, validation Recall@20 by width "
