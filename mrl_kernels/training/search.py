@@ -106,7 +106,8 @@ def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], Non
          ) -> tuple[TrainConfig, pd.DataFrame]:
     """``trials`` trials of a seeded TPE search (the first: ``config``'s own settings,
     flat over the widths) on ``ds``'s validation split: ``config`` with the best
-    trial's settings, and the search history (a row per trial)."""
+    trial's settings and its sweeps (as ``epochs``, with no early stop before), and
+    the search history (a row per trial)."""
     import optuna  # the tune extra
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -139,7 +140,10 @@ def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], Non
         raise ValueError("every tuning trial failed; see the messages above")
     history = pd.DataFrame(rows)
     best = history.loc[history.score.idxmax()]
-    chosen = chosen_by_trial[int(best.trial)]
+    # the run then sweeps as long as the best trial did (no early stop before): the trainer's early
+    # stop (full-width Recall@20, patience 3) had ended tool's seed-0 run at 21 sweeps, the trial's best 37
+    sweeps = int(best.sweeps)
+    chosen = {**chosen_by_trial[int(best.trial)], "epochs": sweeps, "patience": sweeps}
     log(f"tuning: best trial {int(best.trial)} of {trials}, validation Recall@20 by width "
         + ", ".join(f"{w}: {best[f'valid_recall@20_{w}']:.4f}" for w in config.dims) + f"; settings {chosen}")
     return replace(config, **chosen), history
@@ -162,7 +166,7 @@ def tune_and_train(config: TrainConfig, trials: int, log: Callable[[str], None] 
     atomic_write(out / TUNE_HISTORY, lambda tmp: history.to_csv(tmp, index=False))
     result["tune"] = {"trials": trials, "seconds": seconds, "score": "mean over the widths of log validation "
                       "Recall@20", "chosen": {name: getattr(chosen, name) for name in
-                                              ("alpha", "l2", "level_weights", "cg_steps")},
+                                              ("alpha", "l2", "level_weights", "cg_steps", "epochs")},
                       "history": TUNE_HISTORY}
     write_metrics(out, result)
     log("test metrics of the refit model at every width:\n" + pd.DataFrame(result["prefix"]).T.rename_axis(

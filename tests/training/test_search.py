@@ -41,6 +41,7 @@ def test_the_search_is_seeded_and_starts_from_the_defaults():
     assert first.alpha_first[0] == first.alpha_last[0] == config.alpha and first.level_ratio[0] == 1.0
     best = first.loc[first.score.idxmax()]
     assert chosen.alpha == pytest.approx(trial_settings(best.to_dict(), 3)["alpha"])
+    assert chosen.epochs == chosen.patience == best.sweeps, "the run sweeps as long as the best trial"
     assert set(first.columns) >= {"score", "sweeps", "valid_recall@20_2", "valid_recall@20_8"}
 
 
