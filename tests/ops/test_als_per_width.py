@@ -64,7 +64,7 @@ def test_observed_terms_take_one_alpha_per_width():
 
 @pytest.mark.parametrize("change, words", [
     (dict(alpha=[1.0, 2.0, 3.0]), "alpha must be a number or one per level (2), got 3 values"),
-    (dict(alpha=[1.0, 0.0]), "alpha[1] must be a finite number > 0, got 0.0"),
+    (dict(alpha=[1.0, 0.0]), "alpha[1] must be a finite number > 0"),
     (dict(reg=[0.1, -1.0]), "reg[1] must be a finite number >= 0"),
     (dict(reg=[0.1, float("inf")]), "reg[1] must be a finite number >= 0"),
     (dict(reg="0.1"), "reg must be a number or one per level (2)"),
