@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 
-__all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_int", "check_id_tensor", "check_ids", "check_csr",
-           "check_matrix", "check_float", "can_read_values", "check_dims", "check_weights", "check_reduction",
-           "check_batch", "check_rows", "check_pos", "check_sampling"]
+__all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_int", "check_id_tensor", "check_ids", "check_row_ids",
+           "check_csr", "check_matrix", "check_float", "can_read_values", "check_dims", "check_weights",
+           "check_reduction", "check_batch", "check_rows", "check_pos", "check_table", "check_sampling",
+           "check_correction"]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
@@ -109,6 +110,14 @@ def check_ids(name: str, ids, n: int, device: torch.device, padding: bool = Fals
     return ids.long()
 
 
+def check_row_ids(name: str, ids, n: int, user: Tensor, padding: bool = False) -> Tensor:
+    """:func:`check_ids` of one id per row of ``user``: shape ``(B,)``."""
+    ids = check_ids(name, ids, n, user.device, padding)
+    if ids.shape != (user.shape[0],):
+        raise ValueError(f"{name} must have shape ({user.shape[0]},) (one id per row), got {tuple(ids.shape)}")
+    return ids
+
+
 def check_dims(dims, width: int) -> list[int]:
     """``dims`` (a sequence, or a 1-D array or tensor, of ints) as a list of
     strictly increasing positive ints ending at ``width``."""
@@ -166,12 +175,17 @@ def check_pos(pos, user: Tensor) -> None:
         raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
 
 
-def check_sampling(user, item_weight, candidates, dims, padding: bool = False) -> tuple[Tensor, list[int]]:
-    batch, width = check_rows("user", user)
+def check_table(user, item_weight, dims) -> list[int]:
+    """``user`` ``(B, D)`` and ``item_weight`` ``(N, D)`` alike; ``dims`` as :func:`check_dims`."""
+    _, width = check_rows("user", user)
     check_float("item_weight", item_weight, 2, like=("user", user))
     if item_weight.shape[1] != width:
         raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
-    dims = check_dims(dims, width)
+    return check_dims(dims, width)
+
+
+def check_sampling(user, item_weight, candidates, dims, padding: bool = False) -> tuple[Tensor, list[int]]:
+    dims, batch = check_table(user, item_weight, dims), user.shape[0]
     if not isinstance(candidates, Tensor) or candidates.dim() not in (2, 3):
         shape = tuple(candidates.shape) if isinstance(candidates, Tensor) else type(candidates).__name__
         raise ValueError(f"candidates must be a (B, M) or (B, L, M) tensor of item ids, got {shape}")
@@ -182,6 +196,19 @@ def check_sampling(user, item_weight, candidates, dims, padding: bool = False) -
     if candidates.shape[-1] == 0:
         raise ValueError("candidates must hold at least one candidate per pool (M >= 1)")
     return check_ids("candidates", candidates, item_weight.shape[0], user.device, padding), dims
+
+
+def check_correction(name: str, t, shape: tuple[int, ...], device: torch.device, meaning: str) -> None:
+    """A float tensor of ``shape`` on ``device`` (a logQ correction, ``meaning``
+    saying what its entries are for), where given (None passes)."""
+    if t is None:
+        return
+    if not isinstance(t, Tensor) or not t.is_floating_point():
+        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a float tensor, got {got}")
+    if tuple(t.shape) != tuple(shape) or t.device != device:
+        raise ValueError(f"{name} must have shape {tuple(shape)} on {device} ({meaning}), "
+                         f"got {tuple(t.shape)} on {t.device}")
 
 
 def check_csr(name: str, indptr, indices, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -9,16 +9,19 @@ from torch import Tensor
 
 from .. import _checks as checks, registry
 from ..common import acc_dtype, reduce
+from ..full_softmax import every_item_loss
 
 __all__ = ["mrl_softmax_loss", "check_log_q"]
 
 
-def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int],
+def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor | None, dims: Sequence[int],
                      weights: Sequence[float] | Tensor | None = None, temperature: float = 1.0, reduction: str = "mean",
                      *, cosine: bool = False, pos_ids: Tensor | None = None, log_q: Tensor | None = None,
                      pos_log_q: Tensor | None = None, backend: str = "auto") -> Tensor:
-    """Matryoshka sampled softmax, fused: at every nested width, a softmax over
-    the positive and a pool of candidates, each candidate's row read once.
+    """Matryoshka softmax, fused: at every nested width, a softmax over the
+    positive and a pool of candidates, each candidate's row read once; or, with
+    ``candidates=None``, over the positive and every other item, without ever
+    holding a ``(B, N)`` logit matrix.
 
     Per row ``sum_l weights[l] * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)``
     with ``s_j = <user[:d_l], e_j[:d_l]>`` (``cosine=True``: divided by
@@ -32,7 +35,11 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
         item_weight: ``(N, D)`` item table the candidates index.
         candidates: ``(B, M)`` item ids (one pool for every level) or ``(B, L, M)``
             (pool l for level l); ids < 0 are padding and take no part (e.g. to
-            mask a user's own items among in-batch candidates).
+            mask a user's own items among in-batch candidates). ``None``: every
+            item is a candidate (:mod:`mrl_kernels.ops.full_softmax`); ``pos_ids``
+            is then required, the positive's own row is left out of the pool
+            (the positive counts once, scored from ``pos``), ``log_q`` is ``(N,)``
+            and scores are inner products.
         dims: the nested widths ``d_1 < ... < d_L = D``.
         weights: L non-negative weights, default ``1/L`` each.
         temperature: the softmax temperature, a positive float.
@@ -45,25 +52,33 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
             (the logQ correction; :mod:`mrl_kernels.ops.candidates`
             return it with their draws). Every backend takes it, in the
             accumulation dtype (float32 for half inputs); it gets no gradient.
-        pos_log_q: optional ``(B,)``, subtracted from the positive's logit.
+            With ``candidates=None``, ``(N,)``: ``log_q[i]`` is subtracted from
+            item i's logit wherever it appears, the positive's included
+            (``log_q[pos_ids]``).
+        pos_log_q: optional ``(B,)``, subtracted from the positive's logit (not
+            with ``candidates=None``, where the positive's is ``log_q[pos_ids]``).
 
     Differentiable in ``user``, ``pos`` and ``item_weight`` (non-zero in the
     candidates' rows only; repeated ids sum).
     """
-    candidates, dims = checks.check_sampling(user, item_weight, candidates, dims, padding=True)
+    if candidates is None:
+        dims = checks.check_table(user, item_weight, dims)
+    else:
+        candidates, dims = checks.check_sampling(user, item_weight, candidates, dims, padding=True)
     checks.check_pos(pos, user)
     w = checks.check_weights(weights, len(dims), user.device)
     reduction = checks.check_reduction(reduction)
     temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
     if pos_ids is not None:
-        pos_ids = checks.check_ids("pos_ids", pos_ids, item_weight.shape[0], user.device)
-        if pos_ids.shape != (user.shape[0],):
-            raise ValueError(f"pos_ids must have shape ({user.shape[0]},) (one id per row), "
-                             f"got {tuple(pos_ids.shape)}")
-        row_pos = pos_ids.view(-1, *[1] * (candidates.dim() - 1))
-        candidates = candidates.masked_fill(candidates == row_pos, -1)
+        pos_ids = checks.check_row_ids("pos_ids", pos_ids, item_weight.shape[0], user)
     if not isinstance(cosine, bool):
         raise TypeError(f"cosine must be a bool, got {type(cosine).__name__}")
+    if candidates is None:
+        return reduce(every_item_loss(user, pos, item_weight, dims, w, temperature, pos_ids, log_q,
+                                      cosine=cosine, pos_log_q=pos_log_q, backend=backend), reduction)
+    if pos_ids is not None:
+        row_pos = pos_ids.view(-1, *[1] * (candidates.dim() - 1))
+        candidates = candidates.masked_fill(candidates == row_pos, -1)
     check_log_q(log_q, pos_log_q, candidates, user)
     log_q, pos_log_q = (None if t is None else t.detach().to(acc_dtype(user.dtype)).contiguous()
                         for t in (log_q, pos_log_q))
@@ -74,11 +89,5 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
 
 def check_log_q(log_q: Tensor | None, pos_log_q: Tensor | None, candidates: Tensor, user: Tensor) -> None:
     """``log_q`` the shape of ``candidates`` and ``pos_log_q`` ``(B,)``, float, on ``user``'s device (where given)."""
-    for name, t, shape in (("log_q", log_q, tuple(candidates.shape)), ("pos_log_q", pos_log_q, (user.shape[0],))):
-        if t is None:
-            continue
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a float tensor, got {type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
-        if tuple(t.shape) != shape or t.device != user.device:
-            raise ValueError(f"{name} must have shape {shape} on {user.device} (like the candidates), "
-                             f"got {tuple(t.shape)} on {t.device}")
+    checks.check_correction("log_q", log_q, tuple(candidates.shape), user.device, "like the candidates")
+    checks.check_correction("pos_log_q", pos_log_q, (user.shape[0],), user.device, "like the candidates")
