@@ -10,13 +10,12 @@ import mrl_kernels as mk
 from mrl_kernels import reference
 from mrl_kernels.ops import full_softmax_lse, registry
 
-from helpers import DEVICE, FAST, assert_close
+from helpers import DEVICE, FAST, INTERPRETED, assert_close, gradcheck, heavy_for_triton
 
 BACKENDS = registry.available_backends(DEVICE)
-INTERPRETED = "triton" in BACKENDS and DEVICE == "cpu"
 # (B, N, D, dims): N and B that divide no tile (the C++ tiles 128 users x 512 items, Triton 64 x 32 / 16 x 16),
 # B = 1, D not a power of two, widths below 16 (elementwise in Triton) and from 16 up (tl.dot), one width
-SHAPES = [(1, 1, 3, (1, 3)), (7, 700, 20, (3, 16, 20)), (130, 1031, 24, (2, 7, 17, 24)),
+SHAPES = [(1, 1, 3, (1, 3)), (7, 300, 20, (3, 16, 20)), (130, 1031, 24, (2, 7, 17, 24)),
           (3, 45, 64, (4, 8, 16, 32, 64)), (5, 19, 8, (8,))]
 # the C++ kernel's chunks of items (at most 64 of whole 512-item tiles) and users (128 a tile), crossed
 LARGE = (300, 40_000, 12, (4, 12))
@@ -24,7 +23,7 @@ LARGE = (300, 40_000, 12, (4, 12))
 
 def shapes(backend):
     """Triton's interpreter takes seconds a launch: the smaller problems only."""
-    return [s for s in SHAPES if backend != "triton" or not INTERPRETED or s[0] * s[1] < 10_000]
+    return [s for s in SHAPES if backend != "triton" or not INTERPRETED or s[0] * s[1] < 5_000]
 
 
 def problem(B, N, D, seed, dtype=torch.float64, scale=1.0):
@@ -84,8 +83,10 @@ def test_crosses_chunks_and_user_tiles(backend):
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_lse_matches_reference(backend, dtype):
-    """The operator itself, against the reference: exclusion (ids < 0 leave none out) and the correction."""
-    tol = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-10, 1e-10)}[dtype]
+    """The operator itself, against the reference: exclusion (ids < 0 leave none out) and the correction.
+    In float32 a row's gradient sums every item's (a column's every user's) in another order than the
+    float64 reference: 1e-4 relative."""
+    tol = {torch.float32: (5e-5, 1e-4), torch.float64: (1e-10, 1e-10)}[dtype]
     for i, (B, N, D, dims) in enumerate(shapes(backend)):
         user, table, pos_ids, log_q = problem(B, N, D, seed=10 + i, dtype=dtype)
         exclude = torch.where(torch.arange(B, device=DEVICE) % 2 == 0, pos_ids, -1)
@@ -106,10 +107,9 @@ def test_lse_matches_reference(backend, dtype):
 def test_float64_gradcheck(backend):
     user, table, pos_ids, log_q = problem(4, 9, 5, seed=5)
     pos = table[pos_ids].clone()
-    assert torch.autograd.gradcheck(
-        lambda u, p, t: mk.mrl_softmax_loss(u, p, t, None, [2, 5], [0.3, 0.7], 0.5, "sum", pos_ids=pos_ids,
-                                            log_q=log_q, backend=backend),
-        tuple(x.requires_grad_() for x in (user, pos, table)), fast_mode=backend == "triton" and INTERPRETED)
+    assert gradcheck(lambda u, p, t: mk.mrl_softmax_loss(u, p, t, None, [2, 5], [0.3, 0.7], 0.5, "sum",
+                                                         pos_ids=pos_ids, log_q=log_q, backend=backend),
+                     tuple(x.requires_grad_() for x in (user, pos, table)), backend)
 
 
 def test_explicit_backward_matches_autograd_of_reference():
@@ -182,7 +182,7 @@ def test_cpp_results_do_not_depend_on_the_thread_count():
     assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(run, runs[0]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=heavy_for_triton(b, True)) for b in BACKENDS])
 def test_compiles_without_a_graph_break(backend):
     torch._dynamo.reset()
     user, table, pos_ids, log_q = problem(6, 70, 8, seed=12, dtype=torch.float32)
