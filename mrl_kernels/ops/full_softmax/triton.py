@@ -3,9 +3,9 @@ launchers (the ``"triton"`` backend's ``IMPLEMENTATIONS``).
 
 A program scores a ``(BLOCK_B, BLOCK_N)`` tile of users x items at every width
 in one sweep of its columns: the width-d_l scores are the running sum over the
-column segments ``[d_{l-1}, d_l)``, by ``tl.dot`` where ``d_l >= 16`` (the
-segment padded to a power of two of at least 16 columns with zeros) and by
-elementwise products column by column below (``tl.dot`` needs 16). Logits are
+column segments ``[d_{l-1}, d_l)``, by ``tl.dot`` over 16 columns at a time
+where ``d_l >= 16`` (zeros past the segment) and by elementwise products
+column by column below (``tl.dot`` needs 16). Logits are
 the scores over the temperature less ``log_q`` (``LOG_Q``), ``-inf`` at each
 row's excluded id (``EXCLUDE``).
 
@@ -29,7 +29,9 @@ from ..common import acc_dtype, masked
 from ..triton_common import column, launch, placeholder, strides
 
 MAX_SPLITS = 128  # item splits of the forward and the users' gradient (programs: user blocks x splits)
-DOT_MIN = 16  # tl.dot's smallest dimension
+# tl.dot's smallest dimension, and the columns of every score tl.dot: with 32- or 64-column chunks the
+# forward spilled at widths >= 256 (the compile-only check, sm_90)
+DOT_COLUMNS: tl.constexpr = tl.constexpr(16)
 # float32 products on tensor cores at about float32 accuracy (three TF32 products; plain TF32 would
 # round the scores to ~1e-3); float64 operands take the exact path whatever this says
 PRECISION: tl.constexpr = tl.constexpr("tf32x3")
@@ -37,20 +39,20 @@ PRECISION: tl.constexpr = tl.constexpr("tf32x3")
 
 @triton.jit
 def _segment_dots(user_ptr, item_ptr, rows, row_ok, items, item_ok, stride_ub, stride_ud, stride_in, stride_id,
-                  START: tl.constexpr, STOP: tl.constexpr, SEG: tl.constexpr, ACC: tl.constexpr,
+                  START: tl.constexpr, STOP: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
     """``(BLOCK_B, BLOCK_N)`` inner products over the columns ``[START, STOP)``:
-    ``SEG == 0`` column by column, else by ``tl.dot`` over chunks of ``SEG``
-    columns (zeros past ``STOP``)."""
+    by ``tl.dot`` over ``DOT_COLUMNS`` columns at a time (zeros past ``STOP``)
+    with ``DOT``, else column by column."""
     out = tl.zeros((BLOCK_B, BLOCK_N), ACC)
-    if SEG == 0:
-        for c in tl.static_range(START, STOP):
+    if not DOT:
+        for c in range(START, STOP):
             u = tl.load(user_ptr + rows * stride_ub + c * stride_ud, mask=row_ok, other=0.0).to(ACC)
             e = tl.load(item_ptr + items * stride_in + c * stride_id, mask=item_ok, other=0.0).to(ACC)
             out += u[:, None] * e[None, :]
     else:
-        for c0 in tl.static_range(START, STOP, SEG):
-            cols = c0 + tl.arange(0, SEG)
+        for c0 in range(START, STOP, DOT_COLUMNS):  # a loop, not unrolled: one chunk's operands live at a time
+            cols = c0 + tl.arange(0, DOT_COLUMNS)
             col_ok = cols < STOP
             u = tl.load(user_ptr + rows[:, None] * stride_ub + cols[None, :] * stride_ud,
                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
@@ -100,7 +102,7 @@ def _lse_kernel(
     user_ptr, item_ptr, exclude_ptr, q_ptr, partial_ptr,
     B, N, per_split, inv_t,
     stride_ub, stride_ud, stride_in, stride_id,
-    DIMS: tl.constexpr, SEGS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, EXCLUDE: tl.constexpr,
+    DIMS: tl.constexpr, DOTS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, EXCLUDE: tl.constexpr,
     LOG_Q: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """``partial[split, b, l]``: the log-sum-exp of row b's width-d_l logits over
@@ -119,7 +121,7 @@ def _lse_kernel(
         for level in tl.static_range(L):
             running += _segment_dots(user_ptr, item_ptr, rows, row_ok, items, item_ok, stride_ub, stride_ud,
                                      stride_in, stride_id, 0 if level == 0 else DIMS[level - 1], DIMS[level],
-                                     SEGS[level], ACC, BLOCK_B, BLOCK_N)
+                                     DOTS[level], ACC, BLOCK_B, BLOCK_N)
             z = _logits(running, items, item_ok, excluded, q, inv_t)
             old = column(top, lvl, level)
             new = tl.maximum(old, tl.max(z, axis=1))
@@ -133,7 +135,7 @@ def _lse_kernel(
 
 @triton.jit
 def _gradient_tile(acc, other, cols, user_ptr, item_ptr, rows, row_ok, items, item_ok, excluded, q, lse, grad, lvl,
-                   inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS: tl.constexpr, SEGS: tl.constexpr,
+                   inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS: tl.constexpr, DOTS: tl.constexpr,
                    L: tl.constexpr, ACC: tl.constexpr, USERS: tl.constexpr, BLOCK_B: tl.constexpr,
                    BLOCK_N: tl.constexpr):
     """``acc`` plus one tile's gradient in the columns ``cols``: with the
@@ -144,7 +146,7 @@ def _gradient_tile(acc, other, cols, user_ptr, item_ptr, rows, row_ok, items, it
     for level in tl.static_range(L):
         running += _segment_dots(user_ptr, item_ptr, rows, row_ok, items, item_ok, stride_ub, stride_ud,
                                  stride_in, stride_id, 0 if level == 0 else DIMS[level - 1], DIMS[level],
-                                 SEGS[level], ACC, BLOCK_B, BLOCK_N)
+                                 DOTS[level], ACC, BLOCK_B, BLOCK_N)
         z = _logits(running, items, item_ok, excluded, q, inv_t)
         p = tl.where(z == float("-inf"), 0.0, tl.exp(z - column(lse, lvl, level)[:, None])) * \
             (column(grad, lvl, level) * inv_t)[:, None]
@@ -161,7 +163,7 @@ def _user_grad_kernel(
     grad_ptr, user_ptr, item_ptr, exclude_ptr, lse_ptr, q_ptr, grad_user_ptr,
     B, N, D, per_split, inv_t,
     stride_ub, stride_ud, stride_in, stride_id,
-    DIMS: tl.constexpr, SEGS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, EXCLUDE: tl.constexpr,
+    DIMS: tl.constexpr, DOTS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, EXCLUDE: tl.constexpr,
     LOG_Q: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
@@ -180,7 +182,7 @@ def _user_grad_kernel(
         e = tl.load(item_ptr + items[:, None] * stride_in + cols[None, :] * stride_id,
                     mask=item_ok[:, None] & (cols[None, :] < D), other=0.0).to(ACC)
         acc = _gradient_tile(acc, e, cols, user_ptr, item_ptr, rows, row_ok, items, item_ok, excluded, q, lse, grad,
-                             lvl, inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS, SEGS, L, ACC, True,
+                             lvl, inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS, DOTS, L, ACC, True,
                              BLOCK_B, BLOCK_N)
     tl.atomic_add(grad_user_ptr + rows[:, None] * D + cols[None, :], acc, mask=row_ok[:, None] & (cols[None, :] < D))
 
@@ -190,7 +192,7 @@ def _item_grad_kernel(
     grad_ptr, user_ptr, item_ptr, exclude_ptr, lse_ptr, q_ptr, grad_item_ptr,
     B, N, D, inv_t,
     stride_ub, stride_ud, stride_in, stride_id,
-    DIMS: tl.constexpr, SEGS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, EXCLUDE: tl.constexpr,
+    DIMS: tl.constexpr, DOTS: tl.constexpr, L: tl.constexpr, FP64: tl.constexpr, EXCLUDE: tl.constexpr,
     LOG_Q: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
@@ -208,7 +210,7 @@ def _item_grad_kernel(
         u = tl.load(user_ptr + rows[:, None] * stride_ub + cols[None, :] * stride_ud,
                     mask=row_ok[:, None] & (cols[None, :] < D), other=0.0).to(ACC)
         acc = _gradient_tile(acc, u, cols, user_ptr, item_ptr, rows, row_ok, items, item_ok, excluded, q, lse, grad,
-                             lvl, inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS, SEGS, L, ACC, False,
+                             lvl, inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS, DOTS, L, ACC, False,
                              BLOCK_B, BLOCK_N)
     tl.store(grad_item_ptr + items[:, None] * D + cols[None, :], acc, mask=item_ok[:, None] & (cols[None, :] < D))
 
@@ -217,14 +219,7 @@ def _item_grad_kernel(
 # every kernel compiles for sm_90 without spills (the compile-only check); pipelined, all spilled
 FORWARD = {"BLOCK_B": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1}
 BACKWARD = {"BLOCK_B": 16, "BLOCK_N": 16, "num_warps": 8, "num_stages": 1}
-CHUNK = 64  # widest column chunk of a tl.dot and of a gradient program
-
-
-def _segments(dims) -> tuple[int, ...]:
-    """Per level, 0 (its columns one by one: ``d_l < 16``) or the column chunk
-    its segment is multiplied in by ``tl.dot`` (16 to ``CHUNK``)."""
-    return tuple(0 if d < DOT_MIN else min(CHUNK, max(DOT_MIN, triton.next_power_of_2(d - (dims[i - 1] if i else 0))))
-                 for i, d in enumerate(dims))
+GRAD_COLUMNS = 64  # the widest column block of a gradient program
 
 
 def _arguments(user, item_weight, exclude, dims, temperature, log_q, blocks: dict):
@@ -239,9 +234,9 @@ def _arguments(user, item_weight, exclude, dims, temperature, log_q, blocks: dic
         q_ptr=placeholder(user, 1, acc_dtype(user.dtype)) if log_q is None else log_q.contiguous(),
         B=user.shape[0], N=n_items, inv_t=1.0 / temperature,
         **strides("u", user, "b", "d"), **strides("i", item_weight, "n", "d"),
-        DIMS=tuple(dims), SEGS=_segments(dims), L=len(dims), FP64=user.dtype == torch.float64,
-        EXCLUDE=exclude is not None, LOG_Q=log_q is not None, BLOCK_L=max(2, triton.next_power_of_2(len(dims))),
-        **blocks)
+        DIMS=tuple(dims), DOTS=tuple(d >= DOT_COLUMNS.value for d in dims), L=len(dims),
+        FP64=user.dtype == torch.float64, EXCLUDE=exclude is not None, LOG_Q=log_q is not None,
+        BLOCK_L=max(2, triton.next_power_of_2(len(dims))), **blocks)
     return triton.cdiv(user.shape[0], blocks["BLOCK_B"]), splits, triton.cdiv(tiles, splits) * blocks["BLOCK_N"], \
         arguments
 
@@ -261,7 +256,7 @@ def full_softmax_lse_backward(grad, user, item_weight, exclude, lse, dims, tempe
     acc = acc_dtype(user.dtype)
     grad_user = torch.zeros(user.shape if output_mask[0] else (0,), dtype=acc, device=user.device)
     grad_items = torch.empty(item_weight.shape if output_mask[1] else (0,), dtype=acc, device=user.device)
-    chunk = min(CHUNK, max(DOT_MIN, triton.next_power_of_2(user.shape[1])))
+    chunk = min(GRAD_COLUMNS, max(DOT_COLUMNS.value, triton.next_power_of_2(user.shape[1])))
     columns = triton.cdiv(user.shape[1], chunk)
     shared = dict(grad_ptr=grad.contiguous(), lse_ptr=lse.contiguous(), D=user.shape[1], BLOCK_C=chunk, **arguments)
     if output_mask[0]:
