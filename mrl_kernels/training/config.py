@@ -90,6 +90,9 @@ class TrainConfig:
                 raise ValueError(f"{name} only applies to {', '.join(takers)}, not --method {self.method}")
         if "alpha" in method.takes:
             self._check_least_squares()
+        if self.sparse and method.every_item:
+            raise ValueError(f"--method {self.method} gives every item a gradient each step: it has no row-sparse "
+                             f"path (drop --sparse)")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -116,5 +119,7 @@ class TrainConfig:
 
     def sparse_for(self, n_items: int) -> bool:
         """Whether to train row-sparse on ``n_items`` items: as set, else mf from
-        :data:`SPARSE_FROM` items."""
-        return self.sparse if self.sparse is not None else self.model == "mf" and n_items >= SPARSE_FROM
+        :data:`SPARSE_FROM` items (never a method whose steps touch every item)."""
+        if self.sparse is not None:
+            return self.sparse
+        return self.model == "mf" and n_items >= SPARSE_FROM and not METHODS[self.method].every_item

@@ -11,6 +11,7 @@ defaults over the paper's recipe.
 ``mrl-d``  ``DNS``      MRL   the full-width DNS negative at every level of the MRL loss
 ``mrl-m``  ``MNS``      MRL   MNS + MRL loss (the method)
 ``mrl-s``  (all)       SSM   the Matryoshka sampled softmax over every candidate
+``mrl-s-all`` (none)   SM    the Matryoshka softmax over every item, no candidates
 ``mrl-ls`` (none)      LS    nested least squares by gradient, any backbone
 ``mrl-als`` (none)     LS    nested least squares solved in sweeps (MF)
 =========  ==========  ====  ==================================================
@@ -22,7 +23,7 @@ from functools import partial
 from typing import Callable, Mapping
 
 from ..ops import CSR
-from .objectives import BPR, MRL, NestedLeastSquares, Objective, Ranking, SampledSoftmax, Settings
+from .objectives import BPR, MRL, FullSoftmax, NestedLeastSquares, Objective, Ranking, SampledSoftmax, Settings
 from .selectors import DNS, MNS, UNIFORM
 
 __all__ = ["Method", "METHODS", "ONLY_SOME", "PAPER_RECIPE", "recipe"]
@@ -39,12 +40,14 @@ class Method:
     gradient steps minimise (None: fitted without gradients, by sweeps:
     :class:`~mrl_kernels.training.als.AlsFit`); ``takes``: the settings of
     :data:`ONLY_SOME` it reads; ``recipe``: its defaults over
-    :data:`PAPER_RECIPE` (chosen on tool's validation split by ``bench.tune``)."""
+    :data:`PAPER_RECIPE` (chosen on tool's validation split by ``bench.tune``);
+    ``every_item``: its steps give every item a gradient (no row-sparse path)."""
 
     summary: str
     objective: Callable[[Settings, CSR | None], Objective] | None
     takes: frozenset[str] = frozenset()
     recipe: Mapping[str, object] = field(default_factory=dict)
+    every_item: bool = False
 
     @property
     def solved(self) -> bool:
@@ -62,6 +65,9 @@ METHODS: dict[str, Method] = {
     # over lr, L2, batch size, candidates and layout)
     "mrl-m": Method("MNS, MRL loss", partial(Ranking.of, MNS, MRL), recipe={"l2": 1e-2}),
     "mrl-s": Method("sampled softmax over every candidate at every width", SampledSoftmax.of),
+    # not tuned: the paper's recipe
+    "mrl-s-all": Method("softmax over every item at every width, no candidates (fused, no (B, N) logits)",
+                        FullSoftmax.of, every_item=True),
     # mrl-als's alpha; not tuned
     "mrl-ls": Method("nested least squares (iALS's objective summed over the widths) by gradient, no negatives "
                      "sampled", NestedLeastSquares.of, takes=_LEAST_SQUARES, recipe={"alpha": 40.0}),
