@@ -12,10 +12,10 @@ Xavier-uniform as the trainer's): ``fused`` is
 pos_ids=pos_ids)`` (the ``full_softmax_lse`` operator of ``--backend``), and
 ``materialised`` the same loss as ``F.cross_entropy`` over the ``(B, N)`` logits of
 each width. Each call runs forward and backward into the user and item
-gradients; the two alternate ``--repeats`` times after one warm-up call each,
-and the median wall time is reported. Peak memory: on the CPU the growth of the
-process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``
-before the call) over its resident set before it; on CUDA
+gradients; after a warm-up of both on a tiny problem the two alternate
+``--repeats`` times, and the median wall time is reported. Peak memory, of each
+route's first call (bench.timing.peak_growth): on the CPU the growth of the
+process's peak resident set over its resident set before the call; on CUDA
 ``torch.cuda.max_memory_allocated`` over the allocated bytes before it. Both
 count the gradients the call makes (the item gradient is ``N x D``). The
 materialised computation is skipped where its logits alone
@@ -56,34 +56,40 @@ def materialised(user, table, pos_ids, dims):
     return sum(F.cross_entropy(user[:, :d] @ table[:, :d].T, pos_ids) for d in dims) / len(dims)
 
 
-def measure(n_items: int, batch: int, args) -> list[dict]:
+def routes(backend: str) -> dict:
+    """Each route's forward+backward of ``(user, table, pos_ids)``."""
+    return {"fused": lambda u, t, ids: mk.mrl_softmax_loss(u, t[ids], t, None, DIMS, pos_ids=ids,
+                                                           backend=backend).backward(),
+            "materialised": lambda u, t, ids: materialised(u, t, ids, DIMS).backward()}
+
+
+def inputs(n_items: int, batch: int, device: str) -> tuple:
     g = torch.Generator().manual_seed(0)
-    user = torch.randn(batch, 64, generator=g).to(args.device).requires_grad_()
-    table = torch.nn.init.xavier_uniform_(torch.empty(n_items, 64), generator=g).to(args.device).requires_grad_()
-    pos_ids = torch.randint(0, n_items, (batch,), generator=g).to(args.device)
+    user = torch.randn(batch, 64, generator=g).to(device).requires_grad_()
+    table = torch.nn.init.xavier_uniform_(torch.empty(n_items, 64), generator=g).to(device).requires_grad_()
+    return user, table, torch.randint(0, n_items, (batch,), generator=g).to(device)
 
-    def fused():
-        mk.mrl_softmax_loss(user, table[pos_ids], table, None, DIMS, pos_ids=pos_ids,
-                            backend=args.backend).backward()
 
-    def plain():
-        materialised(user, table, pos_ids, DIMS).backward()
-
+def measure(n_items: int, batch: int, args) -> list[dict]:
+    """The rows of one shape: each route's median time and the peak memory growth
+    of its first call (before any other call of this shape: the memory freed by
+    earlier calls, which the process keeps, would hide growth)."""
     logit_bytes = 2 * len(DIMS) * batch * n_items * 4
-    runs = {"fused": fused} if logit_bytes > args.memory_gb * 2 ** 30 else {"fused": fused, "materialised": plain}
+    runs = routes(args.backend)
+    if logit_bytes > args.memory_gb * 2 ** 30:
+        del runs["materialised"]
+    for fn in runs.values():  # load the backends (and whatever they import) on a tiny problem
+        fn(*inputs(50, 4, args.device))
+    user, table, pos_ids = inputs(n_items, batch, args.device)
     found = {name: [] for name in runs}
-    for repeat in range(args.repeats + 1):  # the first call of each is a warm-up
+    for _ in range(args.repeats):
         for name, fn in runs.items():
             user.grad = table.grad = None
-            seconds, grown = peak_growth(fn, args.device)
-            if repeat:
-                found[name].append((seconds, grown))
-    rows = []
-    for name, values in found.items():
-        rows.append({"N": n_items, "B": batch, "D": 64, "route": name,
-                     "ms": statistics.median(s for s, _ in values) * 1e3,
-                     "peak_growth_mib": max(b for _, b in values) / 2 ** 20,
-                     "backend": registry.used().get("full_softmax_lse") if name == "fused" else "torch"})
+            found[name].append(peak_growth(lambda: fn(user, table, pos_ids), args.device))
+    rows = [{"N": n_items, "B": batch, "D": 64, "route": name, "ms": statistics.median(s for s, _ in values) * 1e3,
+             "peak_growth_mib": values[0][1] / 2 ** 20,
+             "backend": registry.used().get("full_softmax_lse") if name == "fused" else "torch"}
+            for name, values in found.items()]
     if "materialised" not in runs:
         rows.append({"N": n_items, "B": batch, "D": 64, "route": "materialised", "ms": None, "peak_growth_mib": None,
                      "backend": f"skipped: logits {logit_bytes / 2 ** 30:.0f} GiB > --memory-gb {args.memory_gb}"})

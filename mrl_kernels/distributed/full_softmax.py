@@ -61,12 +61,8 @@ def mrl_full_softmax_loss(user: Tensor, pos: Tensor, shard: Tensor, dims: Sequen
     ``mrl_softmax_loss(user, pos, table, None, dims, ..., pos_ids=, log_q=)``.
     """
     group = _group(group)
-    checks.check_pos(pos, user)
-    checks.check_float("shard", shard, 2, like=("user", user))
-    dims = checks.check_dims(dims, user.shape[1])
-    w = checks.check_weights(weights, len(dims), user.device)
-    temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
-    reduction = checks.check_reduction(reduction)
+    dims, w, temperature, reduction = checks.check_softmax(user, pos, shard, dims, weights, temperature, reduction,
+                                                           "shard")
     _check_offset(offset)
     pos_ids = checks.check_id_tensor("pos_ids", pos_ids, ndim=1)
     if pos_ids.shape != (user.shape[0],):

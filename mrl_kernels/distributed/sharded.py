@@ -336,12 +336,8 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, shard: Tensor, candidates: Tenso
     :func:`mrl_bpr_loss`.
     """
     group = _group(group)
-    checks.check_pos(pos, user)
-    checks.check_float("shard", shard, 2, like=("user", user))
-    dims = checks.check_dims(dims, user.shape[1])
-    w = checks.check_weights(weights, len(dims), user.device)
-    temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
-    reduction = checks.check_reduction(reduction)
+    dims, w, temperature, reduction = checks.check_softmax(user, pos, shard, dims, weights, temperature, reduction,
+                                                           "shard")
     users = gather_rows(user, group)
     if candidates.dim() not in (2, 3) or candidates.shape[0] != users.shape[0] or \
             (candidates.dim() == 3 and candidates.shape[1] != len(dims)):

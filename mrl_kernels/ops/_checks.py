@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_int", "check_id_tensor", "check_ids", "check_row_ids",
            "check_csr", "check_matrix", "check_float", "can_read_values", "check_dims", "check_weights",
-           "check_reduction", "check_batch", "check_rows", "check_pos", "check_table", "check_sampling",
+           "check_reduction", "check_batch", "check_rows", "check_pos", "check_table", "check_softmax", "check_sampling",
            "check_correction"]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -175,13 +175,25 @@ def check_pos(pos, user: Tensor) -> None:
         raise ValueError(f"pos has width {pos.shape[1]} but user has width {user.shape[1]}")
 
 
-def check_table(user, item_weight, dims) -> list[int]:
-    """``user`` ``(B, D)`` and ``item_weight`` ``(N, D)`` alike; ``dims`` as :func:`check_dims`."""
+def check_table(user, item_weight, dims, name: str = "item_weight") -> list[int]:
+    """``user`` ``(B, D)`` and the item table ``item_weight`` ``(N, D)`` (called
+    ``name``) alike; ``dims`` as :func:`check_dims`."""
     _, width = check_rows("user", user)
-    check_float("item_weight", item_weight, 2, like=("user", user))
+    check_float(name, item_weight, 2, like=("user", user))
     if item_weight.shape[1] != width:
-        raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
+        raise ValueError(f"{name} has width {item_weight.shape[1]} but user has width {width}")
     return check_dims(dims, width)
+
+
+def check_softmax(user, pos, table, dims, weights, temperature, reduction,
+                  name: str = "item_weight") -> tuple[list[int], Tensor, float, str]:
+    """A softmax loss's arguments but its candidates: ``user``, ``pos`` and the
+    item table (called ``name``, e.g. a rank's ``shard``) alike, then ``(dims,
+    weights, temperature, reduction)`` checked."""
+    dims = check_table(user, table, dims, name)
+    check_pos(pos, user)
+    return (dims, check_weights(weights, len(dims), user.device),
+            check_real("temperature", temperature, low=0.0, low_open=True), check_reduction(reduction))
 
 
 def check_sampling(user, item_weight, candidates, dims, padding: bool = False) -> tuple[Tensor, list[int]]:

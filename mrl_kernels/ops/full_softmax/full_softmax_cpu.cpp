@@ -96,6 +96,28 @@ struct Tiles {
   }
 };
 
+// Calls visit(k, b0, n0, rows, cols, logits) for every tile of chunks [k0, k1)
+// (users [b0, b0 + rows) x items [n0, n0 + cols)), logits the tile's ((L, rows,
+// cols), contiguous), which visit may overwrite: one parallel task's walk.
+template <typename T, typename Visit>
+void for_each_tile(const Tiles<T>& tiles, const Chunks& chunks, int64_t k0, int64_t k1, Visit&& visit) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the tiles' ATen calls record nothing
+  const int64_t B = tiles.user.size(0), L = tiles.levels(), ub = std::min(kUserTile, B);
+  const auto options = tiles.user.options();
+  Tensor dots_buffer = at::empty({ub * kItemTile}, options), logit_buffer = at::empty({L * ub * kItemTile}, options);
+  for (int64_t k = k0; k < k1; ++k) {
+    for (int64_t n0 = chunks.first(k); n0 < chunks.last(k); n0 += kItemTile) {
+      const int64_t cols = std::min(n0 + kItemTile, chunks.last(k)) - n0;
+      for (int64_t b0 = 0; b0 < B; b0 += ub) {
+        const int64_t rows = std::min(b0 + ub, B) - b0;
+        Tensor dots = dots_buffer.narrow(0, 0, rows * cols).view({rows, cols});
+        tiles.logits(b0, b0 + rows, n0, n0 + cols, dots, logit_buffer.data_ptr<T>());
+        visit(k, b0, n0, rows, cols, logit_buffer.narrow(0, 0, L * rows * cols));
+      }
+    }
+  }
+}
+
 // Adds s * exp(m) into the running (top, total) (the sum is total * exp(top)); an
 // empty s leaves it as it is, a NaN propagates.
 template <typename T>
@@ -115,46 +137,34 @@ void forward_impl(const Tiles<T>& tiles, Tensor& lse) {
   const Chunks chunks(N);
   const T inf = std::numeric_limits<T>::infinity();
   std::vector<T> tops(chunks.count * B * L, -inf), totals(chunks.count * B * L, 0);
-  const auto options = tiles.user.options();
   at::parallel_for(0, chunks.count, 1, [&](int64_t k0, int64_t k1) {
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the tiles' ATen calls record nothing
-    const int64_t ub = std::min(kUserTile, B);
-    Tensor dots_buffer = at::empty({ub * kItemTile}, options), logit_buffer = at::empty({L * ub * kItemTile}, options);
-    std::vector<T> shift(ub * L);
-    for (int64_t k = k0; k < k1; ++k) {
-      T* top = tops.data() + k * B * L;
-      T* total = totals.data() + k * B * L;
-      for (int64_t n0 = chunks.first(k); n0 < chunks.last(k); n0 += kItemTile) {
-        const int64_t n1 = std::min(n0 + kItemTile, chunks.last(k)), cols = n1 - n0;
-        for (int64_t b0 = 0; b0 < B; b0 += ub) {
-          const int64_t b1 = std::min(b0 + ub, B), rows = b1 - b0;
-          Tensor dots = dots_buffer.narrow(0, 0, rows * cols).view({rows, cols});
-          T* logits = logit_buffer.data_ptr<T>();
-          tiles.logits(b0, b1, n0, n1, dots, logits);
-          for (int64_t l = 0; l < L; ++l) {
-            for (int64_t r = 0; r < rows; ++r) {
-              T* x = logits + (l * rows + r) * cols;
-              T m = -inf;
-              for (int64_t c = 0; c < cols; ++c) m = x[c] > m ? x[c] : m;
-              const T s = m == -inf ? T(0) : m;  // a row without a finite logit: exp(-inf) = 0
-              shift[r * L + l] = s;
+    std::vector<T> shift(std::min(kUserTile, B) * L);
+    for_each_tile(tiles, chunks, k0, k1, [&](int64_t k, int64_t b0, int64_t, int64_t rows, int64_t cols,
+                                             Tensor tile) {
+      T* logits = tile.data_ptr<T>();
+      for (int64_t l = 0; l < L; ++l) {
+        for (int64_t r = 0; r < rows; ++r) {
+          T* x = logits + (l * rows + r) * cols;
+          T m = -inf;
+          for (int64_t c = 0; c < cols; ++c) m = x[c] > m ? x[c] : m;
+          const T s = m == -inf ? T(0) : m;  // a row without a finite logit: exp(-inf) = 0
+          shift[r * L + l] = s;
 #pragma omp simd
-              for (int64_t c = 0; c < cols; ++c) x[c] -= s;
-            }
-          }
-          logit_buffer.narrow(0, 0, L * rows * cols).exp_();
-          for (int64_t l = 0; l < L; ++l) {
-            for (int64_t r = 0; r < rows; ++r) {
-              const T* x = logits + (l * rows + r) * cols;
-              T s = 0;
-#pragma omp simd reduction(+ : s)
-              for (int64_t c = 0; c < cols; ++c) s += x[c];
-              absorb(top[(b0 + r) * L + l], total[(b0 + r) * L + l], shift[r * L + l], s);
-            }
-          }
+          for (int64_t c = 0; c < cols; ++c) x[c] -= s;
         }
       }
-    }
+      tile.exp_();
+      for (int64_t l = 0; l < L; ++l) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* x = logits + (l * rows + r) * cols;
+          T s = 0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t c = 0; c < cols; ++c) s += x[c];
+          const int64_t at = (k * B + b0 + r) * L + l;
+          absorb(tops[at], totals[at], shift[r * L + l], s);
+        }
+      }
+    });
   });
   T* out = lse.data_ptr<T>();
   for (int64_t i = 0; i < B * L; ++i) {  // the chunks' partials in chunk order
@@ -176,66 +186,55 @@ void backward_impl(const Tiles<T>& tiles, const Tensor& grad, const Tensor& lse,
   const auto options = tiles.user.options();
   Tensor partials = want_user ? at::zeros({chunks.count, B, D}, options) : Tensor();
   at::parallel_for(0, chunks.count, 1, [&](int64_t k0, int64_t k1) {
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the tiles' ATen calls record nothing
-    const int64_t ub = std::min(kUserTile, B);
-    Tensor dots_buffer = at::empty({ub * kItemTile}, options), logit_buffer = at::empty({L * ub * kItemTile}, options);
-    for (int64_t k = k0; k < k1; ++k) {
-      for (int64_t n0 = chunks.first(k); n0 < chunks.last(k); n0 += kItemTile) {
-        const int64_t n1 = std::min(n0 + kItemTile, chunks.last(k)), cols = n1 - n0;
-        for (int64_t b0 = 0; b0 < B; b0 += ub) {
-          const int64_t b1 = std::min(b0 + ub, B), rows = b1 - b0;
-          Tensor dots = dots_buffer.narrow(0, 0, rows * cols).view({rows, cols});
-          T* logits = logit_buffer.data_ptr<T>();
-          tiles.logits(b0, b1, n0, n1, dots, logits);
-          for (int64_t l = 0; l < L; ++l) {  // logit - lse (-inf where the lse is: no item counts)
-            for (int64_t r = 0; r < rows; ++r) {
-              T* x = logits + (l * rows + r) * cols;
-              const T a = saved[(b0 + r) * L + l];
-              if (a == -inf) {
-                std::fill(x, x + cols, -inf);
-                continue;
-              }
-#pragma omp simd
-              for (int64_t c = 0; c < cols; ++c) x[c] -= a;
-            }
+    for_each_tile(tiles, chunks, k0, k1, [&](int64_t k, int64_t b0, int64_t n0, int64_t rows, int64_t cols,
+                                             Tensor tile) {
+      T* logits = tile.data_ptr<T>();
+      for (int64_t l = 0; l < L; ++l) {  // logit - lse (-inf where the lse is: no item counts)
+        for (int64_t r = 0; r < rows; ++r) {
+          T* x = logits + (l * rows + r) * cols;
+          const T a = saved[(b0 + r) * L + l];
+          if (a == -inf) {
+            std::fill(x, x + cols, -inf);
+            continue;
           }
-          Tensor weights = logit_buffer.narrow(0, 0, L * rows * cols);
-          weights.exp_();
-          for (int64_t l = L - 1; l >= 0; --l) {  // d loss / d score, summed over the widths >= l
-            for (int64_t r = 0; r < rows; ++r) {
-              T* x = logits + (l * rows + r) * cols;
-              const T* above = l + 1 < L ? logits + ((l + 1) * rows + r) * cols : nullptr;
-              const T c = g[(b0 + r) * L + l] * tiles.inv_t;
-              if (above) {
 #pragma omp simd
-                for (int64_t j = 0; j < cols; ++j) x[j] = x[j] * c + above[j];
-              } else {
+          for (int64_t c = 0; c < cols; ++c) x[c] -= a;
+        }
+      }
+      tile.exp_();
+      for (int64_t l = L - 1; l >= 0; --l) {  // d loss / d score, summed over the widths >= l
+        for (int64_t r = 0; r < rows; ++r) {
+          T* x = logits + (l * rows + r) * cols;
+          const T* above = l + 1 < L ? logits + ((l + 1) * rows + r) * cols : nullptr;
+          const T c = g[(b0 + r) * L + l] * tiles.inv_t;
+          if (above) {
 #pragma omp simd
-                for (int64_t j = 0; j < cols; ++j) x[j] *= c;
-              }
-            }
-          }
-          const Tensor coefs = weights.view({L, rows, cols});
-          for (int64_t l = 0; l < L; ++l) {  // segment l's columns get segment l's coefficients
-            const int64_t c0 = tiles.start(l), c1 = tiles.dims[l];
-            const Tensor coef = coefs[l];
-            if (want_user) {
-              Tensor out = partials[k].slice(0, b0, b1).slice(1, c0, c1);
-              out.addmm_(coef, tiles.items.slice(0, n0, n1).slice(1, c0, c1));
-            }
-            if (want_items) {
-              Tensor out = grad_items.slice(0, n0, n1).slice(1, c0, c1);
-              const Tensor u_seg = tiles.user.slice(0, b0, b1).slice(1, c0, c1);
-              if (b0 == 0) {
-                at::mm_out(out, coef.t(), u_seg);
-              } else {
-                out.addmm_(coef.t(), u_seg);
-              }
-            }
+            for (int64_t j = 0; j < cols; ++j) x[j] = x[j] * c + above[j];
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < cols; ++j) x[j] *= c;
           }
         }
       }
-    }
+      const Tensor coefs = tile.view({L, rows, cols});
+      for (int64_t l = 0; l < L; ++l) {  // segment l's columns get segment l's coefficients
+        const int64_t c0 = tiles.start(l), c1 = tiles.dims[l];
+        const Tensor coef = coefs[l];
+        if (want_user) {
+          Tensor out = partials[k].slice(0, b0, b0 + rows).slice(1, c0, c1);
+          out.addmm_(coef, tiles.items.slice(0, n0, n0 + cols).slice(1, c0, c1));
+        }
+        if (want_items) {
+          Tensor out = grad_items.slice(0, n0, n0 + cols).slice(1, c0, c1);
+          const Tensor u_seg = tiles.user.slice(0, b0, b0 + rows).slice(1, c0, c1);
+          if (b0 == 0) {
+            at::mm_out(out, coef.t(), u_seg);
+          } else {
+            out.addmm_(coef.t(), u_seg);
+          }
+        }
+      }
+    });
   });
   if (!want_user) return;
   T* gu = grad_user.data_ptr<T>();

@@ -63,11 +63,17 @@ def _segment_dots(user_ptr, item_ptr, rows, row_ok, items, item_ok, stride_ub, s
 
 
 @triton.jit
-def _logits(running, items, item_ok, excluded, q, inv_t):
-    """The tile's logits from its running scores: over the temperature, less
-    the items' ``q``, ``-inf`` past the table and at each row's excluded id."""
+def _level_logits(running, level: tl.constexpr, user_ptr, item_ptr, rows, row_ok, items, item_ok, excluded, q,
+                  inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS: tl.constexpr, DOTS: tl.constexpr,
+                  ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile's running scores with level ``level``'s column segment added, and
+    the level's logits: the scores over the temperature, less the items' ``q``,
+    ``-inf`` past the table and at each row's excluded id."""
+    running += _segment_dots(user_ptr, item_ptr, rows, row_ok, items, item_ok, stride_ub, stride_ud, stride_in,
+                             stride_id, 0 if level == 0 else DIMS[level - 1], DIMS[level], DOTS[level], ACC,
+                             BLOCK_B, BLOCK_N)
     z = running * inv_t - q[None, :]
-    return tl.where(item_ok[None, :] & (items[None, :] != excluded[:, None]), z, float("-inf"))
+    return running, tl.where(item_ok[None, :] & (items[None, :] != excluded[:, None]), z, float("-inf"))
 
 
 @triton.jit
@@ -119,10 +125,9 @@ def _lse_kernel(
         items, item_ok, q = _item_inputs(q_ptr, n0, N, ACC, LOG_Q, BLOCK_N)
         running = tl.zeros((BLOCK_B, BLOCK_N), ACC)
         for level in tl.static_range(L):
-            running += _segment_dots(user_ptr, item_ptr, rows, row_ok, items, item_ok, stride_ub, stride_ud,
-                                     stride_in, stride_id, 0 if level == 0 else DIMS[level - 1], DIMS[level],
-                                     DOTS[level], ACC, BLOCK_B, BLOCK_N)
-            z = _logits(running, items, item_ok, excluded, q, inv_t)
+            running, z = _level_logits(running, level, user_ptr, item_ptr, rows, row_ok, items, item_ok, excluded, q,
+                                       inv_t, stride_ub, stride_ud, stride_in, stride_id, DIMS, DOTS, ACC, BLOCK_B,
+                                       BLOCK_N)
             old = column(top, lvl, level)
             new = tl.maximum(old, tl.max(z, axis=1))
             shift = tl.where(new == float("-inf"), 0.0, new)  # no finite logit yet: every term is 0
@@ -144,10 +149,8 @@ def _gradient_tile(acc, other, cols, user_ptr, item_ptr, rows, row_ok, items, it
     ``sum_l p_l^T @ other`` (the users' columns), each over the columns ``< d_l``."""
     running = tl.zeros((BLOCK_B, BLOCK_N), ACC)
     for level in tl.static_range(L):
-        running += _segment_dots(user_ptr, item_ptr, rows, row_ok, items, item_ok, stride_ub, stride_ud,
-                                 stride_in, stride_id, 0 if level == 0 else DIMS[level - 1], DIMS[level],
-                                 DOTS[level], ACC, BLOCK_B, BLOCK_N)
-        z = _logits(running, items, item_ok, excluded, q, inv_t)
+        running, z = _level_logits(running, level, user_ptr, item_ptr, rows, row_ok, items, item_ok, excluded, q, inv_t,
+                                   stride_ub, stride_ud, stride_in, stride_id, DIMS, DOTS, ACC, BLOCK_B, BLOCK_N)
         p = tl.where(z == float("-inf"), 0.0, tl.exp(z - column(lse, lvl, level)[:, None])) * \
             (column(grad, lvl, level) * inv_t)[:, None]
         if USERS:

@@ -61,14 +61,10 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
     Differentiable in ``user``, ``pos`` and ``item_weight`` (non-zero in the
     candidates' rows only; repeated ids sum).
     """
-    if candidates is None:
-        dims = checks.check_table(user, item_weight, dims)
-    else:
-        candidates, dims = checks.check_sampling(user, item_weight, candidates, dims, padding=True)
-    checks.check_pos(pos, user)
-    w = checks.check_weights(weights, len(dims), user.device)
-    reduction = checks.check_reduction(reduction)
-    temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
+    dims, w, temperature, reduction = checks.check_softmax(user, pos, item_weight, dims, weights, temperature,
+                                                           reduction)
+    if candidates is not None:
+        candidates, _ = checks.check_sampling(user, item_weight, candidates, dims, padding=True)
     if pos_ids is not None:
         pos_ids = checks.check_row_ids("pos_ids", pos_ids, item_weight.shape[0], user)
     if not isinstance(cosine, bool):
