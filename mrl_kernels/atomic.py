@@ -88,6 +88,22 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = Tru
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text), replace=replace)
 
 
+def atomic_save(path: str | os.PathLike, content, *, force: bool = False) -> Path:
+    """``torch.save`` of ``content`` to ``path``, atomically: an existing file
+    (or one another writer creates first) is replaced only with ``force``, else
+    a FileExistsError names it."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    try:
+        return atomic_write_bytes(path, buffer.getvalue(), replace=force)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; force=True replaces it") from None
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporaries that an interrupted :func:`atomic_write` left in
     ``folder`` (a process killed mid-write cannot clean up), recognised by

@@ -5,14 +5,13 @@ values, not N x 64), optionally in float16 / bfloat16, and searches with
 width): exact narrow scores, a pass over every item."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_save
 from ..ops import prefix_topk
 
 __all__ = ["MatryoshkaIndex"]
@@ -68,12 +67,7 @@ class MatryoshkaIndex:
         """Write the index atomically (the narrow copies are rebuilt on load); an
         existing file is replaced only with ``force`` (FileExistsError otherwise,
         also when another writer creates ``path`` first), as :meth:`NestedIndex.save`."""
-        buffer = io.BytesIO()
-        torch.save(self.state(), buffer)
-        try:
-            atomic_write_bytes(path, buffer.getvalue(), replace=force)
-        except FileExistsError:
-            raise FileExistsError(f"{path} exists; force=True replaces it") from None
+        atomic_save(path, self.state(), force=force)
 
     @classmethod
     def load(cls, path: str | Path) -> "MatryoshkaIndex":

@@ -4,7 +4,6 @@ over the items' narrow prefix that shortlists, reranked exactly at full width
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_save
 from ..ops import exclusion
 from ..ops._checks import check_int, check_rows
 from ..ops.prefix_topk import ranked
@@ -199,12 +198,7 @@ class NestedIndex:
         meta = {"format": INDEX_FORMAT, "width": self.width, "first_stage": self.first_stage,
                 "rerank_dtype": str(self.rerank_dtype), "params": dict(self.params), "source": self.source}
         blob = _faiss().serialize_index(self.index)
-        buffer = io.BytesIO()
-        torch.save({**meta, "faiss": torch.from_numpy(blob), "sha256": _digest(meta, blob)}, buffer)
-        try:
-            atomic_write_bytes(path, buffer.getvalue(), replace=force)
-        except FileExistsError:
-            raise FileExistsError(f"{path} exists; force=True replaces it") from None
+        atomic_save(path, {**meta, "faiss": torch.from_numpy(blob), "sha256": _digest(meta, blob)}, force=force)
 
     @classmethod
     def load(cls, path: str | Path) -> "NestedIndex":
