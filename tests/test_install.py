@@ -3,6 +3,7 @@ nothing (checked by ``make -n``, never by installing); ``make run`` / ``make
 test`` stay as the README Quickstart uses them; every message about a missing
 torchrec gives the command that installs it, with the Makefile's pins; the
 package's every folder is a package setuptools installs."""
+import os
 import re
 import shutil
 import subprocess
@@ -17,8 +18,10 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def dry_run(target: str, tmp_path: Path) -> str:
     """What ``make -n target`` would run with a virtual environment not yet made."""
-    return subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True,
-                          text=True, check=True, timeout=60).stdout
+    # not as a sub-make of `make test` (which prints "Entering directory" and passes its flags down)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+                          capture_output=True, text=True, check=True, timeout=60, env=env).stdout
 
 
 def test_make_install_sets_everything_up_and_runs_nothing(tmp_path):
