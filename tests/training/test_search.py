@@ -85,3 +85,29 @@ def test_bad_per_width_settings_are_refused(change, words):
     with pytest.raises(ValueError) as raised:
         TrainConfig(**{"method": "mrl-als", "dims": (2, 4, 8), **change}).check()
     assert words in str(raised.value)
+
+
+def test_a_trial_is_scored_on_every_validation_user_at_its_best_sweep():
+    # the sweep is chosen on a sample; the score the search compares is that sweep's factors on all users
+    from mrl_kernels.training.als import Sweeps, initial_factors
+    from mrl_kernels.training.metrics import prefix_evaluate, sample_users
+    from mrl_kernels.training.search import evaluate_trial
+    import torch
+
+    config = TrainConfig(dataset="synthetic", synthetic_size=(300, 80, 3000), method="mrl-als", dims=(2, 4, 8),
+                         epochs=4, patience=4, progress=False, alpha=3.0, l2=0.5)
+    ds = load("synthetic", seed=0, synthetic_size=(300, 80, 3000))
+    sample, every = sample_users(ds.valid, 40, 0), sample_users(ds.valid, None, 0)
+    assert len(every) > len(sample)
+    found = evaluate_trial(config, ds.train, ds.valid, sample, every)
+    stopped = evaluate_trial(config, ds.train, ds.valid, sample)
+    assert found["sweeps"] == stopped["sweeps"] and found["stop_score"] == stopped["score"]
+    # the same fit by hand to the chosen sweep, evaluated on every user
+    sweeps = Sweeps.of(config.dims, None, config.alpha, config.l2, config.cg_steps, config.backend)
+    generator = torch.Generator().manual_seed(config.seed)
+    user, item = initial_factors(ds.train.n_rows, 8, generator), initial_factors(ds.train.n_cols, 8, generator)
+    for _ in range(found["sweeps"]):
+        sweeps.sweep(user, item, ds.train, ds.train.transpose())
+    metrics = prefix_evaluate(user, item, config.dims, ds.valid, [ds.train], ks=(20,), users=every)
+    assert found["recall@20"] == {int(w): m["recall@20"] for w, m in metrics.items()}
+    assert found["score"] == score(found["recall@20"]) != found["stop_score"]
