@@ -35,13 +35,12 @@ from mrl_kernels.atomic import atomic_write
 from mrl_kernels.training import TrainConfig
 
 from .baselines import _matrix, fit
-from .reproduce import width_axes
+from .reproduce import MRL_M_PREFIXES, width_axes
 from mrl_kernels.training.search import tune_and_train
 
 WIDTHS = (4, 8, 16, 32, 64)
-# tuned MF MRL-M's prefixes, test Recall@20, refit protocol, mean of 3 seeds (docs/reproduction.md,
-# "At each width"): the runs behind them are bench.reproduce's, not repeated here
-MRL_M_TUNED = {"phone": (0.0809, 0.1010, 0.1171, 0.1341, 0.1456), "tool": (0.0403, 0.0515, 0.0631, 0.0750, 0.0828)}
+# tuned MF MRL-M's prefixes (the runs behind them are bench.reproduce's, not repeated here)
+MRL_M_TUNED = MRL_M_PREFIXES["tuned"]
 TRIALS = 40
 # the search a row was made with; rows of another are run again (v2: a trial's best sweep scored on
 # every validation user, not the 2,000 of its early stop; on ml100k, 943 users, v1 did the same)

@@ -1,9 +1,11 @@
 """The one timer of bench/: the median wall time of a call, the device
-synchronised around each run (CUDA events on a GPU)."""
+synchronised around each run (CUDA events on a GPU); and what a call adds to
+the peak memory (:func:`peak_growth`)."""
 from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,3 +29,33 @@ def median_ms(fn, device: str, repeats: int, warmup: int = 3) -> float:
             fn()
             times.append((time.perf_counter() - start_s) * 1e3)
     return statistics.median(times)
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` field in bytes (``VmRSS``, ``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_growth(fn, device: str) -> tuple[float, int]:
+    """``(seconds, bytes)``: the wall time of ``fn()`` and how far it raised the
+    peak memory over what was in use before it: on the CPU the process's peak
+    resident set (``VmHWM``, reset through ``/proc/self/clear_refs``, Linux) over
+    its resident set before the call; on CUDA ``torch.cuda.max_memory_allocated``
+    over the bytes allocated before it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from the current one
+        before = _status("VmRSS")
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _status("VmHWM")
+    return seconds, peak - before

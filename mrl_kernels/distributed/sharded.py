@@ -335,12 +335,8 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, shard: Tensor, candidates: Tenso
     group = _group(group)
     with Agreement(group, *SHAPES, "dtype", "candidates' dimensions", "weights", "temperature", "reduction",
                    "pos_ids given", "log_q given", "pos_log_q given") as agreed:
-        checks.check_pos(pos, user)
-        checks.check_float("shard", shard, 2, like=("user", user))
-        dims = checks.check_dims(dims, user.shape[1])
-        w = checks.check_weights(weights, len(dims), user.device)
-        temperature = checks.check_real("temperature", temperature, low=0.0, low_open=True)
-        reduction = checks.check_reduction(reduction)
+        dims, w, temperature, reduction = checks.check_softmax(user, pos, shard, dims, weights, temperature,
+                                                               reduction, "shard")
         local = local_ids(candidates, shard, offset, padding=True)
         check_pools(candidates, user.shape[0] * dist.get_world_size(group), len(dims))
         if pos_ids is not None and (not isinstance(pos_ids, Tensor) or pos_ids.dtype.is_floating_point

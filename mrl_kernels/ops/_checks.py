@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .common import LAYOUTS
+from .common import LAYOUTS, acc_dtype
 
 
-__all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_per_level", "check_int", "check_id_tensor", "check_ids", "check_csr",
-           "check_generator", "check_matrix", "check_float", "can_read_values", "check_dims", "check_weights",
-           "check_reduction", "check_batch", "check_rows", "check_pos", "check_layout", "check_sampling"]
+__all__ = ["FLOAT_DTYPES", "REDUCTIONS", "check_real", "check_per_level", "check_int", "check_id_tensor", "check_ids",
+           "check_row_ids", "check_csr", "check_generator", "check_matrix", "check_float", "can_read_values",
+           "check_dims", "check_weights", "check_reduction", "check_batch", "check_rows", "check_pos", "check_table",
+           "check_softmax", "check_temperature", "check_layout", "check_sampling", "check_correction"]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
@@ -190,6 +191,14 @@ def check_generator(generator, device: torch.device) -> torch.Generator | None:
     return generator
 
 
+def check_row_ids(name: str, ids, n: int, user: Tensor, padding: bool = False) -> Tensor:
+    """:func:`check_ids` of one id per row of ``user``: shape ``(B,)``."""
+    ids = check_ids(name, ids, n, user.device, padding)
+    if ids.shape != (user.shape[0],):
+        raise ValueError(f"{name} must have shape ({user.shape[0]},) (one id per row), got {tuple(ids.shape)}")
+    return ids
+
+
 def check_dims(dims, width: int) -> list[int]:
     """``dims`` (a sequence, or a 1-D array or tensor, of ints) as a list of
     strictly increasing positive ints ending at ``width``."""
@@ -291,13 +300,38 @@ def check_layout(candidates: Tensor, num_levels: int, layout: str | None) -> Non
                      f"every level, pass layout='shared'")
 
 
+def check_table(user, item_weight, dims, name: str = "item_weight") -> list[int]:
+    """``user`` ``(B, D)`` and the item table ``item_weight`` ``(N, D)`` (called
+    ``name``) alike; ``dims`` as :func:`check_dims`."""
+    _, width = check_rows("user", user)
+    check_float(name, item_weight, 2, like=("user", user))
+    if item_weight.shape[1] != width:
+        raise ValueError(f"{name} has width {item_weight.shape[1]} but user has width {width}")
+    return check_dims(dims, width)
+
+
+def check_softmax(user, pos, table, dims, weights, temperature, reduction,
+                  name: str = "item_weight") -> tuple[list[int], Tensor, float, str]:
+    """A softmax loss's arguments but its candidates: ``user``, ``pos`` and the
+    item table (called ``name``, e.g. a rank's ``shard``) alike, then ``(dims,
+    weights, temperature, reduction)`` checked (``temperature`` by
+    :func:`check_temperature`)."""
+    dims = check_table(user, table, dims, name)
+    check_pos(pos, user)
+    return (dims, check_weights(weights, len(dims), user.device), check_temperature(temperature, user.dtype),
+            check_reduction(reduction))
+
+
+def check_temperature(temperature, dtype: torch.dtype) -> float:
+    """A softmax temperature for inputs of ``dtype``: positive and at least
+    ``max^-1/2`` of the accumulation dtype (logits divided by it stay finite)."""
+    acc = acc_dtype(dtype)
+    return check_real("temperature", temperature, low=torch.finfo(acc).max ** -0.5, dtype=acc)
+
+
 def check_sampling(user, item_weight, candidates, dims, padding: bool = False,
                    layout: str | None = None) -> tuple[Tensor, list[int]]:
-    batch, width = check_rows("user", user)
-    check_float("item_weight", item_weight, 2, like=("user", user))
-    if item_weight.shape[1] != width:
-        raise ValueError(f"item_weight has width {item_weight.shape[1]} but user has width {width}")
-    dims = check_dims(dims, width)
+    dims, batch = check_table(user, item_weight, dims), user.shape[0]
     candidates = check_id_tensor("candidates", candidates, device=user.device)
     if candidates.dim() not in (2, 3):
         raise ValueError(f"candidates must be a (B, M) or (B, L, M) tensor of item ids, got {tuple(candidates.shape)}")
@@ -309,6 +343,35 @@ def check_sampling(user, item_weight, candidates, dims, padding: bool = False,
         raise ValueError("candidates must hold at least one candidate per pool (M >= 1)")
     check_layout(candidates, len(dims), layout)
     return check_ids("candidates", candidates, item_weight.shape[0], user.device, padding), dims
+
+
+def check_correction(name: str, t, shape: tuple[int, ...], user: Tensor, meaning: str,
+                     candidates: Tensor | None = None, each: str = "entry") -> Tensor | None:
+    """A logQ correction, where given (None passes): a float tensor of ``shape``
+    on ``user``'s device (``meaning`` saying what its entries are for), finite in
+    the accumulation dtype (that of the logits) at every candidate (the entries
+    where ``candidates >= 0``; at every ``each`` without ``candidates``): a candidate
+    with ``-inf`` could never have been drawn, its logit would be infinite, and
+    two of them in a pool have no log-sum-exp. Returned detached, contiguous, in
+    the accumulation dtype (it gets no gradient)."""
+    if t is None:
+        return None
+    if not isinstance(t, Tensor) or not t.is_floating_point():
+        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"{name} must be a float tensor, got {got}")
+    if tuple(t.shape) != tuple(shape) or t.device != user.device:
+        raise ValueError(f"{name} must have shape {tuple(shape)} on {user.device} ({meaning}), "
+                         f"got {tuple(t.shape)} on {t.device}")
+    acc = acc_dtype(user.dtype)
+    values = t.detach().to(acc).contiguous()
+    if can_read_values(values):
+        bad = ~torch.isfinite(values) & (True if candidates is None else candidates >= 0)
+        if bool(bad.any()):
+            where = "at every candidate (ids >= 0; padding may hold anything)" if candidates is not None else \
+                f"at every {each}"
+            raise ValueError(f"{name} must be finite in {str(acc).removeprefix('torch.')} (the dtype of the logits) "
+                             f"{where}; got {sorted(set(values[bad].tolist()))} at {int(bad.sum())} places")
+    return values
 
 
 def check_csr(name: str, indptr, indices, device: torch.device) -> tuple[Tensor, Tensor]:

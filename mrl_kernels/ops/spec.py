@@ -27,7 +27,7 @@ __all__ = ["NAMESPACE", "PACKAGES", "OpSpec", "OPS", "qualified_name", "fake_gra
 
 NAMESPACE = "mrl_kernels"
 # the operator folders of mrl_kernels.ops, each with spec.py, reference.py, triton.py and a C++ source
-PACKAGES = ("mns", "softmax", "prefix_topk", "als", "lazy_adam")
+PACKAGES = ("mns", "softmax", "full_softmax", "prefix_topk", "als", "lazy_adam")
 
 
 def qualified_name(op: str, backend: str) -> str:

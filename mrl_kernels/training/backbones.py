@@ -35,6 +35,7 @@ class Batch:
     reg_pos: Tensor
     reg_items: Tensor
     sparse: bool = False  # the item table's gradient must stay row-sparse: no fused operator
+    pos_ids: Tensor | None = None  # (B,) the positives' rows of items (a softmax over every item leaves each out)
 
     def negative_rows(self, negatives: Tensor) -> Tensor:
         """The item vectors of ``negatives`` (ids of any shape), differentiable."""
@@ -79,7 +80,7 @@ class MF(Backbone):
 
     def forward(self, users: Tensor, pos: Tensor) -> Batch:
         u, p = lookup(self.user_weight, users, self.sparse), lookup(self.item_weight, pos, self.sparse)
-        return Batch(u, p, self.item_weight, u, p, self.item_weight, self.sparse)
+        return Batch(u, p, self.item_weight, u, p, self.item_weight, self.sparse, pos_ids=pos)
 
     def tables(self) -> tuple[Tensor, Tensor]:
         return self.user_weight, self.item_weight
@@ -117,7 +118,7 @@ class LightGCN(Backbone):
     def forward(self, users: Tensor, pos: Tensor) -> Batch:
         user_table, item_table = self.propagate()
         return Batch(lookup(user_table, users), lookup(item_table, pos), item_table,
-                     lookup(self.user_weight, users), lookup(self.item_weight, pos), self.item_weight)
+                     lookup(self.user_weight, users), lookup(self.item_weight, pos), self.item_weight, pos_ids=pos)
 
     def tables(self) -> tuple[Tensor, Tensor]:
         with torch.no_grad():

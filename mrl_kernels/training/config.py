@@ -117,6 +117,9 @@ class TrainConfig:
             _check_float32("l2", self.l2, low_open=False)
         if "alpha" not in unread:
             self._check_least_squares()
+        if self.sparse and METHODS[self.method].every_item:
+            raise ValueError(f"--method {self.method} gives every item a gradient each step: it has no row-sparse "
+                             f"path (drop --sparse)")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -154,8 +157,10 @@ class TrainConfig:
 
     def sparse_for(self, n_items: int) -> bool:
         """Whether to train row-sparse on ``n_items`` items: as set, else mf from
-        :data:`SPARSE_FROM` items."""
-        return self.sparse if self.sparse is not None else self.model == "mf" and n_items >= SPARSE_FROM
+        :data:`SPARSE_FROM` items (never a method whose steps touch every item)."""
+        if self.sparse is not None:
+            return self.sparse
+        return self.model == "mf" and n_items >= SPARSE_FROM and not METHODS[self.method].every_item
 
 
 def _float32_per_level(name: str, value, num_levels: int, low_open: bool) -> list[float]:

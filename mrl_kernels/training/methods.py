@@ -12,6 +12,7 @@ defaults over the paper's recipe. A method reads only the settings it
 ``mrl-d``  ``DNS``      MRL   the full-width DNS negative at every level of the MRL loss
 ``mrl-m``  ``MNS``      MRL   MNS + MRL loss (the method)
 ``mrl-s``  (all)       SSM   the Matryoshka sampled softmax over every candidate
+``mrl-s-all`` (none)   SM    the Matryoshka softmax over every item, no candidates
 ``mrl-ls`` (none)      LS    nested least squares by gradient, any backbone
 ``mrl-als`` (none)     LS    nested least squares solved in sweeps (MF)
 =========  ==========  ====  ==================================================
@@ -23,7 +24,7 @@ from functools import partial
 from typing import Callable, Mapping
 
 from ..ops import CSR
-from .objectives import BPR, MRL, NestedLeastSquares, Objective, Ranking, SampledSoftmax, Settings
+from .objectives import BPR, MRL, FullSoftmax, NestedLeastSquares, Objective, Ranking, SampledSoftmax, Settings
 from .selectors import DNS, MNS, UNIFORM
 
 __all__ = ["Method", "METHODS", "ONLY_SOME", "PAPER_RECIPE", "SETTINGS", "recipe"]
@@ -43,12 +44,14 @@ class Method:
     gradient steps minimise (None: fitted without gradients, by sweeps:
     :class:`~mrl_kernels.training.als.AlsFit`); ``takes``: the settings of
     :data:`SETTINGS` it reads; ``recipe``: its defaults over
-    :data:`PAPER_RECIPE` (chosen on tool's validation split by ``bench.tune``)."""
+    :data:`PAPER_RECIPE` (chosen on tool's validation split by ``bench.tune``);
+    ``every_item``: its steps give every item a gradient (no row-sparse path)."""
 
     summary: str
     objective: Callable[[Settings, CSR | None], Objective] | None
     takes: frozenset[str]
     recipe: Mapping[str, object] = field(default_factory=dict)
+    every_item: bool = False
 
     @property
     def solved(self) -> bool:
@@ -70,6 +73,9 @@ METHODS: dict[str, Method] = {
     "mrl-m": Method("MNS, MRL loss", partial(Ranking.of, MNS, MRL), _POOLS, recipe={"l2": 1e-2}),
     "mrl-s": Method("sampled softmax over every candidate at every width", SampledSoftmax.of,
                     _POOLS | {"temperature", "cosine"}),
+    # not tuned: the paper's recipe
+    "mrl-s-all": Method("softmax over every item at every width, no candidates (fused, no (B, N) logits)",
+                        FullSoftmax.of, _STEPS | {"temperature"}, every_item=True),
     # mrl-als's alpha; not tuned
     "mrl-ls": Method("nested least squares (iALS's objective summed over the widths) by gradient, no negatives "
                      "sampled", NestedLeastSquares.of, _STEPS | _LEAST_SQUARES, recipe={"alpha": 40.0}),

@@ -1,7 +1,8 @@
 """The training objectives, one frozen type each: :class:`Ranking` (a negative
 selector of :mod:`~mrl_kernels.training.selectors` times a :class:`Loss`),
-:class:`SampledSoftmax` (every candidate a negative) and
-:class:`NestedLeastSquares` (no candidates). A run's objective is made from its
+:class:`SampledSoftmax` (every candidate a negative), :class:`FullSoftmax`
+(every item a negative, no candidates) and :class:`NestedLeastSquares` (no
+candidates). A run's objective is made from its
 settings (:meth:`of`) and called by the trainer as ``objective(batch,
 candidates)`` on ``(B, *objective.candidate_shape)`` candidate ids; which
 method uses which is the method table, :data:`mrl_kernels.training.methods.METHODS`.
@@ -27,7 +28,8 @@ from ..ops.common import l2_term
 from .backbones import Batch, lookup
 from .selectors import Selector
 
-__all__ = ["Loss", "BPR", "MRL", "Settings", "Objective", "Ranking", "SampledSoftmax", "NestedLeastSquares"]
+__all__ = ["Loss", "BPR", "MRL", "Settings", "Objective", "Ranking", "SampledSoftmax", "FullSoftmax",
+           "NestedLeastSquares"]
 
 
 def _bpr(user: Tensor, pos: Tensor, neg: Tensor, dims: Sequence[int], backend: str) -> Tensor:
@@ -152,6 +154,33 @@ class SampledSoftmax:
         per_row = candidates[0].numel()
         candidate_norms = lookup(batch.reg_items, candidates, batch.sparse).square().sum() / per_row
         return loss + l2_term(self.l2, batch.squared_norms() + candidate_norms, batch.user.shape[0])
+
+
+@dataclass(frozen=True)
+class FullSoftmax:
+    """The Matryoshka softmax over every item (:func:`mrl_softmax_loss` with
+    ``candidates=None``): at every width, each row's positive against every
+    other item of the table, no candidates drawn; the softmax ``temperature``,
+    inner-product scores. Every item gets a gradient each step (no row-sparse
+    path); the L2 term covers the batch's users and positives."""
+
+    dims: tuple[int, ...]
+    candidate_shape: tuple[int, ...]
+    l2: float
+    backend: str
+    temperature: float
+
+    @classmethod
+    def of(cls, settings: Settings, interactions: CSR | None = None) -> "FullSoftmax":
+        if settings.cosine:
+            raise ValueError("cosine scores need candidate pools (--method mrl-s): the softmax over every item "
+                             "scores by inner products")
+        return cls(tuple(settings.dims), (0,), settings.l2, settings.backend, settings.temperature)
+
+    def __call__(self, batch: Batch, candidates: Tensor) -> Tensor:
+        loss = mrl_softmax_loss(batch.user, batch.pos, batch.items, None, self.dims, temperature=self.temperature,
+                                pos_ids=batch.pos_ids, backend=self.backend)
+        return loss + l2_term(self.l2, batch.squared_norms(), batch.user.shape[0])
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from mrl_kernels.distributed import sharded
+from mrl_kernels.distributed.full_softmax import mrl_full_softmax_loss
 
 from helpers import run_ranks
 
@@ -35,6 +36,12 @@ def mns(p: dict, **kwargs):
 def softmax(p: dict, **kwargs):
     return sharded.mrl_softmax_loss(p["user"], p["pos"], p["shard"], p["candidates"], p["dims"], offset=p["offset"],
                                     **kwargs)
+
+
+def every_item(p: dict, **kwargs):
+    pos_ids = kwargs.pop("pos_ids", torch.zeros(p["user"].shape[0], dtype=torch.long))
+    return mrl_full_softmax_loss(p["user"], p["pos"], p["shard"], p["dims"], offset=p["offset"], pos_ids=pos_ids,
+                                 **kwargs)
 
 
 def bpr(p: dict, **kwargs):
@@ -71,7 +78,16 @@ CASES = [
                                                            offset=problem(r)["offset"]),
      r"every rank must call with the same number of ids; got 4 on rank 0, 5 on rank 1"),
     ("a bad argument on one rank", lambda r: softmax(problem(r), temperature=1.0 if r == 0 else -1.0),
-     r"a sharded call failed on rank 1: ValueError: temperature must be a finite number > 0"),
+     r"a sharded call failed on rank 1: ValueError: temperature must be a finite number >= 5.42101e-20 in float32"),
+    ("another local batch size, the softmax over every item",
+     lambda r: every_item(problem(r, rows=3 if r == 0 else 4)),
+     r"every rank must call with the same local batch size; got 3 on rank 0, 4 on rank 1"),
+    ("a bad positive id on one rank, the softmax over every item",
+     lambda r: every_item(problem(r), pos_ids=torch.tensor([0, 1, -1 if r else 2])),
+     r"a sharded call failed on rank 1: ValueError: pos_ids must be global row ids >= 0, got -1"),
+    ("log_q on one rank only, the softmax over every item",
+     lambda r: every_item(problem(r), **({} if r else dict(log_q=torch.zeros(CUT), pos_log_q=torch.zeros(ROWS)))),
+     r"every rank must call with the same log_q given; got True on rank 0, False on rank 1"),
 ]
 
 
@@ -87,6 +103,7 @@ def check_cases(rank: int, world: int) -> None:
     p = problem(rank)
     assert mns(p).negatives.shape == (2 * ROWS, 3)
     assert torch.isfinite(softmax(p)).all()
+    assert torch.isfinite(every_item(p)).all()
 
 
 def test_ranks_out_of_step_raise_the_same_error(tmp_path):

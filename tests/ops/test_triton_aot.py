@@ -29,7 +29,8 @@ def test_the_checked_launches_are_every_operators_own():
     assert {job["case"].split(".")[0] for job in launches} == set(OPS)
     kernels = {job["kernel"][1] for job in launches}
     assert kernels == {"_mrl_forward_kernel", "_mrl_backward_kernel", "_softmax_forward_kernel",
-                       "_softmax_backward_kernel", "_prefix_score_kernel", "_cg_kernel", "_lazy_adam_kernel"}
+                       "_softmax_backward_kernel", "_prefix_score_kernel", "_cg_kernel", "_lazy_adam_kernel",
+                       "_lse_kernel", "_user_grad_kernel", "_item_grad_kernel"}
     backward = next(job for job in launches if job["case"] == "mns_bpr_loss_backward")
     assert backward["constexprs"]["GATHER"] is True and backward["constexprs"]["ROWS_GRAD"] is True
     assert backward["signature"]["grad_item_ptr"] == "*fp32" and backward["signature"]["negatives_ptr"] == "*i64"
@@ -41,7 +42,8 @@ def _check(*args):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " 0 failed, 0 spilled" in run.stdout
     for name in ("mns_bpr_loss.per-level", "mns_sample.shared", "mrl_bpr_loss_backward", "prefix_topk",
-                 "mrl_softmax_loss_backward.shared.cosine", "nested_als_solve", "lazy_adam"):
+                 "mrl_softmax_loss_backward.shared.cosine", "full_softmax_lse_backward.log-q", "nested_als_solve",
+                 "lazy_adam"):
         assert name in run.stdout
     return run.stdout
 

@@ -33,7 +33,7 @@ def test_layers_only_with_lightgcn():
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--method", "mrl-m", "--temperature", "0.5"], "temperature only applies to mrl-s, not --method mrl-m"),
+    (["--method", "mrl-m", "--temperature", "0.5"], "temperature only applies to mrl-s, mrl-s-all, not --method mrl-m"),
     (["--method", "mrl-m", "--cosine"], "cosine only applies to mrl-s, not --method mrl-m"),
     (["--layers", "2"], "layers only applies to --model lightgcn, not --model mf"),
     (["--method", "mrl-als", "--candidates", "8"], "candidates only applies to .*, not --method mrl-als"),

@@ -23,7 +23,7 @@ from helpers import GRADIENT_METHODS, SMALL, same_run
 # the operators each method calls on dense tables
 OPERATORS = {"bpr": {"mrl_bpr_loss"}, "bpr-d": {"mns_bpr_loss"}, "bpr-m": {"mns_sample"},
              "mrl-d": {"mns_sample", "mrl_bpr_loss"}, "mrl-m": {"mns_bpr_loss"}, "mrl-s": {"mrl_softmax_loss"},
-             "mrl-ls": set()}
+             "mrl-s-all": {"full_softmax_lse"}, "mrl-ls": set()}
 
 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)

@@ -9,17 +9,20 @@ import torch
 from torch import Tensor
 
 from .. import _checks as checks, registry
-from ..common import acc_dtype, reduce
+from ..common import reduce
+from ..full_softmax import every_item_loss
 
 __all__ = ["mrl_softmax_loss", "check_log_q"]
 
 
-def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor, dims: Sequence[int],
+def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates: Tensor | None, dims: Sequence[int],
                      weights: Sequence[float] | Tensor | None = None, temperature: float = 1.0, reduction: str = "mean",
                      *, cosine: bool = False, pos_ids: Tensor | None = None, log_q: Tensor | None = None,
                      pos_log_q: Tensor | None = None, layout: str | None = None, backend: str = "auto") -> Tensor:
-    """Matryoshka sampled softmax, fused: at every nested width, a softmax over
-    the positive and a pool of candidates, each candidate's row read once.
+    """Matryoshka softmax, fused: at every nested width, a softmax over the
+    positive and a pool of candidates, each candidate's row read once; or, with
+    ``candidates=None``, over the positive and every other item, without ever
+    holding a ``(B, N)`` logit matrix.
 
     Per row ``sum_l weights[l] * (logsumexp_{j in {pos} + pool_l}(s_j / t) - s_pos / t)``
     with ``s_j = <user[:d_l], e_j[:d_l]>`` (``cosine=True``: divided by
@@ -36,6 +39,11 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
             ``layout="shared"`` (or a single level), as in
             :func:`~mrl_kernels.mns_sample`; ids < 0 are padding and take no
             part (e.g. to mask a user's own items among in-batch candidates).
+            ``None``: every item is a candidate
+            (:mod:`mrl_kernels.ops.full_softmax`); ``pos_ids`` is then
+            required, the positive's own row is left out of the pool (the
+            positive counts once, scored from ``pos``), ``log_q`` is ``(N,)``
+            and scores are inner products.
         dims: the nested widths ``d_1 < ... < d_L = D``.
         weights: L weights, >= 0 and not all 0, default ``1/L`` each.
         temperature: the softmax temperature, a positive float, at least
@@ -54,56 +62,45 @@ def mrl_softmax_loss(user: Tensor, pos: Tensor, item_weight: Tensor, candidates:
             accumulation dtype (float32 for half inputs), where it must be
             finite at every candidate (ids >= 0; a candidate that cannot be
             drawn, ``-inf``, would have an infinite logit); it gets no gradient.
-        pos_log_q: optional ``(B,)``, subtracted from the positive's logit; finite.
-        layout: as in :func:`~mrl_kernels.mns_sample`.
+            With ``candidates=None``, ``(N,)``, finite: ``log_q[i]`` is
+            subtracted from item i's logit wherever it appears, the positive's
+            included (``log_q[pos_ids]``).
+        pos_log_q: optional ``(B,)``, subtracted from the positive's logit; finite
+            (not with ``candidates=None``, where the positive's is ``log_q[pos_ids]``).
+        layout: as in :func:`~mrl_kernels.mns_sample` (not with ``candidates=None``).
 
     Differentiable in ``user``, ``pos`` and ``item_weight`` (non-zero in the
     candidates' rows only; repeated ids sum). No L2 term: add one on the rows
     the loss used (docs/own_trainer.md shows how).
     """
-    candidates, dims = checks.check_sampling(user, item_weight, candidates, dims, padding=True, layout=layout)
-    checks.check_pos(pos, user)
-    w = checks.check_weights(weights, len(dims), user.device)
-    reduction = checks.check_reduction(reduction)
-    acc = acc_dtype(user.dtype)
-    temperature = checks.check_real("temperature", temperature, low=torch.finfo(acc).max ** -0.5, dtype=acc)
+    dims, w, temperature, reduction = checks.check_softmax(user, pos, item_weight, dims, weights, temperature,
+                                                           reduction)
+    if candidates is not None:
+        candidates, _ = checks.check_sampling(user, item_weight, candidates, dims, padding=True, layout=layout)
+    elif layout is not None:
+        raise ValueError(f"layout is for candidate pools: with candidates=None every item is one pool, got "
+                         f"layout={layout!r}")
     if pos_ids is not None:
-        pos_ids = checks.check_ids("pos_ids", pos_ids, item_weight.shape[0], user.device)
-        if pos_ids.shape != (user.shape[0],):
-            raise ValueError(f"pos_ids must have shape ({user.shape[0]},) (one id per row), "
-                             f"got {tuple(pos_ids.shape)}")
-        row_pos = pos_ids.view(-1, *[1] * (candidates.dim() - 1))
-        candidates = candidates.masked_fill(candidates == row_pos, -1)
+        pos_ids = checks.check_row_ids("pos_ids", pos_ids, item_weight.shape[0], user)
     if not isinstance(cosine, bool):
         raise TypeError(f"cosine must be a bool, got {type(cosine).__name__}")
-    check_log_q(log_q, pos_log_q, candidates, user)
-    log_q, pos_log_q = (None if t is None else t.detach().to(acc).contiguous()
-                        for t in (log_q, pos_log_q))
+    if candidates is None:
+        return reduce(every_item_loss(user, pos, item_weight, dims, w, temperature, pos_ids, log_q,
+                                      cosine=cosine, pos_log_q=pos_log_q, backend=backend), reduction)
+    if pos_ids is not None:
+        row_pos = pos_ids.view(-1, *[1] * (candidates.dim() - 1))
+        candidates = candidates.masked_fill(candidates == row_pos, -1)
+    log_q, pos_log_q = check_log_q(log_q, pos_log_q, candidates, user)
     loss, _ = registry.operator_for("mrl_softmax_loss", backend, user)(user, pos, item_weight, candidates, dims, w,
                                                                          temperature, cosine, log_q, pos_log_q)
     return reduce(loss, reduction)
 
 
-def check_log_q(log_q: Tensor | None, pos_log_q: Tensor | None, candidates: Tensor, user: Tensor) -> None:
-    """``log_q`` the shape of ``candidates`` and ``pos_log_q`` ``(B,)``, float, on
-    ``user``'s device (where given), and finite in the accumulation dtype (that of
-    the logits) at every candidate (ids >= 0) and every positive: one rule for every
-    backend. (A candidate with ``log_q = -inf`` could never have been drawn; its logit
-    would be infinite, and two of them in a pool have no log-sum-exp.)"""
-    acc = acc_dtype(user.dtype)
-    for name, t, shape in (("log_q", log_q, tuple(candidates.shape)), ("pos_log_q", pos_log_q, (user.shape[0],))):
-        if t is None:
-            continue
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a float tensor, got {type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
-        if tuple(t.shape) != shape or t.device != user.device:
-            raise ValueError(f"{name} must have shape {shape} on {user.device} (like the candidates), "
-                             f"got {tuple(t.shape)} on {t.device}")
-        if not checks.can_read_values(t):
-            continue
-        values = t.detach().to(acc)
-        bad = ~torch.isfinite(values) & (candidates >= 0 if name == "log_q" else True)
-        if bool(bad.any()):
-            where = "at every candidate (ids >= 0; padding may hold anything)" if name == "log_q" else "at every row"
-            raise ValueError(f"{name} must be finite in {str(acc).removeprefix('torch.')} (the dtype of the logits) "
-                             f"{where}; got {sorted(set(values[bad].tolist()))} at {int(bad.sum())} places")
+def check_log_q(log_q: Tensor | None, pos_log_q: Tensor | None, candidates: Tensor, user: Tensor
+                ) -> tuple[Tensor | None, Tensor | None]:
+    """``log_q`` the shape of ``candidates`` and ``pos_log_q`` ``(B,)``
+    (:func:`~mrl_kernels.ops._checks.check_correction`, one rule for every
+    backend), in the accumulation dtype."""
+    return (checks.check_correction("log_q", log_q, tuple(candidates.shape), user, "like the candidates", candidates),
+            checks.check_correction("pos_log_q", pos_log_q, (user.shape[0],), user, "one per row",
+                                    each="row"))

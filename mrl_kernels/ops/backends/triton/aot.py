@@ -56,9 +56,13 @@ POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16:
 # The softmax backward over per-level pools with cosine scores and the logQ correction (one load a
 # candidate more than the 243 registers it holds without) keeps 8 to 96 bytes in 14 of its 28
 # (float32, BLOCK_D 128, sm_90: 96).
+# The forward of the softmax over every item (three-TF32 tl.dot scores) keeps 48 to 112 bytes in float32 on
+# sm_80 at widths 128 to 1024 (none on sm_90, none in bfloat16, none at width 64; no tile and warp count of
+# five tried is spill-free on both architectures).
 SPILL_ALLOWANCE = {"mrl_softmax_loss_backward.per-level.cosine.log-q": 96, "mrl_softmax_loss": 32,
-                   "mns_bpr_loss.per-level": 8}
+                   "mns_bpr_loss.per-level": 8, "full_softmax_lse_backward": 0, "full_softmax_lse": 112}
 QUICK_WIDTH = 64
+NUM_STAGES = 3  # Triton's software-pipelining stages on CUDA where a launch sets none
 
 
 def cases() -> list[tuple[str, str, str | None, bool | None, bool]]:
@@ -92,13 +96,16 @@ def example_arguments(op: str, width: int, dtype: torch.dtype, layout: str | Non
     dims = _example_dims(width)
     x = make_inputs(4, width, 20, 3, dims, layout or "per-level", dtype=dtype)
     levels, acc = len(dims), acc_dtype(dtype)
-    log_q = torch.zeros(x["candidates"].shape, dtype=acc) if corrected else None
+    # per candidate, or per item for an operator over every item (no candidates)
+    log_q = torch.zeros(x["candidates"].shape if "candidates" in OPS[op].inputs else (20,), dtype=acc) \
+        if corrected else None
     values = {**x, "grad": torch.ones(4, dtype=dtype), "weights": torch.ones(levels),
               "coef": torch.ones(4, levels, dtype=acc), "lse": torch.ones(4, levels, dtype=acc),
               "negatives": torch.zeros(4, levels, dtype=torch.int64), "temperature": 1.0, "cosine": cosine,
               "output_mask": [True, True, True], "query": x["user"], "narrow": x["item_weight"][:, :dims[0]],
               "k": 2, "shortlist": 5, "exclude_offsets": torch.zeros(5, dtype=torch.int64),
-              "exclude_ids": torch.zeros(0, dtype=torch.int64), "factors": x["user"], "other": x["item_weight"],
+              "exclude_ids": torch.zeros(0, dtype=torch.int64), "exclude": x["candidates"].flatten(1)[:, 0],
+              "factors": x["user"], "other": x["item_weight"],
               "gram": torch.eye(width, dtype=dtype), "indptr": torch.tensor([0, 2, 2, 3, 3]),
               "indices": torch.tensor([1, 5, 0]), "alphas": torch.full((levels,), 2.0), "cg_steps": 1,
               "log_q": log_q, "pos_log_q": None if log_q is None else torch.zeros(4, dtype=acc),
@@ -142,13 +149,14 @@ def launches(quick: bool = False) -> list[dict]:
                 for kernel, arguments in captured:
                     signature, constexprs = _signature(kernel, arguments)
                     key = (kernel.fn.__name__, tuple(signature.items()), tuple(constexprs.items()),
-                           arguments["num_warps"] if "num_warps" in arguments else None)
+                           arguments.get("num_warps"), arguments.get("num_stages"))
                     if key in seen:
                         continue
                     seen.add(key)
                     jobs.append(dict(case=name, kernel=(kernel.fn.__module__, kernel.fn.__name__), dtype=dtype_name,
                                      signature=signature,
-                                     constexprs=constexprs, num_warps=arguments.get("num_warps", 4)))
+                                     constexprs=constexprs, num_warps=arguments.get("num_warps", 4),
+                                     num_stages=arguments.get("num_stages", NUM_STAGES)))
     return jobs
 
 
@@ -176,7 +184,7 @@ def compile_one(job: dict) -> dict:
     try:
         src = ASTSource(fn=kernel, signature=job["signature"], constexprs=constexprs)
         compiled = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32),
-                                  options={"num_warps": job["num_warps"]})
+                                  options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
         row.update(_resource_usage(compiled.asm["cubin"]), shared=compiled.metadata.shared, error="")
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row.update(registers=-1, spills=-1, shared=-1, error=f"{type(exc).__name__}: {str(exc)[:200]}")

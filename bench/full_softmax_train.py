@@ -1,0 +1,107 @@
+"""The softmax over every item as a training objective: MF and LightGCN trained
+with ``--method mrl-s-all`` on tool and phone, against MRL-M and iALS per width.
+
+``python -m bench.full_softmax_train --data-dir ../shared/datasets`` runs
+``mrl-train --method mrl-s-all`` (the paper's recipe: Adam 1e-3, batch 2048, L2
+1e-4, temperature 1; the refit protocol: epochs chosen on validation, a fresh
+model on train + validation) for each dataset, model and seed, one thread,
+keeping runs that already wrote their ``metrics.json`` (an interrupted job
+continues), and writes ``docs/full_softmax.md``: test Recall@20 at every width of
+the one model, MRL-M's (MF: the prefixes of docs/reproduction.md, paper's
+settings and tuned; LightGCN: its full width there), iALS retrained per width
+(docs/baselines.json, the same seeds), and the training seconds.
+"""
+from __future__ import annotations
+
+from . import require
+
+require('python -m bench.full_softmax_train', 'tabulate')
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mrl_kernels.atomic import atomic_write
+from mrl_kernels.training import TrainConfig, train
+from mrl_kernels.training.checkpoint import CHECKPOINT
+
+from .reproduce import MRL_M_PREFIXES
+
+WIDTHS = (4, 8, 16, 32, 64)
+# LightGCN MRL-M (paper's settings), full width only (docs/reproduction.md, 3 seeds, refit)
+LIGHTGCN_MRL_M = {"phone": 0.1521, "tool": 0.0872}
+
+
+def run(dataset: str, model: str, seed: int, data_dir, root: Path) -> dict:
+    out = root / f"{dataset}-{model}-mrl-s-all-s{seed}"
+    if (out / "metrics.json").is_file():
+        result = json.loads((out / "metrics.json").read_text())
+    else:
+        result = train(TrainConfig(dataset=dataset, data_dir=data_dir, model=model, method="mrl-s-all", seed=seed,
+                                   out=str(out), progress=False), log=lambda _: None,
+                       resume=(out / CHECKPOINT).is_file())
+    return {"dataset": dataset, "model": model, "seed": seed, "wall_seconds": result["wall_seconds"],
+            "best_epoch": result["best_epoch"],
+            "prefix": {w: result["prefix"][str(w)]["recall@20"] for w in WIDTHS}}
+
+
+def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
+    out = ["# The softmax over every item as a training objective", "",
+           "Written by `python -m bench.full_softmax_train` (see its docstring). Test Recall@20 of one model's "
+           "prefixes, refit protocol; `mrl-s-all` with the paper's recipe (temperature 1, not tuned); MRL-M: "
+           "docs/reproduction.md (3 seeds); iALS: a model per width, tuned on validation (docs/baselines.json), "
+           "on the seeds of the `mrl-s-all` rows. One thread, this machine (shared).", ""]
+    for (dataset, model), part in rows.groupby(["dataset", "model"]):
+        ials = baselines[(baselines.dataset == dataset) & (baselines.model == "ials")
+                         & baselines.seed.isin(list(part.seed))]
+        table = []
+        for i, width in enumerate(WIDTHS):
+            ours = np.mean([p[width] for p in part.prefix])
+            theirs = ials[ials.width == width].test.map(lambda t: t["recall@20"]).mean()
+            row = {"width": width, "mrl-s-all": f"{ours:.4f}"}
+            if model == "mf":
+                for name, values in MRL_M_PREFIXES.items():
+                    row[f"mrl-m ({name})"] = f"{values[dataset][i]:.4f}"
+                row["mrl-s-all / mrl-m (tuned)"] = f"{ours / MRL_M_PREFIXES['tuned'][dataset][i]:.3f}x"
+            elif width == WIDTHS[-1]:
+                row["mrl-m (paper's settings)"] = f"{LIGHTGCN_MRL_M[dataset]:.4f}"
+            row.update({"iALS per width": f"{theirs:.4f}", "mrl-s-all / iALS": f"{ours / theirs:.3f}x"})
+            table.append(row)
+        out += [f"**{dataset}, {model}** (seeds {', '.join(map(str, part.seed))}; {part.wall_seconds.mean():.0f} s "
+                f"of training, selection and refit; {part.best_epoch.mean():.0f} epochs chosen)", "",
+                pd.DataFrame(table).fillna("").to_markdown(index=False), ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--datasets", default="tool,phone")
+    parser.add_argument("--models", default="mf,lightgcn")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--runs", default="runs/full-softmax")
+    parser.add_argument("--docs", default="docs")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    docs = Path(args.docs)
+    baselines = pd.DataFrame(json.loads((docs / "baselines.json").read_text()))
+    baselines = baselines.assign(seed=baselines.get("seed", 0)).fillna({"seed": 0})
+    rows = []
+    for seed in map(int, args.seeds.split(",")):
+        for model in args.models.split(","):
+            for dataset in args.datasets.split(","):
+                rows.append(run(dataset, model, seed, args.data_dir, Path(args.runs)))
+                print(dataset, model, seed, {w: round(v, 4) for w, v in rows[-1]["prefix"].items()},
+                      f"{rows[-1]['wall_seconds']:.0f} s", flush=True)
+                text = markdown(pd.DataFrame(rows), baselines)
+                atomic_write(docs / "full_softmax.md", lambda tmp: Path(tmp).write_text(text))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
