@@ -124,9 +124,11 @@ class AlsFit:
     def load(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
 
-    def epoch(self) -> float:
-        """One sweep (users, then items); the objective per observed pair (the
-        history's loss). Stops after the current half when a stop was requested."""
+    def epoch(self, loss: bool = True) -> float | None:
+        """One sweep (users, then items); with ``loss``, the objective per
+        observed pair (the history's loss; it costs half a sweep, so the refit,
+        which records none, skips it). Stops after the current half when a stop
+        was requested."""
         users, items = self.model.tables()
         self.sweeps.sweep(users, items, self.interactions, self.transposed)
-        return self.sweeps.objective(users, items, self.interactions)
+        return self.sweeps.objective(users, items, self.interactions) if loss else None

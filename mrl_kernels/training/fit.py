@@ -52,13 +52,14 @@ class Fitter(Protocol):
     """What fits a method, by gradient steps (:class:`Fit`) or by sweeps
     (:class:`~mrl_kernels.training.als.AlsFit`), made afresh from the run's
     settings and interactions: the model, whether its tables train row-sparse,
-    one epoch (its mean loss; it ends early on a stop request), and the state a
-    checkpoint keeps and a resume loads."""
+    one epoch (its mean loss, which a fitter whose loss costs extra work, e.g. a
+    sweep's objective, computes only where ``loss``; it ends early on a stop
+    request), and the state a checkpoint keeps and a resume loads."""
 
     model: Backbone
     sparse: bool
 
-    def epoch(self) -> float: ...
+    def epoch(self, loss: bool = True) -> float | None: ...
 
     def state(self) -> dict: ...
 
@@ -124,9 +125,10 @@ class Fit:
         self.optimizer.step()
         return value
 
-    def epoch(self) -> float:
-        """One pass over the shuffled interactions; the mean training loss. Stops
-        after the current step when a stop was requested (:func:`request_stop`)."""
+    def epoch(self, loss: bool = True) -> float:
+        """One pass over the shuffled interactions; the mean training loss (the
+        steps compute it whatever ``loss`` says). Stops after the current step
+        when a stop was requested (:func:`request_stop`)."""
         order = torch.randperm(len(self.users), generator=self.generator, device=self.users.device)
         rank, world = self.group.rank, self.group.world
         total, count = 0.0, 0

@@ -237,7 +237,7 @@ class _Run:
         with self._bar(total=state.best["epoch"], initial=state.refit_epoch, desc="refit on train + validation") as bar:
             while state.refit_epoch < state.best["epoch"]:
                 epoch_started = time.perf_counter()
-                self.fit.epoch()
+                self.fit.epoch(loss=False)  # the refit records no loss
                 state.train_seconds += time.perf_counter() - epoch_started
                 state.refit_epoch += 1
                 bar.update(1)

@@ -119,3 +119,17 @@ def test_least_squares_by_gradient_trains_any_backbone(tmp_path, small, model):
     assert result["test"]["recall@20"] > 0.1
 
 
+
+
+def test_the_refit_sweeps_without_computing_the_objective(tmp_path, small, monkeypatch):
+    # the objective costs about half a sweep: computed for the selection's history rows only
+    from mrl_kernels.training.als import AlsFit, Sweeps
+
+    a, b = (AlsFit(TrainConfig(**ALS), small.train, torch.device("cpu")) for _ in range(2))
+    assert a.epoch(loss=False) is None and isinstance(b.epoch(), float)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.tables(), b.model.tables()))
+    calls = []
+    original = Sweeps.objective
+    monkeypatch.setattr(Sweeps, "objective", lambda self, *args: calls.append(1) or original(self, *args))
+    result = train(TrainConfig(epochs=3, patience=100, out=str(tmp_path), **ALS), log=lambda _: None, dataset=small)
+    assert result["refit_epochs"] == result["best_epoch"] > 0 and len(calls) == 3  # the selection's sweeps alone
