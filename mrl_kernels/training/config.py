@@ -108,6 +108,9 @@ class TrainConfig:
                 check_int(name, getattr(self, name))
         if self.eval_users is not None:
             check_int("eval_users", self.eval_users)
+        # every generator takes it: numpy's are >= 0, torch's take the seed plus the rank (at most 2**64 - 1)
+        if check_int("seed", self.seed, minimum=0) >= 2 ** 63:
+            raise ValueError(f"seed must be an int in [0, 2**63 - 1], got {self.seed!r}")
         for name, low_open in (("lr", True), ("temperature", True)):
             if name not in unread:
                 _check_float32(name, getattr(self, name), low_open)

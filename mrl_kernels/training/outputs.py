@@ -29,6 +29,7 @@ RUNS = Path("runs")  # where runs go without --out
 METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
 OUTPUTS = (METRICS, HISTORY, CHECKPOINT, MODEL_FILE)  # a folder holding any of these holds a run
 WRITES = (*OUTPUTS, CURVES)  # every file a run writes: a new run starts only in a folder holding none
+LOCK = ".lock"  # held while a run writes to its folder (filelock's, empty)
 
 
 def run_folder(out: str | None, label: str, resume: bool, root: Path = RUNS) -> Path:
@@ -64,7 +65,12 @@ def claimed(out: Path) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a run folder; --out names a folder")
     out.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(out / ".lock", timeout=0)
+    path = out / LOCK
+    if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_size > 0)):
+        # the lock opens its file truncated, and a run's own lock file stays empty: this one is the user's
+        raise ValueError(f"{path} is not a run's lock file (a run's is empty) and taking the lock would empty it; "
+                         "move it or choose another --out")
+    lock = filelock.FileLock(path, timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:

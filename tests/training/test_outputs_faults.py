@@ -3,6 +3,7 @@ not replace is atomic (two writers: one wins, one gets FileExistsError), a
 folder holding a user's file a run writes is refused, and bad flags get a
 message that says what to type."""
 import errno
+import re
 import os
 import threading
 
@@ -132,3 +133,28 @@ def test_a_flag_without_its_value_gets_no_hint(capsys):
 
 def test_the_largest_seed_trains(tmp_path):
     assert train_cli.main([*TINY, "--seed", str(2 ** 63 - 1), "--out", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.parametrize("seed, words", [(-1, "seed must be an int >= 0, got -1"),
+                                         (2 ** 63, f"seed must be an int in [0, 2**63 - 1], got {2 ** 63}"),
+                                         (1.5, "seed must be an int >= 0, got 1.5"),
+                                         (True, "seed must be an int >= 0, got True")])
+def test_a_seed_from_python_is_checked_like_the_flag(seed, words):
+    from mrl_kernels.training import TrainConfig
+
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainConfig(seed=seed).check()
+
+
+def test_mrl_train_never_empties_a_users_lock_file(tmp_path, capsys):
+    # the run's lock opens its file truncated: a .lock with content is the user's, and is refused
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".lock").write_bytes(b"the user's own notes")
+    assert train_cli.main([*TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"mrl-train: error: {out / '.lock'} is not a run's lock file (a run's is empty) and taking the " \
+                  "lock would empty it; move it or choose another --out"
+    assert (out / ".lock").read_bytes() == b"the user's own notes" and os.listdir(out) == [".lock"]
+    (out / ".lock").write_bytes(b"")  # an empty one (a run's, left behind) is taken
+    assert train_cli.main([*TINY, "--out", str(out)]) == 0
