@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from . import require
 
-require('python -m bench.full_softmax_train', 'tabulate')
+require('python -m bench.full_softmax_train', 'matplotlib', 'tabulate')  # bench.reproduce's too
 
 import argparse
 import json
@@ -29,22 +29,23 @@ from mrl_kernels.atomic import atomic_write
 from mrl_kernels.training import TrainConfig, train
 from mrl_kernels.training.checkpoint import CHECKPOINT
 
-from .reproduce import MRL_M_PREFIXES
+from .reproduce import MRL_M_PREFIXES, load_baselines
 
 WIDTHS = (4, 8, 16, 32, 64)
 # LightGCN MRL-M (paper's settings), full width only (docs/reproduction.md, 3 seeds, refit)
 LIGHTGCN_MRL_M = {"phone": 0.1521, "tool": 0.0872}
 
 
-def run(dataset: str, model: str, seed: int, data_dir, root: Path) -> dict:
+def run(dataset: str, model: str, seed: int, data_dir, root: Path, epochs: int) -> dict:
     out = root / f"{dataset}-{model}-mrl-s-all-s{seed}"
     if (out / "metrics.json").is_file():
         result = json.loads((out / "metrics.json").read_text())
     else:
         result = train(TrainConfig(dataset=dataset, data_dir=data_dir, model=model, method="mrl-s-all", seed=seed,
-                                   out=str(out), progress=False), log=lambda _: None,
+                                   epochs=epochs, out=str(out), progress=False), log=lambda _: None,
                        resume=(out / CHECKPOINT).is_file())
-    return {"dataset": dataset, "model": model, "seed": seed, "wall_seconds": result["wall_seconds"],
+    return {"dataset": dataset, "model": model, "seed": seed, "epochs": epochs,
+            "wall_seconds": result["wall_seconds"],
             "best_epoch": result["best_epoch"],
             "prefix": {w: result["prefix"][str(w)]["recall@20"] for w in WIDTHS}}
 
@@ -52,7 +53,7 @@ def run(dataset: str, model: str, seed: int, data_dir, root: Path) -> dict:
 def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
     out = ["# The softmax over every item as a training objective", "",
            "Written by `python -m bench.full_softmax_train` (see its docstring). Test Recall@20 of one model's "
-           "prefixes, refit protocol; `mrl-s-all` with the paper's recipe (temperature 1, not tuned); MRL-M: "
+           "prefixes, refit protocol; `mrl-s-all` with the paper's recipe (temperature 1, not tuned), at most `epochs` epochs of selection; MRL-M: "
            "docs/reproduction.md (3 seeds); iALS: a model per width, tuned on validation (docs/baselines.json), "
            "on the seeds of the `mrl-s-all` rows. One thread, this machine (shared).", ""]
     for (dataset, model), part in rows.groupby(["dataset", "model"]):
@@ -72,7 +73,8 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
             row.update({"iALS per width": f"{theirs:.4f}", "mrl-s-all / iALS": f"{ours / theirs:.3f}x"})
             table.append(row)
         out += [f"**{dataset}, {model}** (seeds {', '.join(map(str, part.seed))}; {part.wall_seconds.mean():.0f} s "
-                f"of training, selection and refit; {part.best_epoch.mean():.0f} epochs chosen)", "",
+                f"of training, selection and refit; {part.best_epoch.mean():.0f} of at most {part.epochs.iloc[0]} epochs chosen)",
+                "",
                 pd.DataFrame(table).fillna("").to_markdown(index=False), ""]
     return "\n".join(out)
 
@@ -83,18 +85,19 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", default="tool,phone")
     parser.add_argument("--models", default="mf,lightgcn")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                        help="the selection's most epochs (the trainer's default; fewer where time is short)")
     parser.add_argument("--runs", default="runs/full-softmax")
     parser.add_argument("--docs", default="docs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     docs = Path(args.docs)
-    baselines = pd.DataFrame(json.loads((docs / "baselines.json").read_text()))
-    baselines = baselines.assign(seed=baselines.get("seed", 0)).fillna({"seed": 0})
+    baselines = load_baselines(docs)
     rows = []
     for seed in map(int, args.seeds.split(",")):
         for model in args.models.split(","):
             for dataset in args.datasets.split(","):
-                rows.append(run(dataset, model, seed, args.data_dir, Path(args.runs)))
+                rows.append(run(dataset, model, seed, args.data_dir, Path(args.runs), args.epochs))
                 print(dataset, model, seed, {w: round(v, 4) for w, v in rows[-1]["prefix"].items()},
                       f"{rows[-1]['wall_seconds']:.0f} s", flush=True)
                 text = markdown(pd.DataFrame(rows), baselines)

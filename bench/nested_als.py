@@ -35,7 +35,7 @@ from mrl_kernels.atomic import atomic_write
 from mrl_kernels.training import TrainConfig
 
 from .baselines import _matrix, fit
-from .reproduce import MRL_M_PREFIXES, width_axes
+from .reproduce import MRL_M_PREFIXES, load_baselines, width_axes
 from mrl_kernels.training.search import tune_and_train
 
 WIDTHS = (4, 8, 16, 32, 64)
@@ -165,8 +165,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     docs = Path(args.docs)
-    baselines = pd.DataFrame(json.loads((docs / "baselines.json").read_text()))
-    baselines = baselines.assign(seed=baselines.get("seed", 0)).fillna({"seed": 0})
+    baselines = load_baselines(docs)
     # the rows of earlier runs with the same search are kept: an interrupted job continues
     kept = json.loads((docs / "nested_als.json").read_text()) if (docs / "nested_als.json").is_file() else []
     rows = [row for row in kept if row.get("trials") == args.tune and row.get("search") == SEARCH]

@@ -46,6 +46,12 @@ MRL_M_PREFIXES = {"paper's settings": {"phone": (0.0705, 0.0878, 0.1013, 0.1146,
                                        "tool": (0.0353, 0.0451, 0.0546, 0.0625, 0.0724)},
                   "tuned": {"phone": (0.0809, 0.1010, 0.1171, 0.1341, 0.1456),
                             "tool": (0.0403, 0.0515, 0.0631, 0.0750, 0.0828)}}
+
+
+def load_baselines(docs: Path) -> pd.DataFrame:
+    """``docs/baselines.json`` (bench.baselines' per-width models) as a table, seed 0 where a row has none."""
+    baselines = pd.DataFrame(json.loads((docs / "baselines.json").read_text()))
+    return baselines.assign(seed=baselines.get("seed", 0)).fillna({"seed": 0})
 AUTHORS_EPOCHS = 100  # the authors' runs peak by epoch 25-40 on these data
 PAPER = {  # Tables 2 and 3 of the paper: (Recall@20, NDCG@20)
     ("phone", "mf", "bpr"): (0.1057, 0.0566), ("phone", "mf", "mrl-m"): (0.1286, 0.0710),
