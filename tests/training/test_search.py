@@ -10,7 +10,7 @@ import pytest
 from mrl_kernels.cli.train import main, parser
 from mrl_kernels.training import TrainConfig
 from mrl_kernels.training.data import load
-from mrl_kernels.training.search import TUNE_HISTORY, score, trial_settings, tune
+from mrl_kernels.training.search import TUNE_HISTORY, score, trial_settings, tune, worst_gain
 
 pytest.importorskip("optuna", reason="optuna is not installed (the tune extra)")
 
@@ -21,6 +21,31 @@ SMALL = ["--dataset", "synthetic", "--users", "120", "--items", "80", "--interac
 def test_the_score_is_the_mean_log_recall():
     assert score({4: 0.1, 8: 0.4}) == pytest.approx(math.log(0.2))
     assert score({4: 0.0, 8: 0.4}) == -math.inf
+
+
+def test_trials_are_compared_by_their_weakest_width_against_the_first():
+    reference = {4: 0.1, 8: 0.2}
+    assert worst_gain({4: 0.2, 8: 0.3}, reference) == pytest.approx(math.log(1.5))
+    # a large gain at one width does not pay for a loss at another
+    assert worst_gain({4: 0.5, 8: 0.19}, reference) == pytest.approx(math.log(0.95))
+    assert worst_gain(reference, reference) == 0.0
+    assert worst_gain({4: 0.0, 8: 0.4}, reference) == -math.inf
+
+
+def test_the_defaults_stay_unless_a_trial_beats_them_at_every_width(monkeypatch):
+    from mrl_kernels.training import search
+
+    config = TrainConfig(dataset="synthetic", synthetic_size=(120, 80, 1500), method="mrl-als", dims=(2, 4, 8),
+                         epochs=2, progress=False)
+    ds = load("synthetic", seed=0, synthetic_size=(120, 80, 1500))
+    # trial 0 (the defaults) 0.1 at every width; the others far better on average, worse at width 8
+    found = iter([{2: 0.1, 4: 0.1, 8: 0.1}, {2: 0.5, 4: 0.5, 8: 0.09}, {2: 0.3, 4: 0.3, 8: 0.099}])
+    monkeypatch.setattr(search, "evaluate_trial", lambda *args: (lambda r: {"score": score(r), "sweeps": 2,
+                                                                            "recall@20": r})(next(found)))
+    chosen, history = tune(config, ds, 3, log=lambda _: None)
+    assert list(history.score.round(6)) == [0.0, round(math.log(0.9), 6), round(math.log(0.99), 6)]
+    assert history.mean_log_recall[1] > history.mean_log_recall[0]
+    assert chosen.alpha == pytest.approx((config.alpha,) * 3) and chosen.level_weights == (1.0, 1.0, 1.0)
 
 
 def test_a_trials_settings_are_geometric_over_the_widths():
@@ -42,7 +67,8 @@ def test_the_search_is_seeded_and_starts_from_the_defaults():
     best = first.loc[first.score.idxmax()]
     assert chosen.alpha == pytest.approx(trial_settings(best.to_dict(), 3)["alpha"])
     assert chosen.epochs == chosen.patience == best.sweeps, "the run sweeps as long as the best trial"
-    assert set(first.columns) >= {"score", "sweeps", "valid_recall@20_2", "valid_recall@20_8"}
+    assert set(first.columns) >= {"score", "mean_log_recall", "sweeps", "valid_recall@20_2", "valid_recall@20_8"}
+    assert first.score[0] == 0.0  # the first trial is the reference
 
 
 def test_tune_runs_end_to_end_and_records_the_search(tmp_path, capsys):
