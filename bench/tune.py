@@ -7,8 +7,10 @@ for ``mrl-als`` the built-in search's space, :mod:`mrl_kernels.training.search`:
 alpha and L2, level weights and conjugate-gradient steps, the sweeps chosen by early stopping) within a time budget, in ``--workers`` processes sharing one
 study. Every trial trains with the validation split held out and early stopping, and
 scores its best validation Recall@20 (``--select mean-width``: the mean over the
-nested widths of the selected model's log validation Recall@20, ``mrl-train --tune``'s
-score, the default for ``mrl-als``, whose point is every width); the test set is never looked at during the
+nested widths of the selected model's log validation Recall@20, the default for ``mrl-als``,
+whose point is every width; ``mrl-train --tune`` keeps it to choose a trial's sweep but
+compares trials by their weakest width's gain on the defaults, which needs the defaults'
+trial finished first, where this search's workers run trials at once); the test set is never looked at during the
 search. The study lives in ``<out>/study.db`` (SQLite), so an
 interrupted search continues where it stopped, and ``<out>/trials.csv`` records
 every trial; the method's current defaults are the first trial. Then the best setting is trained under the refit protocol
