@@ -71,13 +71,13 @@ def _refit_spy(monkeypatch, stop_at=None):
     fits = []
     epoch = trainer.Fit.epoch
 
-    def spied(fit):
+    def spied(fit, loss=True):
         if not fits or fits[-1][0] is not fit:
             fits.append([fit, 0])
         fits[-1][1] += 1
         if stop_at is not None and len(fits) == 2 and fits[-1][1] == stop_at:
             trainer.request_stop()
-        return epoch(fit)
+        return epoch(fit, loss)
     monkeypatch.setattr(trainer.Fit, "epoch", spied)
     return fits
 
