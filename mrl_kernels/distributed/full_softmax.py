@@ -66,12 +66,7 @@ def mrl_full_softmax_loss(user: Tensor, pos: Tensor, shard: Tensor, dims: Sequen
         dims, w, temperature, reduction = checks.check_softmax(user, pos, shard, dims, weights, temperature,
                                                                reduction, "shard")
         check_offset(offset)
-        pos_ids = checks.check_id_tensor("pos_ids", pos_ids, ndim=1, device=user.device)
-        if pos_ids.shape != (user.shape[0],):
-            raise ValueError(f"pos_ids must have shape ({user.shape[0]},) (this rank's positives), "
-                             f"got {tuple(pos_ids.shape)}")
-        if checks.can_read_values(pos_ids) and bool((pos_ids < 0).any()):
-            raise ValueError(f"pos_ids must be global row ids >= 0, got {int(pos_ids.min())}")
+        pos_ids = checks.check_row_ids("pos_ids", pos_ids, None, user)  # global ids: >= 0, no bound known here
         log_q = checks.check_correction("log_q", log_q, (shard.shape[0],), user, "one per row of this shard",
                                          each="row")
         pos_log_q = checks.check_correction("pos_log_q", pos_log_q, (user.shape[0],), user, "one per positive",

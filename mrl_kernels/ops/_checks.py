@@ -191,7 +191,7 @@ def check_generator(generator, device: torch.device) -> torch.Generator | None:
     return generator
 
 
-def check_row_ids(name: str, ids, n: int, user: Tensor, padding: bool = False) -> Tensor:
+def check_row_ids(name: str, ids, n: int | None, user: Tensor, padding: bool = False) -> Tensor:
     """:func:`check_ids` of one id per row of ``user``: shape ``(B,)``."""
     ids = check_ids(name, ids, n, user.device, padding)
     if ids.shape != (user.shape[0],):

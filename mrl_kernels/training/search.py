@@ -168,6 +168,7 @@ def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], Non
             gain = worst_gain(found["recall@20"], reference) if math.isfinite(found["score"]) else -math.inf
             study.tell(trial, gain if math.isfinite(gain) else -1e9)
             rows.append({"trial": trial.number, **trial.params, "score": gain, "mean_log_recall": found["score"],
+                         "stop_score": found["stop_score"],
                          "sweeps": found["sweeps"],
                          **{f"valid_recall@20_{w}": v for w, v in found["recall@20"].items()},
                          "seconds": time.perf_counter() - started})

@@ -84,7 +84,7 @@ CASES = [
      r"every rank must call with the same local batch size; got 3 on rank 0, 4 on rank 1"),
     ("a bad positive id on one rank, the softmax over every item",
      lambda r: every_item(problem(r), pos_ids=torch.tensor([0, 1, -1 if r else 2])),
-     r"a sharded call failed on rank 1: ValueError: pos_ids must be global row ids >= 0, got -1"),
+     r"a sharded call failed on rank 1: ValueError: pos_ids must be >= 0; got ids in \[-1, 1\]"),
     ("log_q on one rank only, the softmax over every item",
      lambda r: every_item(problem(r), **({} if r else dict(log_q=torch.zeros(CUT), pos_log_q=torch.zeros(ROWS)))),
      r"every rank must call with the same log_q given; got True on rank 0, False on rank 1"),

@@ -41,7 +41,8 @@ def test_the_defaults_stay_unless_a_trial_beats_them_at_every_width(monkeypatch)
     # trial 0 (the defaults) 0.1 at every width; the others far better on average, worse at width 8
     found = iter([{2: 0.1, 4: 0.1, 8: 0.1}, {2: 0.5, 4: 0.5, 8: 0.09}, {2: 0.3, 4: 0.3, 8: 0.099}])
     monkeypatch.setattr(search, "evaluate_trial", lambda *args: (lambda r: {"score": score(r), "sweeps": 2,
-                                                                            "recall@20": r})(next(found)))
+                                                                            "recall@20": r,
+                                                                            "stop_score": score(r)})(next(found)))
     chosen, history = tune(config, ds, 3, log=lambda _: None)
     assert list(history.score.round(6)) == [0.0, round(math.log(0.9), 6), round(math.log(0.99), 6)]
     assert history.mean_log_recall[1] > history.mean_log_recall[0]
