@@ -2,20 +2,26 @@
 
 ``python -m bench.tune --dataset tool --data-dir ../shared/datasets --method mrl-s --budget 3600``
 runs Optuna's TPE sampler over the trainer's settings (lr, L2, batch size,
-candidates per pool, pool layout, and the softmax temperature and scores for ``mrl-s``;
-for ``mrl-als`` the built-in search's space, :mod:`mrl_kernels.training.search`: per-width
-alpha and L2, level weights and conjugate-gradient steps, the sweeps chosen by early stopping) within a time budget, in ``--workers`` processes sharing one
-study. Every trial trains with the validation split held out and early stopping, and
-scores its best validation Recall@20 (``--select mean-width``: the mean over the
-nested widths of the selected model's log validation Recall@20, the default for ``mrl-als``,
-whose point is every width; ``mrl-train --tune`` keeps it to choose a trial's sweep but
-compares trials by their weakest width's gain on the defaults, which needs the defaults'
-trial finished first, where this search's workers run trials at once); the test set is never looked at during the
-search. The study lives in ``<out>/study.db`` (SQLite), so an
-interrupted search continues where it stopped, and ``<out>/trials.csv`` records
-every trial; the method's current defaults are the first trial. Then the best setting is trained under the refit protocol
-(selection on validation, a fresh model on train + validation for the selected
-epochs) for each ``--seeds`` (in parallel), and ``<out>/best.json`` holds the setting, its test
+candidates per pool, pool layout, and the softmax temperature and scores for ``mrl-s``)
+within a time budget, in ``--workers`` processes sharing one study. Every trial
+trains with the validation split held out and early stopping, and scores its best
+validation Recall@20 (at full width, or with ``--select mean-width`` the mean over
+the nested widths of the selected model's log validation Recall@20); the test set
+is never looked at during the search. The study lives in ``<out>/study.db``
+(SQLite), so an interrupted search continues where it stopped, and
+``<out>/trials.csv`` records every trial; the method's current defaults are the
+first trial.
+
+``--method mrl-als`` runs ``mrl-train --tune``'s own search instead
+(:func:`mrl_kernels.training.search.tune`: ``--trials`` trials, 40 unless given,
+of per-width alpha and L2, level weights and conjugate-gradient steps, the first
+trial the defaults, trials compared by their weakest width's gain on them), in one
+process and without a budget or a study file (a trial takes seconds to a minute);
+``<out>/trials.csv`` is its history.
+
+Then the best setting is trained under the refit protocol (selection on
+validation, a fresh model on train + validation for the selected epochs) for each
+``--seeds`` (in parallel), and ``<out>/best.json`` holds the setting, its test
 metrics at every prefix width, and the training seconds.
 """
 from __future__ import annotations
@@ -45,6 +51,8 @@ from mrl_kernels.training import search as nested_search
 from mrl_kernels.training.methods import METHODS
 
 SELECT_PATIENCE = 3  # evaluations without a better validation Recall@20 before a trial stops
+DEFAULT_BUDGET = 3600.0  # seconds of searching
+TRIALS = 40  # mrl-als's trials (docs/nested_als.md's --tune 40)
 
 
 def suggest(trial: optuna.Trial, method: str) -> dict:
@@ -53,10 +61,7 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
     temperature and scores for ``mrl-s``. The ranges bracket what first probes on tool found: L2 from the
     paper's 1e-4 up to 0.1 (1e-2 lifts MRL-M by ~15%; above ~0.05 MRL-M collapses), lr around Adam's 1e-3, pools of
     8 to 64 hardest-of candidates for the BPR family, 16 to 256 for the softmax
-    (every candidate counts there). ``mrl-als``: ``mrl-train --tune``'s
-    (:func:`mrl_kernels.training.search.suggest`)."""
-    if METHODS[method].solved:
-        return nested_search.suggest(trial, len(DIMS))
+    (every candidate counts there)."""
     settings = {
         "lr": trial.suggest_float("lr", 3e-4, 1e-2, log=True),
         "l2": trial.suggest_float("l2", 1e-4, 0.1, log=True),
@@ -75,11 +80,6 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
 
 
 DIMS = TrainConfig.dims
-
-
-def settings_of(params: dict) -> dict:
-    """A trial's parameters as trainer settings (mrl-als's by :func:`nested_search.trial_settings`)."""
-    return nested_search.trial_settings(params, len(DIMS)) if "alpha_first" in params else dict(params)
 
 
 def score(result: dict, dataset: data.Dataset, select: str) -> tuple[float, dict]:
@@ -137,15 +137,51 @@ def search(args, out: Path, worker: int) -> None:
         atomic_write(out / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))
 
 
-def refit(args, out: Path, settings: dict, seed: int) -> dict:
-    """The refit protocol with ``settings`` and ``seed``: its test metrics at every width."""
+def refit(args, out: Path, chosen: TrainConfig, seed: int) -> dict:
+    """The refit protocol with ``chosen``'s settings and ``seed``: its test metrics at every width."""
     torch.set_num_threads(args.threads)
-    config = replace(_base(args), **settings_of(settings), seed=seed, patience=TrainConfig.patience,
-                     epochs=TrainConfig.epochs, refit=True, out=str(out / f"best-s{seed}"))
+    config = replace(chosen, seed=seed, refit=True, out=str(out / f"best-s{seed}"))
     result = _train(config, data.load(args.dataset, args.data_dir, seed=seed))
     return {"seed": seed, "test": result["test"], "prefix": result["prefix"], "best_epoch": result["best_epoch"],
             "train_seconds": result["wall_seconds"],
             "fit_seconds": result["seconds_per_epoch"] * result["refit_epochs"]}
+
+
+def solved(args, out: Path) -> tuple[TrainConfig, dict]:
+    """``mrl-als``: ``mrl-train --tune``'s search on ``--seed``'s split; the chosen
+    configuration (its sweeps as ``epochs``) and the best trial's summary.
+    ``<out>/trials.csv`` holds the search history."""
+    torch.set_num_threads(args.threads)
+    config = replace(_base(args), refit=True)
+    chosen, history = nested_search.tune(config, data.load(args.dataset, args.data_dir, seed=args.seed),
+                                         args.trials or TRIALS, log=print)
+    atomic_write(out / "trials.csv", lambda tmp: history.to_csv(tmp, index=False))
+    best = history.loc[history.score.idxmax()]
+    return chosen, {"trial": int(best.trial), "select": "worst-width gain on the defaults", "valid_score": best.score,
+                    "valid_recall@20_by_width": {str(w): best[f"valid_recall@20_{w}"] for w in chosen.dims},
+                    "settings": {name: getattr(chosen, name) for name in
+                                 ("alpha", "l2", "level_weights", "cg_steps", "epochs")}, "trials": len(history)}
+
+
+def searched(args, out: Path, pool: ProcessPoolExecutor) -> tuple[TrainConfig, dict] | None:
+    """Every other method: the shared study's search in ``--workers`` processes; the
+    best setting's configuration for the refit and its summary (None with ``--search-only``)."""
+    study = _study(out, args.seed)  # created once, before the workers open it
+    if not study.trials:  # the method's current defaults come first: the search can only improve on them
+        fixed = optuna.trial.FixedTrial(recipe(args.method))
+        suggest(fixed, args.method)
+        study.enqueue_trial(fixed.params)
+    list(pool.map(search, [args] * args.workers, [out] * args.workers, range(args.workers)))
+    if args.search_only:
+        return None
+    study = _study(out, args.seed)
+    best = study.best_trial
+    print(f"best: trial {best.number}, validation recall@20 {best.value:.4f}, {best.params}", flush=True)
+    chosen = replace(_base(args), **best.params, patience=TrainConfig.patience, epochs=TrainConfig.epochs,
+                     refit=True)
+    return chosen, {"trial": best.number, "select": args.select, "valid_recall@20": best.value,
+                    "valid_recall@20_by_width": best.user_attrs.get("valid_recall@20_by_width"),
+                    "settings": best.params, "trials": len(study.trials)}
 
 
 def main(argv=None) -> int:
@@ -154,45 +190,41 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--model", default="mf")
     parser.add_argument("--method", default="mrl-s", choices=tuple(METHODS))
-    parser.add_argument("--select", choices=("full", "mean-width"), default=None,
+    parser.add_argument("--select", choices=("full", "mean-width"), default="full",
                         help="what a trial scores: full-width validation Recall@20, or its mean over the widths "
-                             "(default: mean-width for mrl-als, else full)")
-    parser.add_argument("--budget", type=float, default=3600.0, help="seconds of searching (trials in flight finish)")
-    parser.add_argument("--trials", type=int, default=None, help="stop after this many trials in all")
+                             "(not for mrl-als, whose search compares the widths itself)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of searching, trials in flight finish (default 3600; not for mrl-als)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help=f"stop after this many trials in all (mrl-als: default {TRIALS})")
     parser.add_argument("--max-epochs", type=int, default=200, help="epochs a trial may train at most")
     parser.add_argument("--seed", type=int, default=0, help="the data split's and the trials' seed")
     parser.add_argument("--seeds", default="0", help="seeds the best setting is refit with (comma-separated)")
-    parser.add_argument("--workers", type=int, default=1, help="processes searching (and refitting) at once")
+    parser.add_argument("--workers", type=int, default=1, help="processes searching (mrl-als: one) and refitting")
     parser.add_argument("--search-only", action="store_true",
-                        help="add search workers to a study (e.g. from another machine) without refitting")
+                        help="add search workers to a study (e.g. from another machine) without refitting "
+                             "(not for mrl-als)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", default=None, help="default runs/tune/<dataset>-<model>-<method>")
     args = parser.parse_args(argv)
-    args.select = args.select or ("mean-width" if METHODS[args.method].solved else "full")
+    if METHODS[args.method].solved:
+        given = [flag for flag, value in (("--select", args.select != "full"), ("--budget", args.budget is not None),
+                                          ("--search-only", args.search_only)) if value]
+        if given:
+            parser.error(f"{', '.join(given)}: not for --method {args.method}, whose search is mrl-train --tune's "
+                         "(a count of trials, --trials, compared by their weakest width)")
+    args.budget = DEFAULT_BUDGET if args.budget is None else args.budget
     out = Path(args.out or f"runs/tune/{args.dataset}-{args.model}-{args.method}")
     out.mkdir(parents=True, exist_ok=True)
-    study = _study(out, args.seed)  # created once, before the workers open it
-    if not study.trials:  # the method's current defaults come first: the search can only improve on them
-        defaults = recipe(args.method)
-        if METHODS[args.method].solved:  # flat over the widths, equal weights
-            defaults = {"alpha_first": defaults["alpha"], "alpha_last": defaults["alpha"], "level_ratio": 1.0,
-                        "reg_first": defaults["l2"], "reg_last": defaults["l2"], "cg_steps": defaults["cg_steps"]}
-        fixed = optuna.trial.FixedTrial(defaults)
-        suggest(fixed, args.method)
-        study.enqueue_trial(fixed.params)
     with ProcessPoolExecutor(args.workers) as pool:
-        list(pool.map(search, [args] * args.workers, [out] * args.workers, range(args.workers)))
-        if args.search_only:
+        found = solved(args, out) if METHODS[args.method].solved else searched(args, out, pool)
+        if found is None:
             return 0
-        best = _study(out, args.seed).best_trial
-        print(f"best: trial {best.number}, validation recall@20 {best.value:.4f}, {best.params}", flush=True)
+        chosen, best = found
         seeds = [int(s) for s in args.seeds.split(",")]
-        runs = list(pool.map(refit, [args] * len(seeds), [out] * len(seeds), [best.params] * len(seeds), seeds))
-    summary = {"dataset": args.dataset, "model": args.model, "method": args.method, "trial": best.number,
-               "select": args.select, "valid_recall@20": best.value,
-               "valid_recall@20_by_width": best.user_attrs.get("valid_recall@20_by_width"), "settings": best.params,
-               "config": {**asdict(replace(_base(args), **settings_of(best.params))), "out": None}, "runs": runs,
-               "trials": len(_study(out, args.seed).trials)}
+        runs = list(pool.map(refit, [args] * len(seeds), [out] * len(seeds), [chosen] * len(seeds), seeds))
+    summary = {"dataset": args.dataset, "model": args.model, "method": args.method, **best,
+               "config": {**asdict(chosen), "out": None}, "runs": runs}
     atomic_write(out / "best.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     print(pd.DataFrame([{"seed": r["seed"], **r["test"]} for r in runs]).to_string(index=False))
     return 0
