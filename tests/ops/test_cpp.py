@@ -146,3 +146,33 @@ def test_without_a_compiler_auto_warns_once_and_cpp_raises(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "warnings: 1" in run.stdout
     assert "error: backend='cpp' is not available here" in run.stdout
+
+
+def test_a_library_built_from_older_sources_is_refused_by_name_and_auto_falls_back():
+    # a mrl_kernels/_C built before an operator was added loads without it: here the dispatcher is made to
+    # report no CPU kernel for the softmax over every item, as such a library's does
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import warnings, torch
+        has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+        torch._C._dispatch_has_kernel_for_dispatch_key = lambda name, key: (
+            "full_softmax" not in name and has_kernel(name, key))
+        import mrl_kernels as mk
+        torch.manual_seed(0)
+        user, items = torch.randn(3, 8), torch.randn(11, 8)
+        pos_ids = torch.tensor([1, 5, 10])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = mk.mrl_softmax_loss(user, items[pos_ids], items, None, [4, 8], pos_ids=pos_ids)
+        print("warning:", *[w.message for w in caught])
+        expected = mk.mrl_softmax_loss(user, items[pos_ids], items, None, [4, 8], pos_ids=pos_ids, backend="torch")
+        print("equal:", torch.equal(loss, expected))
+        try:
+            mk.mrl_softmax_loss(user, items[pos_ids], items, None, [4, 8], pos_ids=pos_ids, backend="cpp")
+        except RuntimeError as e:
+            print("error:", e)
+    """)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "has no kernel for full_softmax_lse, full_softmax_lse_backward" in run.stdout
+    assert "rebuild it: pip install --no-build-isolation -e ." in run.stdout
+    assert "equal: True" in run.stdout
+    assert "error: backend='cpp' is not available here" in run.stdout

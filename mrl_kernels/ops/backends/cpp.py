@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import library
+from ..spec import OPS, qualified_name
 
 PACKAGE = Path(__file__).resolve().parents[1]
 CFLAGS = ["-O3", "-fopenmp"]  # at::parallel_for runs on OpenMP: without it, one thread
@@ -31,11 +32,12 @@ def sources() -> list[Path]:
     return sorted(PACKAGE.glob("**/*_cpu.cpp"))
 
 
-def _load_library() -> None:
+def _load_library() -> str:
+    """Load the library (the built one, else compiled from the sources now); its path."""
     built = importlib.util.find_spec("mrl_kernels._C")
     if built is not None and built.origin:
         torch.ops.load_library(built.origin)
-        return
+        return built.origin
     found = sources()
     if not found:
         raise ImportError(f"the C++ kernels were not built with the package and no *_cpu.cpp source is in {PACKAGE}")
@@ -43,11 +45,20 @@ def _load_library() -> None:
 
     cpp_extension.load(name="mrl_kernels_cpu", sources=[str(p) for p in found], extra_cflags=CFLAGS,
                        extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    return "the library compiled from " + str(PACKAGE)
 
 
 def _load() -> library.Operators:
     library.define_schemas("cpp")
-    _load_library()
+    origin = _load_library()
+    # a library built before an operator was added loads, but has no kernel for it: refused here (the
+    # backend is then unavailable, and backend="auto" says so once), not at the operator's first call
+    missing = [name for name in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(
+        qualified_name(name, "cpp"), "CPU")]
+    if missing:
+        raise ImportError(f"{origin} has no kernel for {', '.join(missing)}: it was built from older sources than "
+                          "this package's; rebuild it: pip install --no-build-isolation -e . (or python setup.py "
+                          "build_ext --inplace)")
     return library.register("cpp")
 
 
