@@ -6,7 +6,9 @@ with ``--method mrl-s-all`` on tool and phone, against MRL-M and iALS per width.
 1e-4, temperature 1; the refit protocol: epochs chosen on validation, a fresh
 model on train + validation) for each dataset, model and seed, one thread,
 keeping runs that already wrote their ``metrics.json`` (an interrupted job
-continues), and writes ``docs/full_softmax.md``: test Recall@20 at every width of
+continues) and the rows of ``docs/full_softmax.json`` with the same ``--epochs``
+(a later invocation adds datasets, models or seeds), and writes
+``docs/full_softmax.json`` and ``docs/full_softmax.md``: test Recall@20 at every width of
 the one model, MRL-M's (MF: the prefixes of docs/reproduction.md, paper's
 settings and tuned; LightGCN: its full width there), iALS retrained per width
 (docs/baselines.json, the same seeds), and the training seconds.
@@ -79,6 +81,15 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def write(rows: list, baselines: pd.DataFrame, docs: Path) -> str:
+    atomic_write(docs / "full_softmax.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
+    frame = pd.DataFrame(rows)
+    frame["prefix"] = frame.prefix.map(lambda p: {int(w): v for w, v in p.items()})
+    text = markdown(frame, baselines)
+    atomic_write(docs / "full_softmax.md", lambda tmp: Path(tmp).write_text(text))
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
@@ -93,15 +104,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     docs = Path(args.docs)
     baselines = load_baselines(docs)
-    rows = []
+    kept = json.loads((docs / "full_softmax.json").read_text()) if (docs / "full_softmax.json").is_file() else []
+    rows = [row for row in kept if row["epochs"] == args.epochs]
+    done = {(row["dataset"], row["model"], row["seed"]) for row in rows}
     for seed in map(int, args.seeds.split(",")):
         for model in args.models.split(","):
             for dataset in args.datasets.split(","):
+                if (dataset, model, seed) in done:
+                    continue
                 rows.append(run(dataset, model, seed, args.data_dir, Path(args.runs), args.epochs))
                 print(dataset, model, seed, {w: round(v, 4) for w, v in rows[-1]["prefix"].items()},
                       f"{rows[-1]['wall_seconds']:.0f} s", flush=True)
-                text = markdown(pd.DataFrame(rows), baselines)
-                atomic_write(docs / "full_softmax.md", lambda tmp: Path(tmp).write_text(text))
+                write(rows, baselines, docs)
+    text = write(rows, baselines, docs)
     print(text)
     return 0
 
