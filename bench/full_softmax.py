@@ -1,7 +1,8 @@
 """The softmax over every item, fused, against the materialised computation:
 forward+backward time and peak memory, side by side in one process.
 
-``python -m bench.full_softmax [--sizes N ...] [--batches B ...]`` writes
+``python -m bench.full_softmax [--sizes N ...] [--batches B ...]`` (every pair) or
+``[--shapes N:B ...]`` (those pairs) writes
 ``bench/results/full-softmax-<device>-<threads>threads-<date>.{md,json}``
 (rewritten after each shape, so a run stopped early keeps what it measured).
 
@@ -29,6 +30,7 @@ require("python -m bench.full_softmax", "tabulate")
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -115,10 +117,23 @@ def report(rows: list[dict], args, path: Path) -> None:
                                                              "torch": torch.__version__, "rows": rows}, indent=2))
 
 
+def shape(text: str) -> tuple[int, int]:
+    """``N:B`` as ``(N, B)``."""
+    try:
+        n_items, batch = map(int, text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is N:B, two ints (e.g. 1000000:4096); got {text!r}") from None
+    if n_items < 1 or batch < 1:
+        raise argparse.ArgumentTypeError(f"a shape's N and B are >= 1; got {text!r}")
+    return n_items, batch
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="item counts N")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes B")
+    parser.add_argument("--shapes", type=shape, nargs="+", default=None,
+                        help="N:B pairs measured instead of every pair of --sizes and --batches")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -134,11 +149,10 @@ def main(argv=None) -> int:
         f"{platform.machine()}-{torch.get_num_threads()}threads"
     path = Path(args.out) / f"full-softmax-{device}-{dt.date.today().isoformat()}"
     rows = []
-    for n_items in args.sizes:
-        for batch in args.batches:
-            rows += measure(n_items, batch, args)
-            report(rows, args, path)
-            print(pd.DataFrame(rows).tail(2).to_string(index=False), flush=True)
+    for n_items, batch in args.shapes or itertools.product(args.sizes, args.batches):
+        rows += measure(n_items, batch, args)
+        report(rows, args, path)
+        print(pd.DataFrame(rows).tail(2).to_string(index=False), flush=True)
     return 0
 
 
