@@ -11,3 +11,19 @@ def require(command: str, *modules: str) -> None:
     if missing:
         raise SystemExit(f"{command}: needs {', '.join(missing)}, from the bench extra: "
                          "pip install -e \".[bench]\"")
+
+
+def result_name(out, prefix: str) -> str:
+    """``<prefix>-<today>``, or ``<prefix>-<today>-2``, ``-3``, ... where ``out``
+    already holds files of that name (an earlier run's results): a bench run never
+    overwrites another's. ``out`` is created."""
+    import datetime as dt
+    import glob
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name, n = f"{prefix}-{dt.date.today().isoformat()}", 1
+    while any(out.glob(glob.escape(name if n == 1 else f"{name}-{n}") + ".*")):
+        n += 1
+    return name if n == 1 else f"{name}-{n}"

@@ -10,8 +10,9 @@ Writes ``<out>/cpu-<machine>-<date>.md`` and ``.json``.
 """
 from __future__ import annotations
 
+from . import result_name
+
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
+from mrl_kernels.atomic import atomic_write_text
 
 from .timing import median_ms
 from .workloads import DIMS, M, N_ITEMS, inputs, workload
@@ -73,10 +76,10 @@ def main(argv=None) -> int:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"cpu-{platform.machine()}-{threads}threads-{dt.date.today().isoformat()}"
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"threads": threads, "torch": torch.__version__, "rows": rows},
-                                                 indent=2))
+    name = result_name(out, f"cpu-{platform.machine()}-{threads}threads")
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps({"threads": threads, "torch": torch.__version__,
+                                                        "rows": rows}, indent=2))
     return 0
 
 

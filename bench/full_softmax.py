@@ -24,12 +24,11 @@ materialised computation is skipped where its logits alone
 """
 from __future__ import annotations
 
-from . import require
+from . import require, result_name
 
 require("python -m bench.full_softmax", "tabulate")
 
 import argparse
-import datetime as dt
 import itertools
 import json
 import os
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.cuda.get_device_name().replace(" ", "_") if args.device == "cuda" else \
         f"{platform.machine()}-{torch.get_num_threads()}threads"
-    path = Path(args.out) / f"full-softmax-{device}-{dt.date.today().isoformat()}"
+    path = Path(args.out) / result_name(args.out, f"full-softmax-{device}")
     rows = []
     for n_items, batch in args.shapes or itertools.product(args.sizes, args.batches):
         rows += measure(n_items, batch, args)

@@ -17,12 +17,11 @@ Writes ``bench/results/<device>-<date>.md``, ``.json`` and a plot
 """
 from __future__ import annotations
 
-from . import require
+from . import require, result_name
 
 require('python -m bench.report', 'matplotlib', 'tabulate')
 
 import argparse
-import datetime as dt
 import json
 import platform
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mrl_kernels.atomic import atomic_write_text
 from mrl_kernels.training.methods import METHODS
 
 from .timing import median_ms
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     ops = op_table(device, batches, args.repeats, limits)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{name.replace(' ', '_')}-{dt.date.today().isoformat()}"
+    stem = out / result_name(out, name.replace(' ', '_'))
     plot(ops, stem.with_name(stem.name + "-speedup.png"))
     text = [f"# mrl_kernels benchmark report: {name}", "",
             f"torch {torch.__version__}, {platform.python_version()}; copy bandwidth {limits['copy_GBps']:.1f} GB/s "
@@ -141,8 +141,8 @@ def main(argv=None) -> int:
         text += ["## mrl-train on phone: seconds per epoch and peak memory (2 epochs, own process each)", "",
                  epochs.to_markdown(index=False, floatfmt=".3f"), ""]
         result["epochs"] = epochs.to_dict("records")
-    stem.with_suffix(".md").write_text("\n".join(text))
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(text))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
     print("\n".join(text))
     return 0
 

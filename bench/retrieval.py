@@ -29,12 +29,11 @@
 """
 from __future__ import annotations
 
-from . import require
+from . import require, result_name
 
 require("python -m bench.retrieval", "faiss", "matplotlib", "tabulate")
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mrl_kernels.atomic import atomic_write_text
 import mrl_kernels as mk
 from mrl_kernels.training import data
 from mrl_kernels.serving import load_run
@@ -255,9 +255,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 
 def report(args, quality_table: pd.DataFrame | None, nested_table: pd.DataFrame, speed_table: pd.DataFrame) -> str:
-    name = f"retrieval-{platform.machine()}-{torch.get_num_threads()}threads-{dt.date.today().isoformat()}"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    name = result_name(out, f"retrieval-{platform.machine()}-{torch.get_num_threads()}threads")
     plot(speed_table, out / f"{name}.png")
     quality_part = [] if quality_table is None else [
         "## Quality on trained models (test users; training and validation items excluded)", "",
@@ -282,8 +281,8 @@ def report(args, quality_table: pd.DataFrame | None, nested_table: pd.DataFrame,
         best_at(speed_table).to_markdown(index=False, floatfmt=".3f"), "",
         "### Every setting", "", speed_table.to_markdown(index=False, floatfmt=".3f"), "",
         f"![queries/s against agreement]({name}.png)", ""])
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"quality": None if quality_table is None else
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps({"quality": None if quality_table is None else
                                                   quality_table.to_dict("records"),
                                                   "nested on phone": nested_table.to_dict("records"),
                                                   "speed": speed_table.to_dict("records")}, indent=2))

@@ -27,12 +27,11 @@ on a 20,000-user, 10^6-item table (sparse path, 2 epochs, ``--no-refit``,
 """
 from __future__ import annotations
 
-from . import require
+from . import require, result_name
 
 require("python -m bench.scale", "matplotlib", "tabulate")
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mrl_kernels.atomic import atomic_write_text
 from mrl_kernels.training import data
 from mrl_kernels.training.metrics import evaluate, prefix_evaluate
 from mrl_kernels.training import Fit, TrainConfig, recipe
@@ -185,8 +185,8 @@ def evaluation_main(args) -> int:
     with tempfile.TemporaryDirectory() as folder:
         run = scale_run(Path(folder))
     print(run, flush=True)
-    name = f"scale-eval-{platform.machine()}-1thread-{dt.date.today().isoformat()}"
     out = Path(args.out)
+    name = result_name(out, f"scale-eval-{platform.machine()}-1thread")
     text = (f"# A run's final evaluation at 10^6 items\n\n{platform.processor() or platform.machine()}, one torch "
             f"thread (OMP_NUM_THREADS=1); bench/scale.py --evaluation.\n\n"
             f"## The test at widths {DIMS}, per 1000 users\n\n"
@@ -198,8 +198,8 @@ def evaluation_main(args) -> int:
                if same else "")
             + f"\n\n## mrl-train on a {RUN_USERS}-user, {EVAL_ITEMS}-item table\n\n"
             + pd.DataFrame([run]).to_markdown(index=False, floatfmt=".1f") + "\n")
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"cost": cost, "same_metrics": same, "run": run}, indent=2))
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps({"cost": cost, "same_metrics": same, "run": run}, indent=2))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -251,9 +251,8 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    name = f"scale-{platform.machine()}-1thread-{dt.date.today().isoformat()}"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    name = result_name(out, f"scale-{platform.machine()}-1thread")
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for path, part in table.dropna(subset=["step_ms"]).groupby("path"):
         ax.plot(part.N, part.step_ms, marker="o", label=path)
@@ -265,8 +264,8 @@ def main(argv=None) -> int:
             f"thread; B {BATCH}, 5 levels x 16 candidates, D 64, {USERS} users, {INTERACTIONS} random "
             f"interactions; median of {args.repeats} steps; bench/scale.py.\n\n"
             + table.to_markdown(index=False, floatfmt=".2f") + f"\n\n![step time]({name}.png)\n")
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps(rows, indent=2))
     print(text)
     return 0
 

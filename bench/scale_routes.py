@@ -15,7 +15,8 @@ winners it owns: ``B L / W``).
 """
 from __future__ import annotations
 
-import datetime as dt
+from . import result_name
+
 import json
 import os
 import platform
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from mrl_kernels.atomic import atomic_write_text
 
 from .scale import BATCH, USERS
 
@@ -156,9 +159,8 @@ def routes(repeats: int, out_dir: str, sizes=ROUTE_SIZES, worlds=ROUTE_WORLDS) -
                          "sharded MB": route_bytes("sharded", world) / 1e6})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    name = f"scale-routes-{platform.machine()}-1thread-{dt.date.today().isoformat()}"
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    name = result_name(out, f"scale-routes-{platform.machine()}-1thread")
     text = (f"# Row-sharded tables: composed against sharded route\n\n{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores here, one torch thread a gloo process (4 processes share 2 cores "
             f"where the machine has 2); torchrec row-wise tables, fused RowWiseAdagrad; global B {BATCH}, "
@@ -166,8 +168,8 @@ def routes(repeats: int, out_dir: str, sizes=ROUTE_SIZES, worlds=ROUTE_WORLDS) -
             f"(rank 0, a barrier before each, the routes interleaved); MB: what a rank receives per step, "
             f"bench/scale.route_bytes.\n\n"
             + table.astype({"N": str, "processes": str}).to_markdown(index=False, floatfmt=".2f") + "\n")
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps(rows, indent=2))
     print(text)
     return 0
 

@@ -18,12 +18,11 @@ Bytes that must move per forward+backward: ``bench/costs.py``.
 """
 from __future__ import annotations
 
-from . import require
+from . import require, result_name
 
 require('python -m bench.triton_bench', 'tabulate', 'triton')
 
 import argparse
-import datetime as dt
 import functools
 import json
 import platform
@@ -34,6 +33,7 @@ import pandas as pd
 import torch
 import triton
 
+from mrl_kernels.atomic import atomic_write_text
 import mrl_kernels as mk
 from mrl_kernels.ops import triton_common
 from mrl_kernels.ops.testing import make_inputs
@@ -147,9 +147,8 @@ def main(argv=None) -> int:
             del case
             torch.cuda.empty_cache()
     table = pd.DataFrame(rows)
-    name = f"triton-{device.replace(' ', '_')}-{dt.date.today().isoformat()}"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    name = result_name(out, f"triton-{device.replace(' ', '_')}")
     header = (f"# mns_bpr_loss forward+backward, Triton vs PyTorch reference\n\n"
               f"{device}, torch {torch.__version__}, triton {triton.__version__}, Python {platform.python_version()}; "
               f"N = {N_ITEMS} items, L = 5; device-to-device copy {copy:.0f} GB/s (read + write). "
@@ -159,8 +158,8 @@ def main(argv=None) -> int:
     if sweep:
         text += ("\n## Tile sweep (float32, B = 65536, graphed)\n\n"
                  + pd.DataFrame(sweep).to_markdown(index=False, floatfmt=".3f") + "\n")
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"device": device, "copy_GBps": copy, "torch": torch.__version__,
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps({"device": device, "copy_GBps": copy, "torch": torch.__version__,
                                                   "triton": triton.__version__, "rows": rows, "sweep": sweep},
                                                  indent=2))
     print(text)

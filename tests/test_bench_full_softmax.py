@@ -1,4 +1,5 @@
-"""``python -m bench.full_softmax``: the shapes measured, both routes' rows, refusals."""
+"""``python -m bench.full_softmax``: the shapes measured, both routes' rows, refusals, and
+bench.result_name: a run never overwrites an earlier one's results."""
 import json
 
 import pytest
@@ -25,3 +26,11 @@ def test_a_bad_shape_is_refused_by_name(tmp_path, capsys, bad):
         full_softmax.main(["--shapes", bad, "--out", str(tmp_path)])
     assert exit.value.code == 2 and "argument --shapes" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_second_run_the_same_day_writes_beside_the_first(tmp_path):
+    for _ in range(2):
+        assert full_softmax.main(["--shapes", "20:2", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
+    first, second = sorted(tmp_path.glob("full-softmax-*.json"), key=lambda p: len(p.name))
+    assert second.name == first.name.replace(".json", "-2.json")
+    assert first.with_suffix(".md").is_file() and second.with_suffix(".md").is_file()
