@@ -3,6 +3,8 @@ synchronised around each run (CUDA events on a GPU); and what a call adds to
 the peak memory (:func:`peak_growth`)."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +33,9 @@ def median_ms(fn, device: str, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))  # glibc: malloc_trim
+
+
 def _status(field: str) -> int:
     """A ``/proc/self/status`` field in bytes (``VmRSS``, ``VmHWM``)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -43,13 +48,16 @@ def peak_growth(fn, device: str) -> tuple[float, int]:
     """``(seconds, bytes)``: the wall time of ``fn()`` and how far it raised the
     peak memory over what was in use before it: on the CPU the process's peak
     resident set (``VmHWM``, reset through ``/proc/self/clear_refs``, Linux) over
-    its resident set before the call; on CUDA ``torch.cuda.max_memory_allocated``
-    over the bytes allocated before it."""
+    its resident set before the call, the memory the C allocator kept from earlier
+    calls handed back first (``malloc_trim``: a call reusing it would not raise the
+    resident set, and would show no growth); on CUDA
+    ``torch.cuda.max_memory_allocated`` over the bytes allocated before it."""
     if device == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
+        _LIBC.malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from the current one
         before = _status("VmRSS")
     start = time.perf_counter()
