@@ -29,7 +29,8 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard mrl_kernels/*/*_cpu.cpp m
 	$(BIN)/pip install --no-build-isolation -e ".[plot]"
 	touch $@
 
-# the test extra: pytest (and pytest-xdist), hypothesis, pyarrow, Triton for its interpreter tests, implicit;
+# the test extra: pytest (and pytest-xdist), hypothesis, pyarrow, Triton for its interpreter tests, implicit,
+# optuna, tabulate (the bench commands' tests);
 # the serve extra (FAISS) for the NestedIndex tests; torchrec for the integration's tests
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(if $(strip $(TORCHREC)),$(BIN)/pip install --no-deps $(TORCHREC))
