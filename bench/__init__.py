@@ -1,7 +1,10 @@
 """Benchmarks and the reproduction scripts; ``pip install -e ".[bench]"`` adds what they need."""
 from __future__ import annotations
 
+import datetime as dt
+import glob
 import importlib.util
+from pathlib import Path
 
 
 def require(command: str, *modules: str) -> None:
@@ -17,13 +20,11 @@ def result_name(out, prefix: str) -> str:
     """``<prefix>-<today>``, or ``<prefix>-<today>-2``, ``-3``, ... where ``out``
     already holds files of that name (an earlier run's results): a bench run never
     overwrites another's. ``out`` is created."""
-    import datetime as dt
-    import glob
-    from pathlib import Path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    name, n = f"{prefix}-{dt.date.today().isoformat()}", 1
-    while any(out.glob(glob.escape(name if n == 1 else f"{name}-{n}") + ".*")):
+    base = name = f"{prefix}-{dt.date.today().isoformat()}"
+    n = 1
+    while any(out.glob(glob.escape(name) + ".*")):
         n += 1
-    return name if n == 1 else f"{name}-{n}"
+        name = f"{base}-{n}"
+    return name

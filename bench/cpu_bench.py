@@ -75,7 +75,6 @@ def main(argv=None) -> int:
             f"(bench/cpu_bench.py).\n\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}") + "\n")
     print(text)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = result_name(out, f"cpu-{platform.machine()}-{threads}threads")
     atomic_write_text(out / f"{name}.md", text)
     atomic_write_text(out / f"{name}.json", json.dumps({"threads": threads, "torch": torch.__version__,

@@ -123,7 +123,6 @@ def main(argv=None) -> int:
     batches = (512, 2048, 8192, 32768) if device == "cpu" else (2048, 16384, 65536)
     ops = op_table(device, batches, args.repeats, limits)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = out / result_name(out, name.replace(' ', '_'))
     plot(ops, stem.with_name(stem.name + "-speedup.png"))
     text = [f"# mrl_kernels benchmark report: {name}", "",
