@@ -31,7 +31,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mrl_kernels.training import data
-from mrl_kernels.atomic import atomic_write
+from mrl_kernels.atomic import atomic_write, atomic_write_png
 from mrl_kernels.training import TrainConfig
 
 from .baselines import _matrix, fit
@@ -95,7 +95,7 @@ def figure(rows: pd.DataFrame, baselines: pd.DataFrame, path: Path) -> None:
         width_axes(ax, WIDTHS, f"{dataset}, mf")
     axes[0][0].legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write_png(path, fig, 120)
 
 
 def _mean_std(values) -> str:

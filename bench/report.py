@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mrl_kernels.atomic import atomic_write, atomic_write_text
+from mrl_kernels.atomic import atomic_write_png, atomic_write_text
 from mrl_kernels.training.methods import METHODS
 
 from .timing import median_ms
@@ -107,7 +107,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel("speedup over the reference")
     axes[0][0].legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write_png(path, fig, 120)
 
 
 def main(argv=None) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrl_kernels.atomic import atomic_write
+from mrl_kernels.atomic import atomic_write_png
 from mrl_kernels.training.methods import METHODS
 
 GRADIENT_METHODS = [name for name, method in METHODS.items() if not method.solved]
@@ -152,7 +152,7 @@ def report(frame: pd.DataFrame, docs: Path) -> str:
     axes[0][0].legend()
     fig.tight_layout()
     docs.mkdir(parents=True, exist_ok=True)
-    atomic_write(docs / "figure3.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write_png(docs / "figure3.png", fig, 120)
 
     text = ["## Results (mean ± std over seeds)", "", table.to_markdown(index=False), "",
             "## Figure 3: test Recall@20 of the refit models against the evaluation prefix width", "",

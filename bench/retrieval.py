@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mrl_kernels.atomic import atomic_write, atomic_write_text
+from mrl_kernels.atomic import atomic_write_png, atomic_write_text
 import mrl_kernels as mk
 from mrl_kernels.training import data
 from mrl_kernels.serving import load_run
@@ -251,7 +251,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
                title=f"N = {n:,} items, D 64, batches of {BATCH} queries")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write_png(path, fig, 110)
 
 
 def report(args, quality_table: pd.DataFrame | None, nested_table: pd.DataFrame, speed_table: pd.DataFrame) -> str:

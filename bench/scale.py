@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mrl_kernels.atomic import atomic_write, atomic_write_text
+from mrl_kernels.atomic import atomic_write_png, atomic_write_text
 from mrl_kernels.training import data
 from mrl_kernels.training.metrics import evaluate, prefix_evaluate
 from mrl_kernels.training import Fit, TrainConfig, recipe
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     ax.set(xscale="log", yscale="log", xlabel="items N", ylabel="ms per MRL-M step (B 2048, one thread)")
     ax.legend()
     fig.tight_layout()
-    atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write_png(out / f"{name}.png", fig, 110)
     text = (f"# Step cost against the number of items\n\n{platform.processor() or platform.machine()}, one torch "
             f"thread; B {BATCH}, 5 levels x 16 candidates, D 64, {USERS} users, {INTERACTIONS} random "
             f"interactions; median of {args.repeats} steps; bench/scale.py.\n\n"

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_png", "remove_stale_temporaries"]
 
 # the temporaries of atomic_write: ".<name>.<random>.mrl-partial", a name no user file has by chance,
 # so that clearing what an interrupted write left never touches anything else
@@ -86,6 +86,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text), replace=replace)
+
+
+def atomic_write_png(path: str | os.PathLike, figure, dpi: int) -> Path:
+    """A matplotlib ``figure`` saved to ``path`` as PNG at ``dpi``, atomically."""
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
 
 
 def atomic_save(path: str | os.PathLike, content, *, force: bool = False) -> Path:

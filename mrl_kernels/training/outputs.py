@@ -18,7 +18,7 @@ from typing import Iterator
 import filelock
 import pandas as pd
 
-from ..atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+from ..atomic import atomic_write, atomic_write_png, atomic_write_text, remove_stale_temporaries
 from ..modelfile import MODEL_FILE
 from .checkpoint import CHECKPOINT
 
@@ -125,5 +125,5 @@ def _plot(history: pd.DataFrame, path: Path) -> None:
     right.set(xlabel="epoch")
     right.legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write_png(path, fig, 100)
     plt.close(fig)
