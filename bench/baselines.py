@@ -32,7 +32,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mrl_kernels.training import data
-from mrl_kernels.atomic import atomic_write
+from mrl_kernels.atomic import atomic_write_text
 from mrl_kernels.training.metrics import evaluate
 
 WIDTHS = (4, 8, 16, 32, 64)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                         print(name, kind, width, seed, best["params"],
                               "bracketed" if best["bracketed"] else "AT AN EDGE",
                               round(best["test"]["recall@20"], 4), flush=True)
-                        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(kept + results, indent=2)))
+                        atomic_write_text(out, json.dumps(kept + results, indent=2))
     return 0
 
 

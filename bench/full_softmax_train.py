@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mrl_kernels.atomic import atomic_write
+from mrl_kernels.atomic import atomic_write_text
 from mrl_kernels.training import TrainConfig, train
 from mrl_kernels.training.checkpoint import CHECKPOINT
 
@@ -83,11 +83,11 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
 
 
 def write(rows: list, baselines: pd.DataFrame, docs: Path) -> str:
-    atomic_write(docs / "full_softmax.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
+    atomic_write_text(docs / "full_softmax.json", json.dumps(rows, indent=2))
     frame = pd.DataFrame(rows)
     frame["prefix"] = frame.prefix.map(lambda p: {int(w): v for w, v in p.items()})
     text = markdown(frame, baselines)
-    atomic_write(docs / "full_softmax.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(docs / "full_softmax.md", text)
     return text
 
 

@@ -31,7 +31,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from mrl_kernels.training import data
-from mrl_kernels.atomic import atomic_write, atomic_write_png
+from mrl_kernels.atomic import atomic_write_png, atomic_write_text
 from mrl_kernels.training import TrainConfig
 
 from .baselines import _matrix, fit
@@ -145,13 +145,13 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
 
 
 def write(rows: list, baselines: pd.DataFrame, docs: Path) -> str:
-    atomic_write(docs / "nested_als.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
+    atomic_write_text(docs / "nested_als.json", json.dumps(rows, indent=2))
     frame = pd.DataFrame(rows)
     frame["prefix"] = frame.prefix.map(lambda p: {int(w): v for w, v in p.items()})
     frame["ials_fit_seconds"] = frame.ials_fit_seconds.map(lambda p: {int(w): v for w, v in p.items()})
     figure(frame, baselines, docs / "figure3-nested.png")
     text = markdown(frame, baselines) + "\n![Figure 3 with the nested model](figure3-nested.png)\n"
-    atomic_write(docs / "nested_als.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(docs / "nested_als.md", text)
     return text
 
 

@@ -43,7 +43,7 @@ import torch
 
 from mrl_kernels import load_run
 from mrl_kernels.training import data
-from mrl_kernels.atomic import atomic_write
+from mrl_kernels.atomic import atomic_write, atomic_write_text
 from mrl_kernels.training.metrics import prefix_evaluate
 from mrl_kernels.ops import LAYOUTS
 from mrl_kernels.training import CHECKPOINT, TrainConfig, recipe, train
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
         runs = list(pool.map(refit, [args] * len(seeds), [out] * len(seeds), [chosen] * len(seeds), seeds))
     summary = {"dataset": args.dataset, "model": args.model, "method": args.method, **best,
                "config": {**asdict(chosen), "out": None}, "runs": runs}
-    atomic_write(out / "best.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    atomic_write_text(out / "best.json", json.dumps(summary, indent=2))
     print(pd.DataFrame([{"seed": r["seed"], **r["test"]} for r in runs]).to_string(index=False))
     return 0
 
