@@ -80,10 +80,12 @@ METHODS: dict[str, Method] = {
     "mrl-ls": Method("nested least squares (iALS's objective summed over the widths) by gradient, no negatives "
                      "sampled", NestedLeastSquares.of, _STEPS | _LEAST_SQUARES, recipe={"alpha": 40.0}),
     # implicit's width-64 iALS settings on tool (docs/baselines.json), equal level weights, its
-    # conjugate-gradient steps; selection every sweep; l2 is implicit's regularization on the tables
+    # conjugate-gradient steps; selection every sweep, stopped after 6 without a better one (3 stopped
+    # tool's seed-1 defaults at 9 sweeps in --tune's trials, 6 at 30); l2 is implicit's regularization on
+    # the tables
     "mrl-als": Method("the same objective solved by alternating least squares (mf), an epoch being one sweep",
                       None, _EVALUATED | _LEAST_SQUARES | {"cg_steps"},
-                      recipe={"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "eval_every": 1, "patience": 3}),
+                      recipe={"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "eval_every": 1, "patience": 6}),
 }
 # the settings only some methods read (Method.takes); the others are every method's
 ONLY_SOME = SETTINGS - frozenset.intersection(*(method.takes for method in METHODS.values()))
