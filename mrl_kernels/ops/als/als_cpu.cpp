@@ -4,18 +4,22 @@
 //
 // Blocks of rows run in parallel, each row its own conjugate-gradient solve
 // (implicit's solver, fixed step count, warm start), a block's rows in lockstep
-// (solve_block). A product A v is the shared Gram part (for a block: one GEMM) plus, for each observed item y of the row, its
-// nested part in one pass over D: the segment dot products <y, v> between
-// consecutive widths, summed into each level's prefix score s_l; then
-// t_l = sum_{l' >= l} c_l' s_l' (c_l = w_l (alpha_l - 1), the observed part's
-// mask), and y's segment l is added scaled by t_l. The first residual b - A x is
-// summed item by item, (sum_{l' >= l} w_l' alpha_l' - t_l) y on segment l, as
-// implicit does. Accumulation in T (float32 or float64), like the reference.
+// (solve_block). A product A v is the shared Gram part (for a block: one GEMM)
+// plus, for each observed item y of the row, its nested part in one pass over D:
+// the segment dot products <y, v> between consecutive widths, summed into each
+// level's prefix score s_l; then t_l = sum_{l' >= l} c_l' s_l' (c_l = w_l
+// (alpha_l - 1), the observed part's mask), and y's segment l is added scaled by
+// t_l, 4 floats or 2 doubles at a time where the widths allow (observed_part).
+// The first residual b - A x is summed item by item, (sum_{l' >= l} w_l' alpha_l'
+// - t_l) y on segment l, as implicit does. Accumulation in T (float32 or
+// float64), like the reference.
 
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
@@ -39,25 +43,61 @@ struct Problem {
   int64_t D;
 };
 
+// W values of T in one register where W > 1 (GCC's and Clang's vector extension: arithmetic
+// lane by lane, a scalar operand broadcast), T itself where W = 1.
+template <typename T, int W>
+struct Lanes {
+  typedef T type __attribute__((vector_size(sizeof(T) * W)));
+};
+template <typename T>
+struct Lanes<T, 1> {
+  using type = T;
+};
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V x;
+  std::memcpy(&x, p, sizeof(V));
+  return x;
+}
+
 // For each observed item y of row r: its nested score of v per segment,
 // t_l = sum_{l' >= l} c_l' <y[:d_l'], v[:d_l']>, and then out[segment l] += coef(l, t_l) y
-// (one pass over D for the scores, one for the update).
-template <typename T, typename Coef>
+// (one pass over D for the scores, one for the update). Both passes go W coordinates at a
+// time, W dividing every width: a segment's dot product is two W-lane sums added up once,
+// so the narrow segments (4, 4, 8) cost a few vector operations, not a loop each.
+template <int W, typename T, typename Coef>
 void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vector<T>& level, Coef coef) {
+  using V = typename Lanes<T, W>::type;
   const int64_t L = static_cast<int64_t>(pb.coefs.size());
+  const int64_t* bounds = pb.bounds.data();
   for (int64_t e = pb.indptr[r]; e < pb.indptr[r + 1]; ++e) {
     const T* y = pb.other[pb.indices[e]];
     T running = 0;
     for (int64_t l = 0; l < L; ++l) {
-      running += dot(y + pb.bounds[l], v + pb.bounds[l], pb.bounds[l + 1] - pb.bounds[l]);
+      V even{}, odd{};  // two sums in flight
+      int64_t j = bounds[l];
+      for (; j + 2 * W <= bounds[l + 1]; j += 2 * W) {
+        even += load<V>(y + j) * load<V>(v + j);
+        odd += load<V>(y + j + W) * load<V>(v + j + W);
+      }
+      if (j < bounds[l + 1]) even += load<V>(y + j) * load<V>(v + j);
+      even += odd;
+      if constexpr (W == 1) {
+        running += even;
+      } else {
+        for (int k = 0; k < W; ++k) running += even[k];
+      }
       level[l] = pb.coefs[l] * running;
     }
     T t = 0;
     for (int64_t l = L - 1; l >= 0; --l) {
       t += level[l];
       const T scale = coef(l, t);
-#pragma omp simd
-      for (int64_t j = pb.bounds[l]; j < pb.bounds[l + 1]; ++j) out[j] += scale * y[j];
+      for (int64_t j = bounds[l]; j < bounds[l + 1]; j += W) {
+        const V sum = load<V>(out + j) + scale * load<V>(y + j);
+        std::memcpy(out + j, &sum, sizeof(V));
+      }
     }
   }
 }
@@ -69,7 +109,7 @@ void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vec
 // adds its observed part and updates x, r and p. A row stops once its squared
 // residual is below the tolerance (it is then left out of the updates); a row
 // with no observed item is zero.
-template <typename T>
+template <int W, typename T>
 void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_t end, T* x_all,
                  int64_t cg_steps) {
   const int64_t D = pb.D, B = end - begin, L = static_cast<int64_t>(pb.coefs.size());
@@ -85,7 +125,7 @@ void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_
     if (pb.indptr[begin + i] == pb.indptr[begin + i + 1]) {  // no observed item: the solution is zero
       for (int64_t j = 0; j < D; ++j) xi[j] = ri[j] = 0;
     } else {
-      observed_part(pb, begin + i, xi, ri, level, [&](int64_t l, T t) { return pb.target[l] - t; });
+      observed_part<W>(pb, begin + i, xi, ri, level, [&](int64_t l, T t) { return pb.target[l] - t; });
     }
     rs[i] = dot(ri, ri, D);
     active[i] = !(rs[i] < kTolerance);  // NaN goes on, to the output
@@ -97,7 +137,7 @@ void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_
     for (int64_t i = 0; i < B; ++i) {
       if (!active[i]) continue;
       T *xi = xp + i * D, *ri = rp + i * D, *pi = pp + i * D, *api = app + i * D;
-      observed_part(pb, begin + i, pi, api, level, [](int64_t, T t) { return t; });
+      observed_part<W>(pb, begin + i, pi, api, level, [](int64_t, T t) { return t; });
       const T a = rs[i] / dot(pi, api, D);
 #pragma omp simd
       for (int64_t j = 0; j < D; ++j) {
@@ -137,9 +177,24 @@ Tensor nested_als_solve(const Tensor& factors, const Tensor& other, const Tensor
     for (int64_t l = static_cast<int64_t>(dims.size()) - 1; l >= 0; --l)
       pb.target[l] = static_cast<T>(total += wp[l] * ap[l]);
     T* out = solved.data_ptr<T>();
-    at::parallel_for(0, factors.size(0), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; b += kBlock) solve_block(pb, g, b, std::min(end, b + kBlock), out, cg_steps);
-    });
+    // the observed part's lanes: one 128-bit register's worth (SSE2, NEON) where every width is a
+    // multiple of it (as the usual powers of two), else 2 or 1
+    constexpr int kLanes = 16 / sizeof(T);
+    const auto divides = [&](int64_t w) {
+      return std::all_of(dims.begin(), dims.end(), [&](int64_t d) { return d % w == 0; });
+    };
+    const auto run = [&](auto lanes) {
+      at::parallel_for(0, factors.size(0), kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; b += kBlock)
+          solve_block<decltype(lanes)::value>(pb, g, b, std::min(end, b + kBlock), out, cg_steps);
+      });
+    };
+    if (divides(kLanes))
+      run(std::integral_constant<int, kLanes>{});
+    else if (kLanes > 2 && divides(2))
+      run(std::integral_constant<int, 2>{});
+    else
+      run(std::integral_constant<int, 1>{});
   });
   return solved;
 }
