@@ -2,9 +2,9 @@
 
 When torch is importable during the build (``pip install --no-build-isolation``)
 the C++ CPU kernels (one ``*_cpu.cpp`` source per operator folder of
-``mrl_kernels/ops/`` and LazyAdam's in ``mrl_kernels/optim/``) are compiled into
+``mrl_kernels/ops/``, LazyAdam's included) are compiled into
 ``mrl_kernels._C``. Otherwise the package installs without them and compiles
-them on first use (see mrl_kernels/backends/cpp.py); the build never installs
+them on first use (see mrl_kernels/ops/backends/cpp.py); the build never installs
 torch itself.
 """
 from pathlib import Path
