@@ -33,7 +33,14 @@ def median_ms(fn, device: str, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))  # glibc: malloc_trim
+def _malloc_trim() -> None:
+    """glibc's ``malloc_trim(0)``: the memory the C allocator kept, handed back."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is None or not Path("/proc/self/clear_refs").exists():
+        raise RuntimeError(f"peak_growth on the CPU needs Linux's /proc/self/clear_refs and glibc's malloc_trim "
+                           f"(the C library found: {name})")
+    trim(0)
 
 
 def _status(field: str) -> int:
@@ -57,7 +64,7 @@ def peak_growth(fn, device: str) -> tuple[float, int]:
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        _LIBC.malloc_trim(0)
+        _malloc_trim()
         Path("/proc/self/clear_refs").write_text("5")  # the peak resident set starts again from the current one
         before = _status("VmRSS")
     start = time.perf_counter()

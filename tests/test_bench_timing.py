@@ -22,3 +22,10 @@ def test_memory_the_allocator_kept_is_counted_when_a_call_reuses_it():
                          cwd=Path(__file__).resolve().parents[1])
     assert run.returncode == 0, run.stderr[-2000:]
     assert 150 <= float(run.stdout) < 200  # 160 MiB; 28 MiB when the kept memory was reused unseen
+
+
+def test_a_system_without_glibc_gets_a_clear_error(monkeypatch):
+    from bench import timing
+    monkeypatch.setattr(timing.ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(RuntimeError, match="glibc's malloc_trim"):
+        timing.peak_growth(lambda: None, "cpu")
