@@ -19,7 +19,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../common.h"
@@ -61,27 +63,60 @@ inline V load(const T* p) {
   return x;
 }
 
+// The levels' segment bounds 0 = d_0 < d_1 < ... < d_L = D, either fixed when compiling
+// (FixedBounds: the default widths, whose loops over the levels and their segments then
+// unroll, every bound a constant) or read from the problem (Bounds: any widths).
+// each_level(bounds, f) calls f(l) for l = 0 .. L - 1, each_level_down for L - 1 .. 0.
+template <int64_t... B>
+struct FixedBounds {
+  static constexpr int64_t at[] = {B...};
+  static constexpr int64_t levels = sizeof...(B) - 1;
+};
+
+struct Bounds {
+  const int64_t* at;
+  int64_t levels;
+};
+
+template <int64_t... B, typename F, size_t... I>
+inline void each_level(FixedBounds<B...>, F f, std::index_sequence<I...>, bool down) {
+  if (down)
+    (f(std::integral_constant<int64_t, sizeof...(I) - 1 - I>{}), ...);
+  else
+    (f(std::integral_constant<int64_t, I>{}), ...);
+}
+template <int64_t... B, typename F>
+inline void each_level(FixedBounds<B...> bounds, F f, bool down = false) {
+  each_level(bounds, f, std::make_index_sequence<sizeof...(B) - 1>{}, down);
+}
+template <typename F>
+inline void each_level(Bounds bounds, F f, bool down = false) {
+  if (down)
+    for (int64_t l = bounds.levels - 1; l >= 0; --l) f(l);
+  else
+    for (int64_t l = 0; l < bounds.levels; ++l) f(l);
+}
+
 // For each observed item y of row r: its nested score of v per segment,
 // t_l = sum_{l' >= l} c_l' <y[:d_l'], v[:d_l']>, and then out[segment l] += coef(l, t_l) y
 // (one pass over D for the scores, one for the update). Both passes go W coordinates at a
 // time, W dividing every width: a segment's dot product is two W-lane sums added up once,
 // so the narrow segments (4, 4, 8) cost a few vector operations, not a loop each.
-template <int W, typename T, typename Coef>
-void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vector<T>& level, Coef coef) {
+template <int W, typename T, typename Layout, typename Coef>
+void observed_part(const Problem<T>& pb, Layout bounds, int64_t r, const T* v, T* out, std::vector<T>& level,
+                   Coef coef) {
   using V = typename Lanes<T, W>::type;
-  const int64_t L = static_cast<int64_t>(pb.coefs.size());
-  const int64_t* bounds = pb.bounds.data();
   for (int64_t e = pb.indptr[r]; e < pb.indptr[r + 1]; ++e) {
     const T* y = pb.other[pb.indices[e]];
     T running = 0;
-    for (int64_t l = 0; l < L; ++l) {
+    each_level(bounds, [&](auto l) {
       V even{}, odd{};  // two sums in flight
-      int64_t j = bounds[l];
-      for (; j + 2 * W <= bounds[l + 1]; j += 2 * W) {
+      int64_t j = bounds.at[l];
+      for (; j + 2 * W <= bounds.at[l + 1]; j += 2 * W) {
         even += load<V>(y + j) * load<V>(v + j);
         odd += load<V>(y + j + W) * load<V>(v + j + W);
       }
-      if (j < bounds[l + 1]) even += load<V>(y + j) * load<V>(v + j);
+      if (j < bounds.at[l + 1]) even += load<V>(y + j) * load<V>(v + j);
       even += odd;
       if constexpr (W == 1) {
         running += even;
@@ -89,16 +124,16 @@ void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vec
         for (int k = 0; k < W; ++k) running += even[k];
       }
       level[l] = pb.coefs[l] * running;
-    }
+    });
     T t = 0;
-    for (int64_t l = L - 1; l >= 0; --l) {
+    each_level(bounds, [&](auto l) {
       t += level[l];
       const T scale = coef(l, t);
-      for (int64_t j = bounds[l]; j < bounds[l + 1]; j += W) {
+      for (int64_t j = bounds.at[l]; j < bounds.at[l + 1]; j += W) {
         const V sum = load<V>(out + j) + scale * load<V>(y + j);
         std::memcpy(out + j, &sum, sizeof(V));
       }
-    }
+    }, /*down=*/true);
   }
 }
 
@@ -109,8 +144,8 @@ void observed_part(const Problem<T>& pb, int64_t r, const T* v, T* out, std::vec
 // adds its observed part and updates x, r and p. A row stops once its squared
 // residual is below the tolerance (it is then left out of the updates); a row
 // with no observed item is zero.
-template <int W, typename T>
-void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_t end, T* x_all,
+template <int W, typename T, typename Layout>
+void solve_block(const Problem<T>& pb, Layout bounds, const Tensor& gram, int64_t begin, int64_t end, T* x_all,
                  int64_t cg_steps) {
   const int64_t D = pb.D, B = end - begin, L = static_cast<int64_t>(pb.coefs.size());
   const auto options = gram.options();
@@ -125,7 +160,7 @@ void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_
     if (pb.indptr[begin + i] == pb.indptr[begin + i + 1]) {  // no observed item: the solution is zero
       for (int64_t j = 0; j < D; ++j) xi[j] = ri[j] = 0;
     } else {
-      observed_part<W>(pb, begin + i, xi, ri, level, [&](int64_t l, T t) { return pb.target[l] - t; });
+      observed_part<W>(pb, bounds, begin + i, xi, ri, level, [&](int64_t l, T t) { return pb.target[l] - t; });
     }
     rs[i] = dot(ri, ri, D);
     active[i] = !(rs[i] < kTolerance);  // NaN goes on, to the output
@@ -137,7 +172,7 @@ void solve_block(const Problem<T>& pb, const Tensor& gram, int64_t begin, int64_
     for (int64_t i = 0; i < B; ++i) {
       if (!active[i]) continue;
       T *xi = xp + i * D, *ri = rp + i * D, *pi = pp + i * D, *api = app + i * D;
-      observed_part<W>(pb, begin + i, pi, api, level, [](int64_t, T t) { return t; });
+      observed_part<W>(pb, bounds, begin + i, pi, api, level, [](int64_t, T t) { return t; });
       const T a = rs[i] / dot(pi, api, D);
 #pragma omp simd
       for (int64_t j = 0; j < D; ++j) {
@@ -178,23 +213,27 @@ Tensor nested_als_solve(const Tensor& factors, const Tensor& other, const Tensor
       pb.target[l] = static_cast<T>(total += wp[l] * ap[l]);
     T* out = solved.data_ptr<T>();
     // the observed part's lanes: one 128-bit register's worth (SSE2, NEON) where every width is a
-    // multiple of it (as the usual powers of two), else 2 or 1
+    // multiple of it (as the usual powers of two), else 2 or 1; the default widths' bounds compiled in
     constexpr int kLanes = 16 / sizeof(T);
     const auto divides = [&](int64_t w) {
       return std::all_of(dims.begin(), dims.end(), [&](int64_t d) { return d % w == 0; });
     };
-    const auto run = [&](auto lanes) {
+    const auto run = [&](auto lanes, auto bounds) {
       at::parallel_for(0, factors.size(0), kGrain, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; b += kBlock)
-          solve_block<decltype(lanes)::value>(pb, g, b, std::min(end, b + kBlock), out, cg_steps);
+          solve_block<decltype(lanes)::value>(pb, bounds, g, b, std::min(end, b + kBlock), out, cg_steps);
       });
     };
-    if (divides(kLanes))
-      run(std::integral_constant<int, kLanes>{});
+    using Default = FixedBounds<0, 4, 8, 16, 32, 64>;
+    const Bounds bounds{pb.bounds.data(), static_cast<int64_t>(dims.size())};
+    if (std::equal(dims.begin(), dims.end(), Default::at + 1, std::end(Default::at)))
+      run(std::integral_constant<int, kLanes>{}, Default{});
+    else if (divides(kLanes))
+      run(std::integral_constant<int, kLanes>{}, bounds);
     else if (kLanes > 2 && divides(2))
-      run(std::integral_constant<int, 2>{});
+      run(std::integral_constant<int, 2>{}, bounds);
     else
-      run(std::integral_constant<int, 1>{});
+      run(std::integral_constant<int, 1>{}, bounds);
   });
   return solved;
 }
