@@ -66,11 +66,10 @@ inline V load(const T* p) {
 // The levels' segment bounds 0 = d_0 < d_1 < ... < d_L = D, either fixed when compiling
 // (FixedBounds: the default widths, whose loops over the levels and their segments then
 // unroll, every bound a constant) or read from the problem (Bounds: any widths).
-// each_level(bounds, f) calls f(l) for l = 0 .. L - 1, each_level_down for L - 1 .. 0.
+// each_level(bounds, f) calls f(l) for l = 0 .. L - 1, or L - 1 .. 0 with down = true.
 template <int64_t... B>
 struct FixedBounds {
   static constexpr int64_t at[] = {B...};
-  static constexpr int64_t levels = sizeof...(B) - 1;
 };
 
 struct Bounds {
