@@ -22,6 +22,7 @@ require('python -m bench.nested_als', 'implicit', 'scipy', 'threadpoolctl', 'mat
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def ials_seconds(ds: data.Dataset, baselines: pd.DataFrame, seed: int) -> dict:
     return seconds
 
 
+def commit() -> str | None:
+    """The checkout's commit (``+changes`` where tracked files differ from it), None
+    outside a git checkout: a row's code (the search's choice moves with the solver's
+    float rounding, docs/tuning.md)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain",
+                                                                        "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def run(dataset: str, seed: int, data_dir, trials: int, root: Path, baselines: pd.DataFrame) -> dict:
     ds = data.load(dataset, data_dir, seed=seed)
     out = root / f"{dataset}-mrl-als-s{seed}"
@@ -69,7 +84,7 @@ def run(dataset: str, seed: int, data_dir, trials: int, root: Path, baselines: p
     result = tune_and_train(config, trials, log=lambda _: None)
     started = time.perf_counter()
     seconds = ials_seconds(ds, baselines, seed)
-    return {"dataset": dataset, "seed": seed, "settings": result["tune"]["chosen"],
+    return {"dataset": dataset, "seed": seed, "commit": commit(), "settings": result["tune"]["chosen"],
             "tune_seconds": result["tune"]["seconds"], "trials": trials,
             "search": SEARCH, "prefix": {w: result["prefix"][str(w)]["recall@20"] for w in WIDTHS},
             "fit_seconds": result["seconds_per_epoch"] * result["refit_epochs"], "sweeps": result["refit_epochs"],
@@ -119,7 +134,9 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
            "width, each tuned on validation (docs/baselines.json); MRL-M tuned: one model's prefixes "
            "(docs/reproduction.md). Seconds: one thread, this machine (shared), measured side by side in the same "
            "process: the nested model's refit sweeps, iALS's refit at width 64 and the five per-width refits "
-           "together, and the search's.", ""]
+           "together, and the search's. Code: commit "
+           + ", ".join(sorted(set(rows.get("commit", pd.Series(index=rows.index, dtype=object)).fillna("unknown"))))
+           + " (each row's in nested_als.json).", ""]
     for dataset, part in rows.groupby("dataset"):
         # iALS on the same seeds (data splits) as the nested model's rows
         theirs = baselines[(baselines.dataset == dataset) & (baselines.model == "ials")
