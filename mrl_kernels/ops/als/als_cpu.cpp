@@ -39,9 +39,8 @@ struct Problem {
   const T* gram;  // (D, D), row-major
   const int64_t* indptr;
   const int64_t* indices;
-  std::vector<int64_t> bounds;  // 0 = d_0 < d_1 < ... < d_L = D: the level segments
-  std::vector<T> coefs;         // c_l = w_l (alpha_l - 1)
-  std::vector<T> target;        // sum_{l' >= l} w_l' alpha_l': b's weight on segment l
+  std::vector<T> coefs;   // c_l = w_l (alpha_l - 1)
+  std::vector<T> target;  // sum_{l' >= l} w_l' alpha_l': b's weight on segment l
   int64_t D;
 };
 
@@ -202,8 +201,7 @@ Tensor nested_als_solve(const Tensor& factors, const Tensor& other, const Tensor
   AT_DISPATCH_FLOATING_TYPES(factors.scalar_type(), "nested_als_solve", [&] {
     using T = scalar_t;
     Problem<T> pb{rows_of<T>(items), g.data_ptr<T>(), offsets.data_ptr<int64_t>(), ids.data_ptr<int64_t>(),
-                  {0}, {}, {}, factors.size(1)};
-    for (const int64_t d : dims) pb.bounds.push_back(d);
+                  {}, {}, factors.size(1)};
     const double *wp = w.data_ptr<double>(), *ap = a.data_ptr<double>();
     for (size_t l = 0; l < dims.size(); ++l) pb.coefs.push_back(static_cast<T>(wp[l] * (ap[l] - 1)));
     pb.target.assign(dims.size(), 0);
@@ -224,7 +222,9 @@ Tensor nested_als_solve(const Tensor& factors, const Tensor& other, const Tensor
       });
     };
     using Default = FixedBounds<0, 4, 8, 16, 32, 64>;
-    const Bounds bounds{pb.bounds.data(), static_cast<int64_t>(dims.size())};
+    std::vector<int64_t> at{0};  // 0 = d_0 < d_1 < ... < d_L = D: the level segments
+    at.insert(at.end(), dims.begin(), dims.end());
+    const Bounds bounds{at.data(), static_cast<int64_t>(dims.size())};
     if (std::equal(dims.begin(), dims.end(), Default::at + 1, std::end(Default::at)))
       run(std::integral_constant<int, kLanes>{}, Default{});
     else if (divides(kLanes))
