@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -33,10 +34,17 @@ def median_ms(fn, device: str, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+@functools.cache
+def _libc() -> tuple[str | None, object]:
+    """The C library's name and its ``malloc_trim`` (None where it has none), looked
+    up once (``find_library`` runs ``ldconfig``)."""
+    name = ctypes.util.find_library("c")
+    return name, getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
 def _malloc_trim() -> None:
     """glibc's ``malloc_trim(0)``: the memory the C allocator kept, handed back."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    name, trim = _libc()
     if trim is None or not Path("/proc/self/clear_refs").exists():
         raise RuntimeError(f"peak_growth on the CPU needs Linux's /proc/self/clear_refs and glibc's malloc_trim "
                            f"(the C library found: {name})")
