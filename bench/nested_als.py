@@ -135,7 +135,7 @@ def markdown(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
            "(docs/reproduction.md). Seconds: one thread, this machine (shared), measured side by side in the same "
            "process: the nested model's refit sweeps, iALS's refit at width 64 and the five per-width refits "
            "together, and the search's. Code: commit "
-           + ", ".join(sorted(set(rows.get("commit", pd.Series(index=rows.index, dtype=object)).fillna("unknown"))))
+           + ", ".join(sorted(set(rows["commit"].fillna("unknown"))))
            + " (each row's in nested_als.json).", ""]
     for dataset, part in rows.groupby("dataset"):
         # iALS on the same seeds (data splits) as the nested model's rows
