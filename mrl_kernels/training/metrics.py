@@ -14,14 +14,15 @@ The ranking is exact, in the order of :func:`mrl_kernels.prefix_topk` and
 ``mrl-recommend``: descending score (NaN first), ties to the lower item id. The
 scores are never held for all N items at once: users go in batches, items in
 blocks of ``block`` (:data:`BLOCK`; each block keeps its best K + 1 by
-``torch.topk``, which decides the ties exactly where the K-th and (K + 1)-th scores differ, and sorts otherwise), and
-the excluded items are set to -inf in each block from the sparse rows, so no
-``(batch, N)`` mask exists. Each width's block scores are the product
-``user[:, :n] @ item[block, :n].T``, the same numbers as ``user[:, :n] @ item[:, :n].T``:
-a cumulative sum over the widths (``S_n = S_m + user[:, m:n] @ item[:, m:n].T``)
-would round most scores differently and change some users' top-50 rankings of
-trained models (bench/results/scale-eval-*). With one pass, each block is read
-once for every width, so the widths' products cost little beyond the full one.
+``torch.topk``, which decides the ties exactly where the K-th and (K + 1)-th
+scores differ, and sorts otherwise), and the excluded items are set to -inf in
+each block from the sparse rows, so no ``(batch, N)`` mask exists. Each width's
+block scores are the product ``user[:, :n] @ item[block, :n].T``, the same
+numbers as ``user[:, :n] @ item[:, :n].T``: a cumulative sum over the widths
+(``S_n = S_m + user[:, m:n] @ item[:, m:n].T``) would round most scores
+differently and change some users' top-50 rankings of trained models
+(bench/results/scale-eval-*). With one pass, each block is read once for every
+width, so the widths' products cost little beyond the full one.
 """
 from __future__ import annotations
 
