@@ -46,8 +46,9 @@ TRIALS = 40
 # the search a row was made with; rows of another are run again (v2: a trial's best sweep evaluated
 # on every validation user, not the 2,000 of its early stop; v3: trials compared by their weakest
 # width's gain on the defaults, not by the mean over the widths of log Recall@20; v4: a trial stopped
-# after 6 sweeps without a better one, not 3)
-SEARCH = 4
+# after 6 sweeps without a better one, not 3; v5: each fit's first 3 sweeps end by a rotation to the
+# singular basis, training.als.Sweeps)
+SEARCH = 5
 
 
 def ials_seconds(ds: data.Dataset, baselines: pd.DataFrame, seed: int) -> dict:

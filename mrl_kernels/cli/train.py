@@ -111,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
                         "0,0,0,0,1 is iALS at full width)")
     p.add_argument("--cg-steps", type=int, default=argparse.SUPPRESS,
                    help=f"conjugate-gradient steps per solve ({_defaults('cg_steps')})")
+    p.add_argument("--rotations", type=int, default=argparse.SUPPRESS,
+                   help=f"how many of the first sweeps end by turning both tables to the singular basis of their "
+                        f"product, which settles the widths' basis sooner ({_defaults('rotations')})")
     p.add_argument("--tune", type=int, default=None, metavar="N",
                    help="mrl-als: first N trials of a seeded search (Optuna TPE) of the per-width alpha and L2, level "
                         "weights and conjugate-gradient steps on the validation split, then the run with the best "
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         # the method's defaults where not given (their flags default to SUPPRESS), LightGCN's layers alike
         **{name: getattr(args, name, None)
            for name in ("layers", "candidates", "layout", "batch_size", "lr", "l2", "temperature", "cosine",
-                        "eval_every", "patience", "alpha", "level_weights", "cg_steps")},
+                        "eval_every", "patience", "alpha", "level_weights", "cg_steps", "rotations")},
         device=args.device, backend=args.backend, out=args.out, progress=not args.no_progress,
         track_test=args.track_test, eval_users=args.eval_users, refit=not args.no_refit, sparse=args.sparse,
         synthetic_size=None if (args.users, args.items, args.interactions) == (None, None, None)

@@ -33,7 +33,7 @@ MAX_ERROR_WEIGHT = 2.0 ** 64
 @dataclass
 class TrainConfig:
     """A training run. The settings left None (candidates, layout, batch size, lr,
-    L2, temperature, cosine, eval_every, patience, alpha, cg_steps) take the
+    L2, temperature, cosine, eval_every, patience, alpha, cg_steps, rotations) take the
     method's defaults, :func:`recipe`, where the method reads them; ``layers``
     :data:`LAYERS` with ``model="lightgcn"``. A setting the run does not read
     stays None (:meth:`unread`); given, :meth:`check` refuses it."""
@@ -73,6 +73,9 @@ class TrainConfig:
     alpha: float | tuple[float, ...] | None = None
     level_weights: tuple[float, ...] | None = None
     cg_steps: int | None = None
+    # mrl-als only: how many of a fit's first sweeps end by turning both tables to the singular basis
+    # of their product (als.Sweeps)
+    rotations: int | None = None
 
     def __post_init__(self):
         for name, value in recipe(self.method if self.method in METHODS else "mrl-m").items():
@@ -138,6 +141,7 @@ class TrainConfig:
             if self.sparse:
                 raise ValueError(f"--method {self.method} has no sparse path (its sweeps touch every row anyway)")
             check_int("cg_steps", self.cg_steps)
+            check_int("rotations", self.rotations, 0)
         alphas = _float32_per_level("alpha", self.alpha, len(self.dims), low_open=True)
         weights = [1.0] * len(self.dims) if self.level_weights is None else list(self.level_weights)
         if self.level_weights is not None:

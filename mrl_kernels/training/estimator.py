@@ -4,12 +4,14 @@ extra, imported when this module is).
 
 It is implicit's CPU model with the fit replaced: the constructor takes the same
 arguments plus ``dims`` (the nested widths, the last ``factors``),
-``level_weights`` and ``width`` (the prefix served, default all of ``factors``);
+``level_weights``, ``width`` (the prefix served, default all of ``factors``),
+``cg_steps`` and ``rotations`` (how many of the first sweeps end by turning both
+tables to the singular basis of their product, as ``mrl-train``'s 3);
 ``alpha`` and ``regularization`` take one value or one per width. ``fit`` sweeps
 with :class:`~mrl_kernels.training.als.Sweeps`, the code path of ``mrl-train
 --method mrl-als``, from implicit's initialisation (the same random draws), so
-with the weight on the full width only (``level_weights=(0, ..., 0, 1)``) it is
-implicit's model. Everything else (``recommend`` for one user or a batch, with
+with the weight on the full width only (``level_weights=(0, ..., 0, 1)``, which
+is never rotated) it is implicit's model. Everything else (``recommend`` for one user or a batch, with
 its filters, ``similar_items`` / ``similar_users``, ``partial_fit_users`` /
 ``partial_fit_items``, ``save`` / ``load``, pickling) is implicit's, served at
 ``width``: ``user_factors`` / ``item_factors`` are the first ``width`` columns
@@ -70,13 +72,14 @@ class MatryoshkaALS(AlternatingLeastSquares):
 
     def __init__(self, factors=64, regularization=0.01, alpha=1.0, dtype=np.float32, iterations=15,
                  calculate_training_loss=False, num_threads=0, random_state=None, dims=None, level_weights=None,
-                 width=None, cg_steps=3, backend="auto"):
+                 width=None, cg_steps=3, rotations=3, backend="auto"):
         super().__init__(factors=factors, regularization=regularization, alpha=alpha, dtype=dtype, use_native=True,
                          use_cg=True, iterations=iterations, calculate_training_loss=calculate_training_loss,
                          num_threads=num_threads, random_state=random_state)
         self.dims = tuple(dims) if dims is not None else (factors,)
         self.level_weights = level_weights
         self.cg_steps = cg_steps
+        self.rotations = rotations
         self.backend = backend
         self.width = width
         self.sweeps  # noqa: B018 - the settings are checked now, not at the first fit
@@ -90,7 +93,8 @@ class MatryoshkaALS(AlternatingLeastSquares):
         check_int("factors", self.factors)
         if self.dims[-1] != self.factors:
             raise ValueError(f"dims must end at factors ({self.factors}), got dims={list(self.dims)}")
-        return Sweeps.of(self.dims, self.level_weights, self.alpha, self.regularization, self.cg_steps, self.backend)
+        return Sweeps.of(self.dims, self.level_weights, self.alpha, self.regularization, self.cg_steps, self.backend,
+                         self.rotations)
 
     def _served(self, table):
         if table is None or self.width is None or self.width == table.shape[1]:
@@ -129,7 +133,7 @@ class MatryoshkaALS(AlternatingLeastSquares):
         with tqdm(total=self.iterations, disable=not show_progress) as progress, _threads(self.num_threads):
             for iteration in range(self.iterations):
                 started = time.time()
-                sweeps.sweep(user, item, interactions, transposed)
+                sweeps.sweep(user, item, interactions, transposed, iteration)
                 progress.update(1)
                 if self.calculate_training_loss:
                     loss = sweeps.objective(user, item, interactions)
@@ -187,7 +191,8 @@ class MatryoshkaALS(AlternatingLeastSquares):
         """As implicit's ``save`` (``.npz``), the full-width tables and the nested settings included."""
         args = {"user_factors": self._user_full, "item_factors": self._item_full, "factors": self.factors,
                 "regularization": self.regularization, "alpha": self.alpha, "iterations": self.iterations,
-                "num_threads": self.num_threads, "cg_steps": self.cg_steps, "dims": np.asarray(self.dims),
+                "num_threads": self.num_threads, "cg_steps": self.cg_steps, "rotations": self.rotations,
+                "dims": np.asarray(self.dims),
                 "calculate_training_loss": self.calculate_training_loss, "dtype": self.dtype.name,
                 "random_state": self.random_state, "level_weights": self.level_weights, "width": self.width,
                 "backend": self.backend}

@@ -35,7 +35,7 @@ __all__ = ["Method", "METHODS", "ONLY_SOME", "PAPER_RECIPE", "SETTINGS", "recipe
 PAPER_RECIPE = {"candidates": 16, "layout": "per-level", "batch_size": 2048, "lr": 1e-3, "l2": 1e-4,
                 "temperature": 1.0, "cosine": False, "eval_every": 5, "patience": 10}
 # the settings a method may read (TrainConfig's fields that None leaves to its recipe)
-SETTINGS = frozenset(PAPER_RECIPE) | {"alpha", "level_weights", "cg_steps"}
+SETTINGS = frozenset(PAPER_RECIPE) | {"alpha", "level_weights", "cg_steps", "rotations"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ METHODS: dict[str, Method] = {
     # tool's seed-1 defaults at 9 sweeps in --tune's trials, 6 at 30); l2 is implicit's regularization on
     # the tables
     "mrl-als": Method("the same objective solved by alternating least squares (mf), an epoch being one sweep",
-                      None, _EVALUATED | _LEAST_SQUARES | {"cg_steps"},
-                      recipe={"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "eval_every": 1, "patience": 6}),
+                      None, _EVALUATED | _LEAST_SQUARES | {"cg_steps", "rotations"},
+                      recipe={"l2": 100.0, "alpha": 40.0, "cg_steps": 3, "rotations": 3, "eval_every": 1,
+                              "patience": 6}),
 }
 # the settings only some methods read (Method.takes); the others are every method's
 ONLY_SOME = SETTINGS - frozenset.intersection(*(method.takes for method in METHODS.values()))

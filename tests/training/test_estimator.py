@@ -161,11 +161,11 @@ def test_fit_is_the_trainers_sweeps():
     users, items = g.random((60, 8)), g.random((40, 8))
     model.user_factors, model.item_factors = users.copy(), items.copy()
     model.fit(matrix, show_progress=False)
-    sweeps = Sweeps.of((2, 8), (1.0, 0.5), (3.0, 9.0), (0.2, 2.0))
+    sweeps = Sweeps.of((2, 8), (1.0, 0.5), (3.0, 9.0), (0.2, 2.0), rotations=model.rotations)
     from mrl_kernels.training.estimator import _csr
     u, i = torch.from_numpy(users), torch.from_numpy(items)
-    for _ in range(SETTINGS["iterations"]):
-        sweeps.sweep(u, i, _csr(matrix), _csr(matrix.T.tocsr()))
+    for done in range(SETTINGS["iterations"]):
+        sweeps.sweep(u, i, _csr(matrix), _csr(matrix.T.tocsr()), done)
     np.testing.assert_array_equal(model.user_factors, users)
     np.testing.assert_array_equal(model.item_factors, items)
 

@@ -74,13 +74,66 @@ def test_mrl_als_at_one_level_is_implicits_ials(small):
     (dict(level_weights=(0.0, 0.0, 0.0)), "not all 0"),
     (dict(alpha=-1.0), "alpha must be a finite number > 0"),
     (dict(cg_steps=0), "cg_steps must be an int >= 1"),
+    (dict(rotations=-1), "rotations must be an int >= 0"),
+    (dict(rotations=1.5), "rotations must be an int >= 0"),
     (dict(sparse=True), "no sparse path"),
     (dict(method="mrl-m"), "alpha only applies to mrl-ls, mrl-als, not --method mrl-m"),
     (dict(method="mrl-ls"), "cg_steps only applies to mrl-als, not --method mrl-ls"),
+    (dict(method="mrl-ls", cg_steps=None, rotations=2), "rotations only applies to mrl-als, not --method mrl-ls"),
 ])
 def test_mrl_als_settings_are_checked(change, words):
     with pytest.raises(ValueError, match=words):
         TrainConfig(**{**ALS, "cg_steps": 3, **change}).check()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotation_keeps_the_product_and_orders_the_basis(dtype):
+    from mrl_kernels.training.als import rotate_to_singular_basis
+
+    g = torch.Generator().manual_seed(3)
+    users, items = torch.randn(50, 6, generator=g, dtype=dtype), torch.randn(30, 6, generator=g, dtype=dtype) * 3
+    product = users.double() @ items.double().T
+    before = float(users.double().square().sum() + items.double().square().sum())
+    assert rotate_to_singular_basis(users, items) and users.dtype == items.dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(users.double() @ items.double().T, product, rtol=tol, atol=tol)
+    gram_u, gram_i = users.double().T @ users.double(), items.double().T @ items.double()
+    torch.testing.assert_close(gram_u, gram_i, rtol=tol, atol=tol * float(gram_u.abs().max()))
+    diagonal = torch.diagonal(gram_u)
+    torch.testing.assert_close(gram_u, torch.diag(diagonal), rtol=0, atol=tol * float(diagonal.max()))
+    assert bool((diagonal[:-1] >= diagonal[1:]).all()), "the widest singular directions first"
+    # each prefix is the product's truncated SVD: width 2 holds its best rank-2 approximation
+    u, s, vt = torch.linalg.svd(product)
+    torch.testing.assert_close(users[:, :2].double() @ items[:, :2].double().T, (u[:, :2] * s[:2]) @ vt[:2],
+                               rtol=tol, atol=tol * float(s[0]))
+    # the balanced factorisation has the least squared norm of any with this product
+    assert float(users.double().square().sum() + items.double().square().sum()) <= before
+
+
+def test_rotation_is_skipped_where_a_gramian_is_singular():
+    from mrl_kernels.training.als import rotate_to_singular_basis
+
+    users, items = torch.randn(3, 6), torch.randn(30, 6)  # 3 users: rank 3 < 6 columns
+    kept = users.clone(), items.clone()
+    assert not rotate_to_singular_basis(users, items)
+    assert torch.equal(users, kept[0]) and torch.equal(items, kept[1])
+
+
+def test_rotations_turn_nested_fits_only(small):
+    """The first sweeps of a nested fit end by a rotation; a fit whose narrower widths weigh 0
+    is iALS's, sweep for sweep, whatever ``rotations``."""
+    from mrl_kernels.training.als import AlsFit
+
+    def tables(**change):
+        fit = AlsFit(TrainConfig(**{**ALS, "epochs": 3, **change}), small.train, torch.device("cpu"))
+        for _ in range(3):
+            fit.epoch(loss=False)
+        return [t.detach().clone() for t in fit.model.tables()]
+
+    one_level = dict(level_weights=(0.0, 0.0, 1.0))
+    assert all(torch.equal(a, b) for a, b in zip(tables(rotations=0, **one_level), tables(rotations=3, **one_level)))
+    plain, once, turned = tables(rotations=0), tables(rotations=1), tables(rotations=3)
+    assert not torch.equal(plain[0], once[0]) and not torch.equal(once[0], turned[0])
 
 
 def test_least_squares_by_gradient_is_its_objective_pair_by_pair():

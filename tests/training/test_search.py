@@ -130,11 +130,11 @@ def test_a_trial_is_scored_on_every_validation_user_at_its_best_sweep():
     stopped = evaluate_trial(config, ds.train, ds.valid, sample)
     assert found["sweeps"] == stopped["sweeps"] and found["stop_score"] == stopped["score"]
     # the same fit by hand to the chosen sweep, evaluated on every user
-    sweeps = Sweeps.of(config.dims, None, config.alpha, config.l2, config.cg_steps, config.backend)
+    sweeps = Sweeps.of(config.dims, None, config.alpha, config.l2, config.cg_steps, config.backend, config.rotations)
     generator = torch.Generator().manual_seed(config.seed)
     user, item = initial_factors(ds.train.n_rows, 8, generator), initial_factors(ds.train.n_cols, 8, generator)
-    for _ in range(found["sweeps"]):
-        sweeps.sweep(user, item, ds.train, ds.train.transpose())
+    for done in range(found["sweeps"]):
+        sweeps.sweep(user, item, ds.train, ds.train.transpose(), done)
     metrics = prefix_evaluate(user, item, config.dims, ds.valid, [ds.train], ks=(20,), users=every)
     assert found["recall@20"] == {int(w): m["recall@20"] for w, m in metrics.items()}
     assert found["score"] == score(found["recall@20"]) != found["stop_score"]
