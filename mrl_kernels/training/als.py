@@ -49,20 +49,27 @@ def rotate_to_singular_basis(users: Tensor, items: Tensor) -> bool:
     ``users.T @ users = items.T @ items`` diagonal and descending, so that each
     prefix's product is ``P``'s truncated SVD (the best rank-``d`` approximation of
     ``P``) and the tables' squared norm the least any factorisation of ``P`` has.
-    From the Cholesky factors of the two Gramians (``R_u^T R_u = users.T @ users``):
+    From the Cholesky factors of the two Gramians (``R_u^T R_u = users.T @ users``,
+    the Gramians summed in the tables' dtype, factored in float64):
     ``R_u R_i^T = U S V^T``, ``T_u = R_u^{-1} U S^{1/2}``, ``T_i = R_i^{-1} V S^{1/2}``,
-    in float64. False, and nothing turned, where a Gramian is singular (fewer rows
-    than columns, or dependent columns)."""
-    grams = [table.T.double() @ table.double() for table in (users, items)]
-    factors = [torch.linalg.cholesky_ex(gram) for gram in grams]
-    if any(bool(info) for _, info in factors):
-        return False
-    lower_u, lower_i = factors[0][0], factors[1][0]
+    so ``T_u T_i^T = I`` to float64's rounding however the Gramians rounded, and the
+    tables are turned in their dtype. False, and nothing turned, where a Gramian
+    is singular to the tables' precision (fewer rows than columns, dependent
+    columns): a squared Cholesky pivot at most ``D eps`` times the largest."""
+    floor = users.shape[1] * torch.finfo(users.dtype).eps
+    lowers = []
+    for table in (users, items):
+        lower, info = torch.linalg.cholesky_ex((table.T @ table).double())
+        pivots = torch.diagonal(lower).square()
+        if bool(info) or not bool(pivots.min() > floor * pivots.max()):
+            return False
+        lowers.append(lower)
+    lower_u, lower_i = lowers
     left, singular, right_t = torch.linalg.svd(lower_u.T @ lower_i)
     root = singular.sqrt()
     for table, lower, basis in ((users, lower_u, left), (items, lower_i, right_t.T)):
         turn = torch.linalg.solve_triangular(lower.T, basis * root, upper=True)
-        table.copy_(table.double() @ turn)
+        table.copy_(table @ turn.to(table.dtype))
     return True
 
 

@@ -110,10 +110,19 @@ def test_rotation_keeps_the_product_and_orders_the_basis(dtype):
     assert float(users.double().square().sum() + items.double().square().sum()) <= before
 
 
-def test_rotation_is_skipped_where_a_gramian_is_singular():
+@pytest.mark.parametrize("case", ["fewer rows than columns", "dependent columns", "a zero column"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotation_is_skipped_where_a_gramian_is_singular(case, dtype):
     from mrl_kernels.training.als import rotate_to_singular_basis
 
-    users, items = torch.randn(3, 6), torch.randn(30, 6)  # 3 users: rank 3 < 6 columns
+    g = torch.Generator().manual_seed(5)
+    users, items = torch.randn(40, 6, generator=g, dtype=dtype), torch.randn(30, 6, generator=g, dtype=dtype)
+    if case == "fewer rows than columns":
+        users = users[:3]
+    elif case == "dependent columns":
+        items[:, 5] = items[:, 0] * 0.3 + items[:, 2] * 1.7
+    else:
+        users[:, 4] = 0
     kept = users.clone(), items.clone()
     assert not rotate_to_singular_basis(users, items)
     assert torch.equal(users, kept[0]) and torch.equal(items, kept[1])
