@@ -195,3 +195,17 @@ def test_the_refit_sweeps_without_computing_the_objective(tmp_path, small, monke
     monkeypatch.setattr(Sweeps, "objective", lambda self, *args: calls.append(1) or original(self, *args))
     result = train(TrainConfig(epochs=3, patience=100, out=str(tmp_path), **ALS), log=lambda _: None, dataset=small)
     assert result["refit_epochs"] == result["best_epoch"] > 0 and len(calls) == 3  # the selection's sweeps alone
+
+
+def test_mrl_train_takes_the_rotation_count(tmp_path):
+    import json
+
+    from mrl_kernels.cli import train as train_cli
+
+    tiny = ["--users", "40", "--items", "30", "--interactions", "400", "--epochs", "2", "--dims", "4,8",
+            "--method", "mrl-als", "--no-progress"]
+    for count in ("0", "2"):
+        assert train_cli.main([*tiny, "--rotations", count, "--out", str(tmp_path / count)]) == 0
+    configs = [json.loads((tmp_path / count / "metrics.json").read_text())["config"] for count in ("0", "2")]
+    assert [config["rotations"] for config in configs] == [0, 2]
+    assert not torch.equal(*(load_run(tmp_path / count).users for count in ("0", "2")))

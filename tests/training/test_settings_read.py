@@ -17,6 +17,7 @@ from mrl_kernels.training.methods import METHODS, recipe
     ("mrl-als", "candidates", 8), ("mrl-ls", "candidates", 8), ("mrl-als", "layout", "shared"),
     ("mrl-ls", "layout", "shared"), ("mrl-als", "lr", 0.01), ("mrl-als", "batch_size", 512),
     ("bpr", "candidates", 8), ("bpr-d", "layout", "shared"), ("mrl-m", "alpha", 1.0), ("mrl-s", "cg_steps", 2),
+    ("mrl-m", "rotations", 0),
 ])
 def test_a_setting_the_method_does_not_read_is_refused(method, setting, value):
     with pytest.raises(ValueError, match=f"{setting} only applies to .*, not --method {method}"):
@@ -40,6 +41,8 @@ def test_layers_only_with_lightgcn():
     (["--method", "mrl-ls", "--layout", "shared"], "layout only applies to .*, not --method mrl-ls"),
     (["--method", "mrl-als", "--lr", "0.01"], "lr only applies to .*, not --method mrl-als"),
     (["--method", "mrl-als", "--batch-size", "64"], "batch_size only applies to .*, not --method mrl-als"),
+    (["--method", "mrl-ls", "--rotations", "2"], "rotations only applies to mrl-als, not --method mrl-ls"),
+    (["--method", "mrl-als", "--rotations", "-1"], "rotations must be an int >= 0"),
 ])
 def test_mrl_train_refuses_a_flag_its_method_ignores(tmp_path, capsys, flags, words):
     tiny = ["--users", "30", "--items", "20", "--interactions", "200", "--epochs", "1"]  # where it would train
