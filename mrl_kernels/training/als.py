@@ -87,8 +87,8 @@ class Sweeps:
     basis slowly: on phone (seed 2, the defaults, every validation user) width 4's
     Recall@20 rose from 0.0851 at 20 sweeps to 0.0906 at 50, and with 3 rotations
     it was 0.0916 at 10. The rotation lowered the nested objective after each of
-    the first 4 (phone) and 8 (tool) sweeps, not after; rotating after every sweep
-    keeps the basis from settling on the nested optimum. ``mrl-als``'s 3 was
+    the first 4 sweeps (phone) and after 8 of the first 10 (tool), not after;
+    rotating after every sweep keeps the basis from settling on the nested optimum. ``mrl-als``'s 3 was
     measured on tool's validation split (bench/als_rotations.py). A fit whose
     narrower widths all weigh 0 (one level: iALS) is never rotated: its objective
     cannot tell the bases apart."""

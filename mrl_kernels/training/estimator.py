@@ -11,8 +11,8 @@ tables to the singular basis of their product, as ``mrl-train``'s 3);
 with :class:`~mrl_kernels.training.als.Sweeps`, the code path of ``mrl-train
 --method mrl-als``, from implicit's initialisation (the same random draws), so
 with the weight on the full width only (``level_weights=(0, ..., 0, 1)``, which
-is never rotated) it is implicit's model. Everything else (``recommend`` for one user or a batch, with
-its filters, ``similar_items`` / ``similar_users``, ``partial_fit_users`` /
+is never rotated) it is implicit's model. Everything else (``recommend`` for one
+user or a batch, with its filters, ``similar_items`` / ``similar_users``, ``partial_fit_users`` /
 ``partial_fit_items``, ``save`` / ``load``, pickling) is implicit's, served at
 ``width``: ``user_factors`` / ``item_factors`` are the first ``width`` columns
 (set ``model.width`` to serve another prefix of the same fit).

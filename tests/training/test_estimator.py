@@ -172,13 +172,14 @@ def test_fit_is_the_trainers_sweeps():
 
 def test_save_load_and_pickle_keep_the_model(tmp_path):
     matrix = _data()
-    model = mk.MatryoshkaALS(**{**SETTINGS, "alpha": (2.0, 6.0)}, dims=(4, 8), level_weights=(1.0, 2.0), width=4)
+    model = mk.MatryoshkaALS(**{**SETTINGS, "alpha": (2.0, 6.0)}, dims=(4, 8), level_weights=(1.0, 2.0), width=4,
+                             rotations=1)
     model.fit(matrix, show_progress=False)
     model.save(tmp_path / "model")
     loaded = mk.MatryoshkaALS.load(str(tmp_path / "model"))
     unpickled = pickle.loads(pickle.dumps(model))
     for other in (loaded, unpickled):
-        assert other.dims == (4, 8) and other.width == 4 and list(other.alpha) == [2.0, 6.0]
+        assert other.dims == (4, 8) and other.width == 4 and list(other.alpha) == [2.0, 6.0] and other.rotations == 1
         _same(other.recommend(3, matrix[3]), model.recommend(3, matrix[3]), atol=0)
         other.width = None
         np.testing.assert_array_equal(other.user_factors, model._user_full)
@@ -200,6 +201,7 @@ def test_training_loss_reaches_the_callback():
     (dict(regularization=-1.0), ValueError, "reg must be a finite number >= 0"),
     (dict(level_weights=(1.0,), dims=(4, 8)), ValueError, "weights must have one entry per level (2)"),
     (dict(cg_steps=0), ValueError, "cg_steps must be an int >= 1"),
+    (dict(rotations=-1), ValueError, "rotations must be an int >= 0"),
 ])
 def test_bad_settings_are_refused_at_construction(change, error, words):
     with pytest.raises(error) as raised:
