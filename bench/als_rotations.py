@@ -25,7 +25,7 @@ import torch
 
 from mrl_kernels.atomic import atomic_write_text
 from mrl_kernels.training import TrainConfig, data
-from mrl_kernels.training.als import Sweeps, initial_factors
+from mrl_kernels.training.als import Sweeps, initial_tables
 from mrl_kernels.training.metrics import prefix_evaluate, sample_users
 from mrl_kernels.training.search import score
 
@@ -34,12 +34,8 @@ from . import result_name
 
 def curve(config: TrainConfig, ds: data.Dataset, sweeps: int, every: int) -> list[dict]:
     """Validation Recall@20 by width after every ``every`` sweeps of ``config``'s fit."""
-    fit = Sweeps.of(config.dims, config.level_weights, config.alpha, config.l2, config.cg_steps, config.backend,
-                    config.rotations)
-    generator = torch.Generator().manual_seed(config.seed)
-    width = config.dims[-1]
-    users, items = initial_factors(ds.train.n_rows, width, generator), initial_factors(ds.train.n_cols, width,
-                                                                                      generator)
+    fit = Sweeps.of_config(config)
+    users, items = initial_tables(ds.train, config.dims[-1], config.seed)
     transposed, evaluated, rows = ds.train.transpose(), sample_users(ds.valid, None, config.seed), []
     for done in range(sweeps):
         fit.sweep(users, items, ds.train, transposed, done)

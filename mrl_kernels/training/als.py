@@ -31,7 +31,8 @@ from .config import TrainConfig
 from .fit import check_stop
 from .group import Group
 
-__all__ = ["AlsFit", "Sweeps", "INIT_SCALE", "nested_objective", "initial_factors", "rotate_to_singular_basis"]
+__all__ = ["AlsFit", "Sweeps", "INIT_SCALE", "nested_objective", "initial_factors", "initial_tables",
+           "rotate_to_singular_basis"]
 
 INIT_SCALE = 0.01  # initial vectors uniform in [0, INIT_SCALE), as implicit's
 CHUNK = 1 << 13  # observed pairs scored at a time by nested_objective (their rows stay in cache)
@@ -40,6 +41,14 @@ CHUNK = 1 << 13  # observed pairs scored at a time by nested_objective (their ro
 def initial_factors(rows: int, width: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
     """``(rows, width)`` vectors uniform in ``[0, INIT_SCALE)`` (implicit's start)."""
     return torch.rand((rows, width), generator=generator, dtype=dtype) * INIT_SCALE
+
+
+def initial_tables(interactions: CSR, width: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The user and item tables of a fit on ``interactions`` from ``seed``, drawn
+    in that order (:func:`initial_factors`), as :class:`AlsFit` draws them."""
+    generator = torch.Generator().manual_seed(seed)
+    return initial_factors(interactions.n_rows, width, generator), initial_factors(interactions.n_cols, width,
+                                                                                   generator)
 
 
 @torch.no_grad()
@@ -110,6 +119,12 @@ class Sweeps:
                    tuple(check_per_level("reg", reg, len(dims), low=0.0)), check_int("cg_steps", cg_steps), backend,
                    check_int("rotations", rotations, 0))
 
+    @classmethod
+    def of_config(cls, config: TrainConfig) -> "Sweeps":
+        """The sweeps of a run's settings (``mrl-train --method mrl-als``)."""
+        return cls.of(config.dims, config.level_weights, config.alpha, config.l2, config.cg_steps, config.backend,
+                      config.rotations)
+
     def solve(self, factors: Tensor, other: Tensor, interactions, cg_steps: int | None = None) -> Tensor:
         """``factors``' rows solved with ``other`` fixed on ``interactions`` (a new tensor)."""
         return nested_als_solve(factors, other, interactions, self.dims, self.weights, alpha=self.alphas,
@@ -169,8 +184,7 @@ class AlsFit:
         with torch.no_grad():
             for table in self.model.tables():
                 table.copy_(initial_factors(*table.shape, generator, table.dtype))
-        self.sweeps = Sweeps.of(config.dims, config.level_weights, config.alpha, config.l2, config.cg_steps,
-                                config.backend, config.rotations)
+        self.sweeps = Sweeps.of_config(config)
         self.done = 0  # sweeps so far
 
     def state(self) -> dict:

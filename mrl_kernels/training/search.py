@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..ops import CSR
-from .als import Sweeps, initial_factors
+from .als import Sweeps, initial_tables
 from .config import TrainConfig
 from .data import Dataset, load
 from .fit import check_stop
@@ -108,11 +108,8 @@ def evaluate_trial(config: TrainConfig, train: CSR, valid: CSR, users: torch.Ten
     score or at ``config.epochs``; the best sweep's factors scored again on
     ``score_users`` (where given): ``{"score", "sweeps", "recall@20": {width: value},
     "stop_score"}``, ``stop_score`` the best sweep's score on ``users``."""
-    sweeps = Sweeps.of(config.dims, config.level_weights, config.alpha, config.l2, config.cg_steps, config.backend,
-                       config.rotations)
-    generator = torch.Generator().manual_seed(config.seed)
-    width = config.dims[-1]
-    user, item = initial_factors(train.n_rows, width, generator), initial_factors(train.n_cols, width, generator)
+    sweeps = Sweeps.of_config(config)
+    user, item = initial_tables(train, config.dims[-1], config.seed)
     transposed, best, bad, factors = train.transpose(), {"score": -math.inf, "sweeps": 0, "recall@20": {}}, 0, None
     for sweep in range(1, config.epochs + 1):
         sweeps.sweep(user, item, train, transposed, sweep - 1)

@@ -209,3 +209,16 @@ def test_mrl_train_takes_the_rotation_count(tmp_path):
     configs = [json.loads((tmp_path / count / "metrics.json").read_text())["config"] for count in ("0", "2")]
     assert [config["rotations"] for config in configs] == [0, 2]
     assert not torch.equal(*(load_run(tmp_path / count).users for count in ("0", "2")))
+
+
+def test_initial_tables_and_sweeps_are_the_trainers(small):
+    from mrl_kernels.training.als import AlsFit, Sweeps, initial_tables
+
+    config = TrainConfig(**{**ALS, "seed": 3})
+    fit = AlsFit(config, small.train, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(fit.model.tables(), initial_tables(small.train, 16, 3)))
+    sweeps = Sweeps.of_config(TrainConfig(**{**ALS, "level_weights": (1.0, 2.0, 4.0), "alpha": (1.0, 2.0, 3.0),
+                                             "l2": (0.5, 1.0, 2.0), "cg_steps": 4, "rotations": 5}))
+    assert torch.equal(sweeps.weights, torch.tensor([1.0, 2.0, 4.0], dtype=sweeps.weights.dtype))
+    assert (sweeps.dims, sweeps.alphas, sweeps.regs, sweeps.cg_steps, sweeps.rotations) == \
+        ((4, 8, 16), (1.0, 2.0, 3.0), (0.5, 1.0, 2.0), 4, 5)
