@@ -10,7 +10,7 @@ import pytest
 from mrl_kernels.cli.train import main, parser
 from mrl_kernels.training import TrainConfig
 from mrl_kernels.training.data import load
-from mrl_kernels.training.search import TUNE_HISTORY, score, trial_settings, tune, worst_gain
+from mrl_kernels.training.search import DESIGN, TUNE_HISTORY, score, trial_settings, tune, worst_gain
 
 pytest.importorskip("optuna", reason="optuna is not installed (the tune extra)")
 
@@ -57,14 +57,20 @@ def test_a_trials_settings_are_geometric_over_the_widths():
     assert settings["level_weights"] == (4.0, 2.0, 1.0) and settings["cg_steps"] == 3
 
 
-def test_the_search_is_seeded_and_starts_from_the_defaults():
+def test_the_search_is_seeded_and_starts_from_the_defaults_then_the_design():
     config = TrainConfig(dataset="synthetic", synthetic_size=(120, 80, 1500), method="mrl-als", dims=(2, 4, 8),
                          epochs=2, progress=False)
     ds = load("synthetic", seed=0, synthetic_size=(120, 80, 1500))
-    chosen, first = tune(config, ds, 3, log=lambda _: None)
-    _, second = tune(config, ds, 3, log=lambda _: None)
+    trials = 2 + len(DESIGN)
+    chosen, first = tune(config, ds, trials, log=lambda _: None)
+    _, second = tune(config, ds, trials, log=lambda _: None)
     pd.testing.assert_frame_equal(first.drop(columns="seconds"), second.drop(columns="seconds"))
     assert first.alpha_first[0] == first.alpha_last[0] == config.alpha and first.level_ratio[0] == 1.0
+    for (alpha_first, alpha_last, ratio), (_, row) in zip(DESIGN, first.iloc[1:].iterrows()):
+        assert (row.alpha_first, row.alpha_last, row.level_ratio) == (alpha_first * config.alpha,
+                                                                      alpha_last * config.alpha, ratio)
+        assert (row.reg_first, row.reg_last, row.cg_steps) == (config.l2, config.l2, config.cg_steps)
+    assert first.alpha_first.iloc[-1] not in set(first.alpha_first.iloc[:-1]), "TPE's own trial after the design"
     best = first.loc[first.score.idxmax()]
     assert chosen.alpha == pytest.approx(trial_settings(best.to_dict(), 3)["alpha"])
     assert chosen.epochs == chosen.patience == best.sweeps, "the run sweeps as long as the best trial"
