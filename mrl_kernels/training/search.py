@@ -8,8 +8,11 @@ each width, geometric from the narrowest width's value to the widest's (the
 per-width iALS optima move with the width, e.g. ml100k's alpha from 0.64 at width
 4 to 40 at 64: two values per setting follow them with 4 dimensions of search
 instead of 10), level weights ``w_l = ratio^(L-1-l)`` and the conjugate-gradient
-steps. A trial fits by sweeps on the training split (the same
-:class:`~.als.Sweeps` as every fit), evaluates after each sweep on a seeded
+steps. The first trial is ``config``'s own settings (the defaults, flat over
+the widths), the next ones :data:`DESIGN`'s moves from them (each end's alpha
+4x the other's, the narrower widths weighing half a level), then TPE's. A
+trial fits by sweeps on the training split (the same :class:`~.als.Sweeps` as
+every fit), evaluates after each sweep on a seeded
 sample of validation users (:data:`TUNE_EVAL_USERS`) and keeps its best sweep by
 :func:`score`, the mean over the widths of ``log Recall@20`` (early stopping
 after ``patience`` sweeps without a better one); that sweep's factors are then
@@ -49,8 +52,8 @@ from .loop import train
 from .metrics import prefix_evaluate, sample_users
 from .outputs import write_metrics
 
-__all__ = ["DESIGN", "suggest", "trial_settings", "score", "worst_gain", "evaluate_trial", "tune", "tune_and_train", "TUNE_EVAL_USERS",
-           "TUNE_HISTORY"]
+__all__ = ["DESIGN", "suggest", "trial_settings", "score", "worst_gain", "evaluate_trial", "tune", "tune_and_train",
+           "TUNE_EVAL_USERS", "TUNE_HISTORY"]
 
 TUNE_HISTORY = "tune.csv"  # the search history in the run folder
 
@@ -142,7 +145,7 @@ def evaluate_trial(config: TrainConfig, train: CSR, valid: CSR, users: torch.Ten
 def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], None] = tqdm.write
          ) -> tuple[TrainConfig, pd.DataFrame]:
     """``trials`` trials of a seeded TPE search (the first: ``config``'s own settings,
-    flat over the widths) on ``ds``'s validation split, each scored by
+    flat over the widths, then :data:`DESIGN`'s) on ``ds``'s validation split, each scored by
     :func:`worst_gain` on the first: ``config`` with the best trial's settings and
     its sweeps (as ``epochs``, with no early stop before), and the search history
     (a row per trial)."""
@@ -155,7 +158,7 @@ def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], Non
     score_users = every if len(every) > len(users) else None  # else the stop's score is the final one
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed))
     if not isinstance(config.alpha, tuple) and not isinstance(config.l2, tuple) and config.level_weights is None:
-        # the defaults first (flat over the widths): the reference every trial is scored against
+        # the defaults first (flat over the widths): the reference every trial is scored against; then the design
         defaults = {"alpha_first": config.alpha, "alpha_last": config.alpha, "reg_first": config.l2,
                     "reg_last": config.l2, "level_ratio": 1.0, "cg_steps": config.cg_steps}
         for first, last, ratio in ((1.0, 1.0, 1.0), *DESIGN):
