@@ -167,14 +167,14 @@ def check_ids(name: str, ids, n: int | None, device: torch.device, padding: bool
         raise ValueError(f"{name} is on {ids.device} but {rows_of} is on {device}")
     if not (ids.numel() and can_read_values(ids)):
         return ids.long()
-    bad = (ids < 0) & (not padding)
-    if bool((bad | (ids >= n) if n is not None else bad).any()):
+    low, high = torch.stack(torch.aminmax(ids)).tolist()  # one pass, one read back, no mask tensors
+    if (low < 0 and not padding) or (n is not None and high >= n):
         if n is None:
             expected = "be >= 0"
         else:
             expected = f"be < {n} (the {rows} of {rows_of}; ids < 0 are padding)" if padding else \
                 f"lie in [0, {n}) (the {rows} of {rows_of})"
-        raise ValueError(f"{name} must {expected}; got ids in [{int(ids.min())}, {int(ids.max())}]")
+        raise ValueError(f"{name} must {expected}; got ids in [{low}, {high}]")
     return ids.long()
 
 
