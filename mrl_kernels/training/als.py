@@ -45,7 +45,8 @@ def initial_factors(rows: int, width: int, generator: torch.Generator, dtype=tor
 
 def initial_tables(interactions: CSR, width: int, seed: int) -> tuple[Tensor, Tensor]:
     """The user and item tables of a fit on ``interactions`` from ``seed``, drawn
-    in that order (:func:`initial_factors`), as :class:`AlsFit` draws them."""
+    in that order (:func:`initial_factors`): :class:`AlsFit`'s start, and a search
+    trial's."""
     generator = torch.Generator().manual_seed(seed)
     return initial_factors(interactions.n_rows, width, generator), initial_factors(interactions.n_cols, width,
                                                                                    generator)
@@ -180,10 +181,9 @@ class AlsFit:
         self.transposed = interactions.transpose()
         self.sparse = False
         self.model = BACKBONES[config.model](interactions, config.dims[-1], config.layers, False).to(device)
-        generator = torch.Generator().manual_seed(config.seed)
         with torch.no_grad():
-            for table in self.model.tables():
-                table.copy_(initial_factors(*table.shape, generator, table.dtype))
+            for table, drawn in zip(self.model.tables(), initial_tables(interactions, config.dims[-1], config.seed)):
+                table.copy_(drawn)
         self.sweeps = Sweeps.of_config(config)
         self.done = 0  # sweeps so far
 
