@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import importlib.util
+import platform
 from pathlib import Path
 
 
@@ -28,3 +29,16 @@ def result_name(out, prefix: str) -> str:
         n += 1
         name = f"{base}-{n}"
     return name
+
+
+def cpu_name() -> str:
+    """The CPU's model as the kernel reports it (``/proc/cpuinfo``'s "model name",
+    e.g. "AMD EPYC"), else ``platform.processor()`` or the architecture: the
+    hardware a CPU timing was made on (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

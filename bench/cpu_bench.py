@@ -10,7 +10,7 @@ Writes ``<out>/cpu-<machine>-<date>.md`` and ``.json``.
 """
 from __future__ import annotations
 
-from . import result_name
+from . import cpu_name, result_name
 
 import argparse
 import json
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     }
     ms = {name: median_ms(fn, "cpu", args.repeats) for name, fn in variants.items()}
     threads = torch.get_num_threads()
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     rows = [{"implementation": name, "ms": t, "cpp speedup": t / ms["cpp"]} for name, t in ms.items()]
     table = pd.DataFrame(rows)
     text = (f"# mns_bpr_loss forward+backward on the CPU\n\n"

@@ -47,8 +47,9 @@ TRIALS = 40
 # on every validation user, not the 2,000 of its early stop; v3: trials compared by their weakest
 # width's gain on the defaults, not by the mean over the widths of log Recall@20; v4: a trial stopped
 # after 6 sweeps without a better one, not 3; v5: each fit's first 3 sweeps end by a rotation to the
-# singular basis, training.als.Sweeps)
-SEARCH = 5
+# singular basis, training.als.Sweeps; v6: the designed trials after the defaults' with the narrow alpha
+# 8x and lighter narrow widths in place of 4x and flat weights, search.DESIGN)
+SEARCH = 6
 
 
 def ials_seconds(ds: data.Dataset, baselines: pd.DataFrame, seed: int) -> dict:

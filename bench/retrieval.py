@@ -29,7 +29,7 @@
 """
 from __future__ import annotations
 
-from . import require, result_name
+from . import cpu_name, require, result_name
 
 require("python -m bench.retrieval", "faiss", "matplotlib", "tabulate")
 
@@ -267,7 +267,7 @@ def report(args, quality_table: pd.DataFrame | None, nested_table: pd.DataFrame,
         "table.", "", nested_table.to_markdown(index=False, floatfmt=".4f"), ""]
     text = "\n".join([
         "# Serving at a narrow width", "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
         f"threads and {faiss.omp_get_max_threads()} FAISS (OpenMP) threads, torch {torch.__version__}, faiss "
         f"{faiss.__version__}; `python -m bench.retrieval {' '.join(args.argv)}`.", "", *quality_part,
         f"## Speed: top-{K} of batches of {BATCH} queries, D 64", "",

@@ -9,8 +9,9 @@ per-width iALS optima move with the width, e.g. ml100k's alpha from 0.64 at widt
 4 to 40 at 64: two values per setting follow them with 4 dimensions of search
 instead of 10), level weights ``w_l = ratio^(L-1-l)`` and the conjugate-gradient
 steps. The first trial is ``config``'s own settings (the defaults, flat over
-the widths), the next ones :data:`DESIGN`'s moves from them (each end's alpha
-4x the other's, the narrower widths weighing half a level), then TPE's. A
+the widths), the next ones :data:`DESIGN`'s moves from them (the narrowest width's alpha
+4x or 8x the widest's with the narrower widths weighing half a level, the
+widest's 4x the narrowest's, the lighter narrow widths alone), then TPE's. A
 trial fits by sweeps on the training split (the same :class:`~.als.Sweeps` as
 every fit), evaluates after each sweep on a seeded
 sample of validation users (:data:`TUNE_EVAL_USERS`) and keeps its best sweep by
@@ -64,11 +65,16 @@ TUNE_EVAL_USERS = 2000
 
 # the trials after the defaults, as (alpha at the narrowest width, at the widest, both times the
 # defaults', level ratio): the directions implicit's per-width optima move in from width 4 to 64 (alpha
-# from 250 to 40 on phone, from 0.64 to 40 on ml100k), each end's alpha 4x the other's, and the
-# narrower widths weighing half as much a level. Without them on phone, seed 0, 2 of the 40 trials drew
-# a width-4 alpha over 150, neither chosen; with them, 22 of the 35 others did, and the chosen trial
-# gained 4% at width 4 and 3% at 16 on validation over the one chosen before (0.4% lost at 64)
-DESIGN = ((4.0, 1.0, 1.0), (4.0, 1.0, 0.5), (1.0, 4.0, 1.0), (1.0, 1.0, 0.5))
+# from 100-625 to 40 on phone and tool, from 0.64 to 40 on ml100k), the narrowest width's alpha 4x and
+# 8x the widest's with the narrower widths weighing half as much a level, the widest's 4x the
+# narrowest's, and the lighter narrow widths alone. Without them on phone, seed 0, 2 of the 40 trials
+# drew a width-4 alpha over 150, neither chosen; with them, 22 of the 35 others did, and the chosen
+# trial gained 4% at width 4 and 3% at 16 on validation over the one chosen before (0.4% lost at 64).
+# The narrow alpha 8x (in place of 4x with flat level weights, which lost 7-18% at width 64 in each of
+# docs/tuning.md's probes) beat the defaults at every width on validation by 2.6% and 2.9% on phone
+# seeds 0 and 1, where 4x did by 0.6% and 2.0%; on seed 2 neither did by more than 0.01%
+# (bench/results/nested-als-design-8x-2026-12-05.md)
+DESIGN = ((4.0, 1.0, 0.5), (8.0, 1.0, 0.5), (1.0, 4.0, 1.0), (1.0, 1.0, 0.5))
 
 
 def trial_settings(params: dict, levels: int) -> dict:
