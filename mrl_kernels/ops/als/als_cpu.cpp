@@ -62,6 +62,22 @@ inline V load(const T* p) {
   return x;
 }
 
+// The sum of a register's W lanes as a tree (pairs, then pairs of those): each level's segment sum
+// apart from the running prefix, which then takes one addition a level (lane by lane into it, the
+// prefix would chain W additions a level, every entry's scores waiting on their latency)
+template <int W, typename T, typename V>
+inline T lane_sum(V v) {
+  if constexpr (W == 1) {
+    return v;
+  } else {
+    T lanes[W];
+    std::memcpy(lanes, &v, sizeof(V));
+    for (int width = W / 2; width > 0; width /= 2)
+      for (int k = 0; k < width; ++k) lanes[k] = lanes[2 * k] + lanes[2 * k + 1];
+    return lanes[0];
+  }
+}
+
 // The levels' segment bounds 0 = d_0 < d_1 < ... < d_L = D, either fixed when compiling
 // (FixedBounds: the default widths, whose loops over the levels and their segments then
 // unroll, every bound a constant) or read from the problem (Bounds: any widths).
@@ -115,12 +131,7 @@ void observed_part(const Problem<T>& pb, Layout bounds, int64_t r, const T* v, T
         odd += load<V>(y + j + W) * load<V>(v + j + W);
       }
       if (j < bounds.at[l + 1]) even += load<V>(y + j) * load<V>(v + j);
-      even += odd;
-      if constexpr (W == 1) {
-        running += even;
-      } else {
-        for (int k = 0; k < W; ++k) running += even[k];
-      }
+      running += lane_sum<W, T>(even + odd);
       level[l] = pb.coefs[l] * running;
     });
     T t = 0;
