@@ -24,7 +24,7 @@ materialised computation is skipped where its logits alone
 """
 from __future__ import annotations
 
-from . import require, result_name
+from . import cpu_name, require, result_name
 
 require("python -m bench.full_softmax", "tabulate")
 
@@ -102,7 +102,7 @@ def report(rows: list[dict], args, path: Path) -> None:
     wide = table.pivot_table(index=["N", "B"], columns="route", values="ms", aggfunc="first")
     if "materialised" in wide:
         table = table.merge((wide["materialised"] / wide["fused"]).rename("speedup").reset_index(), on=["N", "B"])
-    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     text = "\n".join([
         "# The softmax over every item: fused against materialised", "",
         f"{device}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "

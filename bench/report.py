@@ -17,7 +17,7 @@ Writes ``bench/results/<device>-<date>.md``, ``.json`` and a plot
 """
 from __future__ import annotations
 
-from . import require, result_name
+from . import cpu_name, require, result_name
 
 require('python -m bench.report', 'matplotlib', 'tabulate')
 
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     stem = out / result_name(out, name.replace(' ', '_'))
     plot(ops, stem.with_name(stem.name + "-speedup.png"))
     text = [f"# mrl_kernels benchmark report: {name}", "",
+            (f"{cpu_name()}, " if device == "cpu" else "") +
             f"torch {torch.__version__}, {platform.python_version()}; copy bandwidth {limits['copy_GBps']:.1f} GB/s "
             f"(read + write), 2048^3 matmul {limits['matmul_GFLOPs']:.1f} GFLOP/s. Operators at D 64, L 5, "
             f"16 candidates per level, {len(backends(device))} backends side by side; forward + backward for "

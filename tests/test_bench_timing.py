@@ -33,3 +33,23 @@ def test_a_system_without_glibc_gets_a_clear_error(monkeypatch):
             timing.peak_growth(lambda: None, "cpu")
     finally:
         timing._libc.cache_clear()
+
+
+def test_cpu_name_is_the_model_cpuinfo_names_else_what_platform_knows(monkeypatch, tmp_path):
+    import platform
+
+    import bench
+
+    cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9454 48-Core Processor\n"
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: cpuinfo if str(self) == "/proc/cpuinfo"
+                        else real(self, *a, **k))
+    assert bench.cpu_name() == "AMD EPYC 9454 48-Core Processor"
+
+    def unreadable(self, *a, **k):
+        raise FileNotFoundError(str(self))
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    assert bench.cpu_name() == (platform.processor() or platform.machine())
+    cpuinfo = "processor\t: 0\nFeatures\t: fp asimd\n"  # no model name line (some ARM kernels)
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: cpuinfo)
+    assert bench.cpu_name() == (platform.processor() or platform.machine())
