@@ -6,8 +6,8 @@ same process, one thread each.
 iterations, no training loss) and implicit's ``AlternatingLeastSquares`` (factors
 64, 15 iterations) on each dataset's training split, alternately ``--repeats``
 times, under ``threadpool_limits(1)`` and one torch thread, and prints the best
-seconds of each and their ratio, under a line naming the CPU (the ratio moves with it:
-ml100k's was 1.05-1.08x on one x86_64 machine, 0.87-0.94x on an AMD EPYC).
+seconds of each and their ratio, under a line naming the CPU (the ratio moves with
+it: bench/results).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def test_a_system_without_glibc_gets_a_clear_error(monkeypatch):
         timing._libc.cache_clear()
 
 
-def test_cpu_name_is_the_model_cpuinfo_names_else_what_platform_knows(monkeypatch, tmp_path):
+def test_cpu_name_is_the_model_cpuinfo_names_else_what_platform_knows(monkeypatch):
     import platform
 
     import bench
