@@ -15,7 +15,8 @@ first trial.
 ``--method mrl-als`` runs ``mrl-train --tune``'s own search instead
 (:func:`mrl_kernels.training.search.tune`: ``--trials`` trials, 40 unless given,
 of per-width alpha and L2, level weights and conjugate-gradient steps, the first
-trial the defaults, trials compared by their weakest width's gain on them), in one
+trial the defaults, the search led by a trial's weakest width's gain on them, the
+choice by its weakest width against the best trial's there), in one
 process and without a budget or a study file (a trial takes seconds to a minute);
 ``<out>/trials.csv`` is its history.
 
@@ -156,8 +157,9 @@ def solved(args, out: Path) -> tuple[TrainConfig, dict]:
     chosen, history = nested_search.tune(config, data.load(args.dataset, args.data_dir, seed=args.seed),
                                          args.trials or TRIALS, log=print)
     atomic_write(out / "trials.csv", lambda tmp: history.to_csv(tmp, index=False))
-    best = history.loc[history.score.idxmax()]
-    return chosen, {"trial": int(best.trial), "select": "worst-width gain on the defaults", "valid_score": best.score,
+    best = history[history.chosen].iloc[0]
+    return chosen, {"trial": int(best.trial), "select": "weakest width against the best trial's there",
+                    "valid_score": best.shortfall,
                     "valid_recall@20_by_width": {str(w): best[f"valid_recall@20_{w}"] for w in chosen.dims},
                     "settings": {name: getattr(chosen, name) for name in
                                  ("alpha", "l2", "level_weights", "cg_steps", "epochs")}, "trials": len(history)}

@@ -40,7 +40,8 @@ def test_mrl_als_is_searched_by_mrl_train_tunes_search(tmp_path, clustered):
     pd.testing.assert_frame_equal(trials.drop(columns="seconds"), history.drop(columns="seconds"),
                                   check_dtype=False)
     best = json.loads((out / "best.json").read_text())
-    assert best["trial"] == int(history.score.idxmax()) and best["trials"] == 3
+    assert best["trial"] == int(history.shortfall.idxmax()) and best["trials"] == 3
+    assert best["valid_score"] == history.shortfall.max() and history.chosen.sum() == 1
     assert best["config"]["alpha"] == pytest.approx(chosen.alpha) and best["config"]["epochs"] == chosen.epochs
     assert [run["seed"] for run in best["runs"]] == [0, 1] and all("recall@20" in run["test"] for run in best["runs"])
 

@@ -1,5 +1,5 @@
 """``mrl-train --method mrl-als --tune N`` (mrl_kernels.training.search): the score,
-the settings of a trial, a seeded search (the same history twice), the run folder's
+the choice, the settings of a trial, a seeded search (the same history twice), the run folder's
 tune.csv and metrics.json, refusals; and the per-width ``--alpha`` / ``--l2``."""
 import json
 import math
@@ -10,7 +10,8 @@ import pytest
 from mrl_kernels.cli.train import main, parser
 from mrl_kernels.training import TrainConfig
 from mrl_kernels.training.data import load
-from mrl_kernels.training.search import DESIGN, TUNE_HISTORY, score, trial_settings, tune, worst_gain
+from mrl_kernels.training.search import (DESIGN, TUNE_HISTORY, score, trial_settings, tune, worst_gain,
+                                         worst_shortfall)
 
 pytest.importorskip("optuna", reason="optuna is not installed (the tune extra)")
 
@@ -32,21 +33,36 @@ def test_trials_are_compared_by_their_weakest_width_against_the_first():
     assert worst_gain({4: 0.0, 8: 0.4}, reference) == -math.inf
 
 
-def test_the_defaults_stay_unless_a_trial_beats_them_at_every_width(monkeypatch):
+def test_the_shortfall_is_the_weakest_width_against_the_best_trial_there():
+    history = pd.DataFrame({"valid_recall@20_4": [0.1, 0.2, 0.11, float("nan"), 0.0],
+                            "valid_recall@20_8": [0.1, 0.095, 0.11, float("nan"), 0.05]})
+    shortfall = worst_shortfall(history, (4, 8))
+    assert shortfall[:3].tolist() == pytest.approx([math.log(0.5), math.log(0.095 / 0.11), math.log(0.55)])
+    assert shortfall[3] == shortfall[4] == -math.inf  # a diverged trial (no recall) and a recall of 0
+    assert worst_shortfall(history[:1], (4, 8))[0] == 0.0  # alone, a trial is the best at every width
+
+
+def test_the_trial_chosen_is_the_one_closest_to_the_best_at_its_weakest_width(monkeypatch):
     from mrl_kernels.training import search
 
     config = TrainConfig(dataset="synthetic", synthetic_size=(120, 80, 1500), method="mrl-als", dims=(2, 4, 8),
                          epochs=2, progress=False)
     ds = load("synthetic", seed=0, synthetic_size=(120, 80, 1500))
-    # trial 0 (the defaults) 0.1 at every width; the others far better on average, worse at width 8
-    found = iter([{2: 0.1, 4: 0.1, 8: 0.1}, {2: 0.5, 4: 0.5, 8: 0.09}, {2: 0.3, 4: 0.3, 8: 0.099}])
+    # trial 0 (the defaults) 0.1 at every width; trial 1 twice them at the narrow widths, 5% under at the
+    # widest; trial 2 10% over them everywhere, 45% under trial 1 at the narrow widths
+    found = iter([{2: 0.1, 4: 0.1, 8: 0.1}, {2: 0.2, 4: 0.2, 8: 0.095}, {2: 0.11, 4: 0.11, 8: 0.11}])
     monkeypatch.setattr(search, "evaluate_trial", lambda *args: (lambda r: {"score": score(r), "sweeps": 2,
                                                                             "recall@20": r,
                                                                             "stop_score": score(r)})(next(found)))
     chosen, history = tune(config, ds, 3, log=lambda _: None)
-    assert list(history.score.round(6)) == [0.0, round(math.log(0.9), 6), round(math.log(0.99), 6)]
-    assert history.mean_log_recall[1] > history.mean_log_recall[0]
-    assert chosen.alpha == pytest.approx((config.alpha,) * 3) and chosen.level_weights == (1.0, 1.0, 1.0)
+    # TPE is told the gain on the defaults, by which trial 2 leads; the choice is by the shortfall
+    assert list(history.score.round(6)) == [0.0, round(math.log(0.95), 6), round(math.log(1.1), 6)]
+    assert list(history.shortfall.round(6)) == [round(math.log(v), 6) for v in (0.5, 0.095 / 0.11, 0.55)]
+    assert history.chosen.tolist() == [False, True, False]
+    first, last, ratio = DESIGN[0]
+    assert chosen.alpha == pytest.approx((first * config.alpha, (first * last) ** 0.5 * config.alpha,
+                                          last * config.alpha))
+    assert chosen.level_weights == (ratio ** 2, ratio, 1.0)
 
 
 def test_a_trials_settings_are_geometric_over_the_widths():
@@ -71,10 +87,10 @@ def test_the_search_is_seeded_and_starts_from_the_defaults_then_the_design():
                                                                       alpha_last * config.alpha, ratio)
         assert (row.reg_first, row.reg_last, row.cg_steps) == (config.l2, config.l2, config.cg_steps)
     assert first.alpha_first.iloc[-1] not in set(first.alpha_first.iloc[:-1]), "TPE's own trial after the design"
-    best = first.loc[first.score.idxmax()]
+    best = first.loc[first.shortfall.idxmax()]
     assert chosen.alpha == pytest.approx(trial_settings(best.to_dict(), 3)["alpha"])
     assert chosen.epochs == chosen.patience == best.sweeps, "the run sweeps as long as the best trial"
-    assert set(first.columns) >= {"score", "mean_log_recall", "sweeps", "valid_recall@20_2", "valid_recall@20_8"}
+    assert set(first.columns) >= {"score", "shortfall", "mean_log_recall", "sweeps", "valid_recall@20_2", "valid_recall@20_8"}
     assert first.score[0] == 0.0  # the first trial is the reference
 
 
@@ -86,6 +102,7 @@ def test_tune_runs_end_to_end_and_records_the_search(tmp_path, capsys):
     assert len(history) == 2 and metrics["tune"]["trials"] == 2 and metrics["tune"]["seconds"] > 0
     assert len(metrics["tune"]["chosen"]["alpha"]) == 3
     assert metrics["config"]["alpha"] == metrics["tune"]["chosen"]["alpha"]
+    assert "the best trial's at that width" in metrics["tune"]["choice"]
     printed = capsys.readouterr()
     assert "test metrics of the refit model at every width" in printed.out + printed.err
 
