@@ -112,7 +112,7 @@ def figure(rows: pd.DataFrame, baselines: pd.DataFrame, path: Path) -> None:
         if dataset in MRL_M_TUNED:
             ax.plot(WIDTHS, MRL_M_TUNED[dataset], marker="^", label="mrl-m tuned (one model)")
         width_axes(ax, WIDTHS, f"{dataset}, mf")
-    axes[0][0].legend()
+    max(axes[0], key=lambda ax: len(ax.get_lines())).legend()  # the panel with every curve (MRL-M's: tool, phone)
     fig.tight_layout()
     atomic_write_png(path, fig, 120)
 
