@@ -1,7 +1,6 @@
 """``python -m bench.tune``: mrl-als runs mrl-train --tune's search (the same trials,
 the same choice), other methods the shared study; each refit for every seed."""
 import json
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor
 
 from .. import _checks as checks, registry
