@@ -35,12 +35,12 @@ closest to the best any trial reached at that width (:func:`worst_shortfall`):
 each width's best over the trials stands in for a model tuned for that width
 alone, what the nested model is measured against (iALS tuned per width). A gain
 on the defaults weighs 1% at a width they serve badly as 1% at one they serve
-well: on phone, seed 2, they stood at 0.954 of the best trial at width 4 and 0.982
-at width 64 on validation, and the trial whose weakest width gained most on them
-(0.12%) stood at 0.955 at width 4; the one :func:`worst_shortfall` ranks first (the
-design's 8x trial, 0.981 of the best or more at every width) scored 0.0984 at width
-4 on test against that trial's 0.0945, and the same or more at every other width
-but 64 (0.1580 against 0.1584; docs/tuning.md)."""
+well: on phone, seed 2 (the search at commit 1fd329b), they stood at 0.954 of the
+best trial at width 4 and 0.982 at width 64 on validation, and the trial whose
+weakest width gained most on them (0.12%) stood at 0.955 at width 4; the one
+:func:`worst_shortfall` ranks first (the design's 8x trial, 0.981 of the best or
+more at every width) scored 0.0984 at width 4 on test against that trial's 0.0945,
+and the same or more at every other width but 64 (0.1580 against 0.1584; docs/tuning.md)."""
 from __future__ import annotations
 
 import math
@@ -64,8 +64,8 @@ from .loop import train
 from .metrics import prefix_evaluate, sample_users
 from .outputs import write_metrics
 
-__all__ = ["DESIGN", "suggest", "trial_settings", "score", "worst_gain", "worst_shortfall", "evaluate_trial", "tune", "tune_and_train",
-           "TUNE_EVAL_USERS", "TUNE_HISTORY"]
+__all__ = ["DESIGN", "suggest", "trial_settings", "score", "worst_gain", "worst_shortfall", "evaluate_trial", "tune",
+           "tune_and_train", "TUNE_EVAL_USERS", "TUNE_HISTORY"]
 
 TUNE_HISTORY = "tune.csv"  # the search history in the run folder
 
@@ -225,7 +225,7 @@ def tune(config: TrainConfig, ds: Dataset, trials: int, log: Callable[[str], Non
     # stop (full-width Recall@20, patience 3) had ended tool's seed-0 run at 21 sweeps, the trial's best 37
     sweeps = int(best.sweeps)
     chosen = {**chosen_by_trial[int(best.trial)], "epochs": sweeps, "patience": sweeps}
-    log(f"tuning: best trial {int(best.trial)} of {trials}, validation Recall@20 by width "
+    log(f"tuning: chosen trial {int(best.trial)} of {trials}, validation Recall@20 by width "
         + ", ".join(f"{w}: {best[f'valid_recall@20_{w}']:.4f}" for w in config.dims) + f"; settings {chosen}")
     return replace(config, **chosen), history
 
